@@ -1,0 +1,368 @@
+/* api.c: the entry points — the prefixed allot_* functions, their standard C,
+ * POSIX and glibc names when allot replaces malloc, and the inline fast paths
+ * of malloc and free.
+ *
+ * malloc of a small size is a table lookup, a load of the thread's current
+ * page for that class and a pop from its free list. free finds the segment by
+ * masking, checks the segment map, finds the page by a shift, and validates
+ * the pointer (a block boundary, not already free) before pushing it back. */
+#include "internal.h"
+
+#include <errno.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+static ALWAYS_INLINE void *small_alloc(heap_t *h, size_t size) {
+  size_t cls = size_class(size);
+  page_t *pg = h->current[cls];
+  block_t *b = pg->free;
+  if (likely(b != NULL)) {
+    block_t *next = link_decode(b->next, b);
+    if (unlikely((((uintptr_t)next ^ (uintptr_t)b) >> PAGE_SHIFT) && next))
+      fault("malloc", "corrupted free list", b);
+    pg->free = next;
+    pg->used++;
+    b->mark = 0;
+    return b;
+  }
+  return page_malloc_slow(h, cls);
+}
+
+static heap_t *heap_get(void) {
+  heap_t *h = tls_heap;
+  if (unlikely(h == &empty_heap)) h = heap_init_thread();
+  return h;
+}
+
+/* Sizes above SMALL_MAX, and aligned requests that small pages cannot serve. */
+static NOINLINE void *alloc_big(size_t size, size_t align, bool zero) {
+  void *p = NULL;
+  if (size <= MEDIUM_MAX && align <= MEDIUM_MAX / 4) {
+    heap_t *h = heap_get();
+    if (h) p = medium_malloc(h, size, align);
+    if (p && zero) memset(p, 0, size);
+  } else if (size <= PTRDIFF_MAX) {
+    allot_process_init();
+    p = large_malloc(size, align, zero);
+  }
+  if (!p) errno = ENOMEM;
+  return p;
+}
+
+static ALWAYS_INLINE void *alloc(size_t size) {
+  if (likely(size <= SMALL_MAX)) {
+    void *p = small_alloc(tls_heap, size);
+    if (unlikely(!p)) errno = ENOMEM;
+    return p;
+  }
+  return alloc_big(size, 16, false);
+}
+
+/* Small class whose block size is a multiple of align (align <= 8192), so
+ * every block of its pages is aligned: pages are 64 KiB-aligned. */
+static size_t aligned_class(size_t size, size_t align) {
+  size_t need = (size + align - 1) & ~(align - 1);
+  if (need > SMALL_MAX) return 0;
+  for (size_t cls = size_class(need); cls < NCLASSES; cls++)
+    if ((class_size[cls] & (align - 1)) == 0) return cls;
+  return 0;
+}
+
+static void *alloc_aligned(size_t align, size_t size) {
+  if (align <= 16) return alloc(size);
+  if (size > PTRDIFF_MAX) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (align <= SMALL_MAX && size <= SMALL_MAX) {
+    size_t cls = aligned_class(size, align);
+    if (cls) {
+      void *p = small_alloc(tls_heap, class_size[cls]);
+      if (unlikely(!p)) errno = ENOMEM;
+      return p;
+    }
+  }
+  return alloc_big(size, align, false);
+}
+
+/* ---- free ------------------------------------------------------------- */
+
+static COLD NOINLINE void bad_pointer(const void *p, const char *fn) {
+  fault(fn, "invalid pointer (not allocated by allot)", p);
+}
+
+static COLD NOINLINE void small_bad(page_t *pg, const void *p, const char *fn) {
+  if (pg->bsize == 0 || page_block_index_fault(pg, p) == SIZE_MAX)
+    fault(fn, "invalid pointer (not the start of a block)", p);
+  fault(fn, "double free", p);
+}
+
+static NOINLINE void free_big(segment_t *s, void *p, const char *fn) {
+  if (s->kind == SEG_MEDIUM)
+    medium_free(s, p, fn);
+  else if (s->kind == SEG_LARGE)
+    large_free(s, p, fn);
+  else
+    bad_pointer(p, fn);
+}
+
+/* Validate p as a live small block of page pg. */
+static ALWAYS_INLINE bool small_valid(page_t *pg, const void *p) {
+  uintptr_t off = (uintptr_t)p & (PAGE_SIZE - 1);
+  uint32_t idx = (uint32_t)((off * pg->recip) >> 32);
+  return likely(idx * (uintptr_t)pg->bsize == off && idx < pg->capacity &&
+                ((const block_t *)p)->mark != free_mark(p));
+}
+
+static ALWAYS_INLINE page_t *small_page(segment_t *s, const void *p) {
+  return &s->pages[(((uintptr_t)p - (uintptr_t)s) >> PAGE_SHIFT) &
+                   (PAGES_PER_SEG - 1)];
+}
+
+static ALWAYS_INLINE void dealloc(void *p, const char *fn) {
+  segment_t *s = segment_of(p);
+  if (unlikely(!segmap_has(s))) {
+    if (p) bad_pointer(p, fn);
+    return;
+  }
+  if (likely(s->kind == SEG_SMALL)) {
+    page_t *pg = small_page(s, p);
+    if (unlikely(!small_valid(pg, p))) small_bad(pg, p, fn);
+    block_t *b = p;
+    heap_t *h = tls_heap;
+    if (likely(atomic_load_explicit(&pg->heap, memory_order_relaxed) == h)) {
+      b->mark = free_mark(b);
+      b->next = link_encode(pg->free, b);
+      pg->free = b;
+      /* an emptied page may go back to its segment (not the last of its
+       * class); a full one goes back to the available list */
+      if (unlikely(--pg->used == 0 || pg->queue == Q_FULL) &&
+          (pg->queue == Q_FULL || h->avail[pg->cls].count > 1))
+        page_free_slow(h, pg);
+    } else {
+      page_xfree(pg, b);
+    }
+    return;
+  }
+  free_big(s, p, fn);
+}
+
+/* Usable size of a live block, faulting on anything else. */
+static size_t usable_size(const void *p, const char *fn) {
+  segment_t *s = segment_of(p);
+  if (!segmap_has(s)) bad_pointer(p, fn);
+  if (s->kind == SEG_SMALL) {
+    page_t *pg = small_page(s, p);
+    if (!small_valid(pg, p)) small_bad(pg, p, fn);
+    return pg->bsize;
+  }
+  if (s->kind == SEG_MEDIUM) {
+    heap_t *h = atomic_load_explicit(&s->heap, memory_order_acquire);
+    if (!chunk_is_live(&h->chunks, p)) fault(fn, "invalid or freed pointer", p);
+    return chunk_usable_size(p);
+  }
+  if (s->kind == SEG_LARGE) {
+    if (p != (uint8_t *)s + s->large_offset ||
+        atomic_load_explicit(&s->large_state, memory_order_acquire) !=
+            LARGE_LIVE)
+      fault(fn, "invalid or freed pointer", p);
+    return s->large_size;
+  }
+  bad_pointer(p, fn);
+  return 0;
+}
+
+/* ---- the API ----------------------------------------------------------- */
+
+EXPORT int allot_version(void) { return ALLOT_VERSION; }
+
+EXPORT void *allot_malloc(size_t size) { return alloc(size); }
+
+EXPORT void allot_free(void *p) { dealloc(p, "free"); }
+
+EXPORT void *allot_calloc(size_t n, size_t size) {
+  size_t total;
+  if (unlikely(__builtin_mul_overflow(n, size, &total))) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (likely(total <= SMALL_MAX)) {
+    void *p = alloc(total);
+    if (likely(p != NULL)) memset(p, 0, total);
+    return p;
+  }
+  return alloc_big(total, 16, true);
+}
+
+EXPORT void *allot_realloc(void *p, size_t size) {
+  if (!p) return alloc(size);
+  if (size == 0) { /* glibc: free and return NULL */
+    dealloc(p, "realloc");
+    return NULL;
+  }
+  size_t old = usable_size(p, "realloc");
+  segment_t *s = segment_of(p);
+  if (s->kind == SEG_SMALL) {
+    /* stay while the new size still fits and uses at least half the block */
+    if (size <= old && (size > old / 2 || old <= 16)) return p;
+  } else if (s->kind == SEG_MEDIUM) {
+    if (size > SMALL_MAX && size <= MEDIUM_MAX && medium_resize(s, p, size))
+      return p;
+  } else {
+    void *q = large_realloc(s, p, size);
+    if (q) return q;
+  }
+  void *q = alloc(size);
+  if (!q) return NULL;
+  memcpy(q, p, old < size ? old : size);
+  dealloc(p, "realloc");
+  return q;
+}
+
+EXPORT void *allot_reallocarray(void *p, size_t n, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(n, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return allot_realloc(p, total);
+}
+
+EXPORT void allot_free_sized(void *p, size_t size) {
+  if (!p) return;
+  if (size > usable_size(p, "free_sized"))
+    fault("free_sized", "size larger than the block", p);
+  dealloc(p, "free_sized");
+}
+
+EXPORT void allot_free_aligned_sized(void *p, size_t align, size_t size) {
+  if (!p) return;
+  if (align & (align - 1)) fault("free_aligned_sized", "bad alignment", p);
+  if (((uintptr_t)p & (align - 1)) != 0)
+    fault("free_aligned_sized", "block not aligned as stated", p);
+  if (size > usable_size(p, "free_aligned_sized"))
+    fault("free_aligned_sized", "size larger than the block", p);
+  dealloc(p, "free_aligned_sized");
+}
+
+static bool power_of_two(size_t x) { return x && !(x & (x - 1)); }
+
+EXPORT void *allot_aligned_alloc(size_t align, size_t size) {
+  if (!power_of_two(align)) {
+    errno = EINVAL;
+    return NULL;
+  }
+  return alloc_aligned(align, size);
+}
+
+EXPORT int allot_posix_memalign(void **out, size_t align, size_t size) {
+  if (!power_of_two(align) || align % sizeof(void *) != 0) return EINVAL;
+  int saved = errno;
+  void *p = alloc_aligned(align, size);
+  if (!p) {
+    errno = saved;
+    return ENOMEM;
+  }
+  *out = p;
+  return 0;
+}
+
+EXPORT void *allot_memalign(size_t align, size_t size) {
+  /* glibc rounds a non-power-of-two alignment up */
+  if (!power_of_two(align)) {
+    if (align > ((size_t)1 << (sizeof(size_t) * 8 - 2))) {
+      errno = EINVAL;
+      return NULL;
+    }
+    size_t a = 16;
+    while (a < align) a <<= 1;
+    align = a;
+  }
+  return alloc_aligned(align, size);
+}
+
+EXPORT void *allot_valloc(size_t size) {
+  return alloc_aligned((size_t)sysconf(_SC_PAGESIZE), size);
+}
+
+EXPORT void *allot_pvalloc(size_t size) {
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  size_t rounded = (size + page - 1) & ~(page - 1);
+  if (rounded < size) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return alloc_aligned(page, rounded ? rounded : page);
+}
+
+EXPORT size_t allot_malloc_usable_size(const void *p) {
+  if (!p) return 0;
+  return usable_size(p, "malloc_usable_size");
+}
+
+EXPORT int allot_owns(const void *p) {
+  if (!p) return 0;
+  segment_t *s = segment_of(p);
+  if (!segmap_has(s)) return 0;
+  if (s->kind == SEG_SMALL) return small_valid(small_page(s, p), p);
+  if (s->kind == SEG_MEDIUM) {
+    heap_t *h = atomic_load_explicit(&s->heap, memory_order_acquire);
+    return chunk_is_live(&h->chunks, p);
+  }
+  if (s->kind == SEG_LARGE)
+    return p == (uint8_t *)s + s->large_offset &&
+           atomic_load_explicit(&s->large_state, memory_order_acquire) ==
+               LARGE_LIVE;
+  return 0;
+}
+
+EXPORT void allot_collect(void) {
+  heap_t *h = tls_heap;
+  if (h != &empty_heap) {
+    heap_collect_pages(h, false);
+    segment_purge_heap(h, true);
+  }
+  segment_collect_cache(true);
+  large_collect(true);
+}
+
+/* ---- the standard names -------------------------------------------------- */
+#if ALLOT_OVERRIDE
+/* The prefixed declarations carry malloc/alloc_size attributes; the aliases
+ * need not repeat them. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmissing-attributes"
+#endif
+#define ALIAS(name) __attribute__((alias(#name), visibility("default"), used))
+void *malloc(size_t) ALIAS(allot_malloc);
+void free(void *) ALIAS(allot_free);
+void *calloc(size_t, size_t) ALIAS(allot_calloc);
+void *realloc(void *, size_t) ALIAS(allot_realloc);
+void *reallocarray(void *, size_t, size_t) ALIAS(allot_reallocarray);
+void free_sized(void *, size_t) ALIAS(allot_free_sized);
+void free_aligned_sized(void *, size_t, size_t) ALIAS(allot_free_aligned_sized);
+void *aligned_alloc(size_t, size_t) ALIAS(allot_aligned_alloc);
+int posix_memalign(void **, size_t, size_t) ALIAS(allot_posix_memalign);
+void *memalign(size_t, size_t) ALIAS(allot_memalign);
+void *valloc(size_t) ALIAS(allot_valloc);
+void *pvalloc(size_t) ALIAS(allot_pvalloc);
+size_t malloc_usable_size(void *) ALIAS(allot_malloc_usable_size);
+void cfree(void *) ALIAS(allot_free);
+int malloc_trim(size_t pad);
+int malloc_trim(size_t pad) {
+  (void)pad;
+  allot_collect();
+  return 1;
+}
+/* glibc's internal names, which some programs and libraries call directly */
+void *__libc_malloc(size_t) ALIAS(allot_malloc);
+void __libc_free(void *) ALIAS(allot_free);
+void *__libc_calloc(size_t, size_t) ALIAS(allot_calloc);
+void *__libc_realloc(void *, size_t) ALIAS(allot_realloc);
+void *__libc_memalign(size_t, size_t) ALIAS(allot_memalign);
+void *__libc_valloc(size_t) ALIAS(allot_valloc);
+void *__libc_pvalloc(size_t) ALIAS(allot_pvalloc);
+void __libc_cfree(void *) ALIAS(allot_free);
+int __posix_memalign(void **, size_t, size_t) ALIAS(allot_posix_memalign);
+#endif

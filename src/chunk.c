@@ -1,0 +1,750 @@
+/* chunk.c: the boundary-tag chunk heap (medium objects, heaps in a caller's
+ * buffer).
+ *
+ * Owns chunk headers, the two-level segregated free bins and their bitmaps,
+ * splitting and merging, aligned allocation, in-place resizing, the region
+ * walk and the consistency checker. It never calls the OS and takes no locks.
+ * See docs/chunk.md for the layout; in short, each chunk starts with two
+ * 64-bit words:
+ *
+ *   w0 = prev_size | tag0 << 48   (size of the chunk before this one)
+ *   w1 = size | flags | tag1 << 48
+ *
+ * Sizes are multiples of 16 below 2^47, so the low 48 bits of each word hold
+ * the value and the top 16 bits a tag: binary 10 followed by 14 bits of a
+ * keyed hash of (chunk address, the word's value). Each word checks itself, so
+ * rewriting one (the next chunk's prev_size, say) never needs the other, and
+ * a bad free can be told apart from a corrupted header: garbage fails both
+ * words, an overwritten header usually keeps one intact. The fixed "10" bits
+ * mean zeroes, small integers, user-space pointers, ASCII text and -1 never
+ * pass for a header word. */
+#include "chunk.h"
+
+#include <string.h>
+
+/* Headers live in memory the user also writes through other types. */
+typedef struct chunk {
+  uint64_t w0;
+  uint64_t w1;
+  struct chunk *next, *prev; /* free chunks only: bin list links */
+} __attribute__((may_alias)) chunk_t;
+
+#define FIELD (((uint64_t)1 << 48) - 1)
+#define USED 1u  /* this chunk is in use */
+#define PUSED 2u /* the chunk before it is in use (or is the fence) */
+#define FLAGS 15u
+#define SIZE_OF(w1) ((size_t)((w1)&FIELD & ~(uint64_t)FLAGS))
+
+/* Bin geometry: sizes below LINEAR_MAX go to first level 0, one bin per 16
+ * bytes; above, first level fl covers [2^(fl+FL_OFFSET), 2^(fl+FL_OFFSET+1))
+ * in CHUNK_SL_COUNT equal steps. */
+#define LINEAR_MAX (1u << (CHUNK_SL_LOG2 + 4))
+#define FL_OFFSET (CHUNK_SL_LOG2 + 3)
+/* Chunks are smaller than this (the last first level's upper end). */
+#define MAX_CHUNK ((size_t)1 << (CHUNK_FL_COUNT + FL_OFFSET))
+#define MAX_REQUEST (MAX_CHUNK - 2 * CHUNK_HEADER)
+
+#define DOMAIN1 0x2545F4914F6CDD1Dull /* separates w1 tags from w0 tags */
+
+#if (CHUNK_FL_COUNT + FL_OFFSET) > 47
+#error "chunk sizes must fit the 48-bit header fields"
+#endif
+
+/* ---- header words ---------------------------------------------------- */
+
+static inline uint64_t tag_of(uint64_t key, const void *at, uint64_t v) {
+  uint64_t x = ((uint64_t)(uintptr_t)at ^ key) * 0x9E3779B97F4A7C15ull;
+  x = (x ^ v) * 0xD6E8FEB86659FD93ull;
+  return ((x >> 50) | 0x8000u) << 48;
+}
+static inline uint64_t mk_w0(uint64_t key, const chunk_t *c, uint64_t prev) {
+  return prev | tag_of(key, c, prev);
+}
+static inline uint64_t mk_w1(uint64_t key, const chunk_t *c, uint64_t head) {
+  return head | tag_of(key ^ DOMAIN1, c, head);
+}
+static inline bool w0_ok(uint64_t key, const chunk_t *c, uint64_t w) {
+  return w == mk_w0(key, c, w & FIELD);
+}
+static inline bool w1_ok(uint64_t key, const chunk_t *c, uint64_t w) {
+  return w == mk_w1(key, c, w & FIELD);
+}
+static inline void set_w0(uint64_t key, chunk_t *c, size_t prev) {
+  c->w0 = mk_w0(key, c, prev);
+}
+static inline void set_w1(uint64_t key, chunk_t *c, uint64_t head) {
+  c->w1 = mk_w1(key, c, head);
+}
+
+/* Address arithmetic through integers: a bad size must not be UB. */
+static inline chunk_t *chunk_at(const void *c, size_t off) {
+  return (chunk_t *)((uintptr_t)c + off);
+}
+static inline chunk_t *chunk_before(const void *c, size_t off) {
+  return (chunk_t *)((uintptr_t)c - off);
+}
+static inline void *payload(const chunk_t *c) {
+  return (void *)((uintptr_t)c + CHUNK_HEADER);
+}
+static inline chunk_t *chunk_of(const void *p) {
+  return (chunk_t *)((uintptr_t)p - CHUNK_HEADER);
+}
+
+static inline size_t request_size(size_t size) {
+  size_t need = (size + CHUNK_HEADER + 15) & ~(size_t)15;
+  return need < CHUNK_MIN ? CHUNK_MIN : need;
+}
+
+/* ---- bins ------------------------------------------------------------- */
+
+static inline void bin_of(size_t s, unsigned *fl, unsigned *sl) {
+  if (s < LINEAR_MAX) {
+    *fl = 0;
+    *sl = (unsigned)(s >> 4);
+  } else {
+    unsigned b = 63u - (unsigned)__builtin_clzll(s);
+    *fl = b - FL_OFFSET;
+    *sl = (unsigned)(s >> (b - CHUNK_SL_LOG2)) & (CHUNK_SL_COUNT - 1);
+  }
+}
+
+/* Smallest chunk size the bin (fl, sl) holds. */
+static inline size_t bin_floor(unsigned fl, unsigned sl) {
+  if (fl == 0) return (size_t)sl << 4;
+  unsigned b = fl + FL_OFFSET;
+  return ((size_t)1 << b) + ((size_t)sl << (b - CHUNK_SL_LOG2));
+}
+
+static inline void bin_insert(chunk_heap_t *h, chunk_t *c, size_t size) {
+  unsigned fl, sl;
+  bin_of(size, &fl, &sl);
+  chunk_t *head = h->bins[fl][sl];
+  c->next = head;
+  c->prev = NULL;
+  if (head) head->prev = c;
+  h->bins[fl][sl] = c;
+  h->sl_bitmap[fl] |= 1u << sl;
+  h->fl_bitmap |= (uint64_t)1 << fl;
+  h->free_bytes += size;
+}
+
+static inline void bin_remove(chunk_heap_t *h, chunk_t *c, size_t size) {
+  unsigned fl, sl;
+  bin_of(size, &fl, &sl);
+  chunk_t *n = c->next, *p = c->prev;
+  if (p)
+    p->next = n;
+  else
+    h->bins[fl][sl] = n;
+  if (n) n->prev = p;
+  if (!h->bins[fl][sl]) {
+    h->sl_bitmap[fl] &= ~(1u << sl);
+    if (!h->sl_bitmap[fl]) h->fl_bitmap &= ~((uint64_t)1 << fl);
+  }
+  h->free_bytes -= size;
+}
+
+/* The links of free chunk c agree with its neighbours in the list, so
+ * unlinking it writes only where it should. */
+static inline bool links_ok(const chunk_heap_t *h, const chunk_t *c,
+                            size_t size) {
+  unsigned fl, sl;
+  bin_of(size, &fl, &sl);
+  const chunk_t *n = c->next, *p = c->prev;
+  if (((uintptr_t)n | (uintptr_t)p) & 15) return false;
+  if (p ? p->next != c : h->bins[fl][sl] != c) return false;
+  return !n || n->prev == c;
+}
+
+static void heap_fault(const chunk_heap_t *h, const char *what,
+                       const void *addr) {
+  if (h->fault) h->fault(what, addr);
+  /* No handler, or it returned: stop rather than run on a broken heap. */
+  __builtin_trap();
+}
+
+/* ---- validation --------------------------------------------------------- */
+
+/* A used chunk and its successor, as read by validate_used. */
+typedef struct used_view {
+  chunk_t *c, *n;
+  uint64_t w1, nw1;
+  size_t size;
+  const void *where;
+} used_view_t;
+
+/* Check that p is the payload of a used chunk whose tags agree with its
+ * successor's. Returns NULL, or what is wrong (and u->where the payload
+ * address it concerns). Reads only. */
+static inline const char *validate_used(const chunk_heap_t *h, const void *p,
+                                        used_view_t *u) {
+  uint64_t key = h->key;
+  u->where = p;
+  if ((uintptr_t)p & 15 || (uintptr_t)p < 4096) return "invalid pointer";
+  chunk_t *c = chunk_of(p);
+  uint64_t w0 = c->w0, w1 = c->w1;
+  bool ok0 = w0_ok(key, c, w0), ok1 = w1_ok(key, c, w1);
+  if (__builtin_expect(!(ok0 & ok1), 0))
+    return (ok0 | ok1) ? "corrupted chunk header" : "invalid pointer";
+  if (__builtin_expect(!(w1 & USED), 0)) return "double free";
+  size_t size = SIZE_OF(w1);
+  if (__builtin_expect(size < CHUNK_MIN, 0)) return "invalid pointer";
+  if (__builtin_expect(size > h->max_chunk, 0)) return "corrupted chunk header";
+  chunk_t *n = chunk_at(c, size);
+  uint64_t nw0 = n->w0, nw1 = n->w1;
+  if (__builtin_expect(!w0_ok(key, n, nw0) || !w1_ok(key, n, nw1), 0)) {
+    u->where = payload(n);
+    return "corrupted chunk header";
+  }
+  if (__builtin_expect((nw0 & FIELD) != size || !(nw1 & PUSED), 0))
+    return "corrupted chunk header";
+  u->c = c;
+  u->n = n;
+  u->w1 = w1;
+  u->nw1 = nw1;
+  u->size = size;
+  return NULL;
+}
+
+/* Check free chunk c of the given size (found through a neighbour's tag) and
+ * its successor, before it is merged away. On success *after is the chunk
+ * following it and *after_w1 that chunk's w1. */
+static inline const char *validate_free_neighbour(const chunk_heap_t *h,
+                                                  chunk_t *c, size_t size,
+                                                  chunk_t **after,
+                                                  uint64_t *after_w1,
+                                                  const void **where) {
+  uint64_t key = h->key;
+  *where = payload(c);
+  uint64_t w1 = c->w1;
+  if (!w0_ok(key, c, c->w0) || !w1_ok(key, c, w1))
+    return "corrupted chunk header";
+  if (SIZE_OF(w1) != size || (w1 & USED) || !(w1 & PUSED))
+    return "corrupted chunk header";
+  chunk_t *n = chunk_at(c, size);
+  uint64_t nw0 = n->w0, nw1 = n->w1;
+  if (!w0_ok(key, n, nw0) || !w1_ok(key, n, nw1) || (nw0 & FIELD) != size ||
+      (nw1 & PUSED) || !(nw1 & USED)) {
+    *where = payload(n);
+    return "corrupted chunk header";
+  }
+  if (!links_ok(h, c, size)) return "corrupted free list";
+  *after = n;
+  *after_w1 = nw1;
+  return NULL;
+}
+
+/* ---- allocation core -------------------------------------------------------
+ */
+
+/* Find a free chunk of at least need bytes, check it, and take it out of its
+ * bin. Good fit: the search starts at the first bin whose every chunk fits,
+ * so it is two bit scans; when that finds nothing, the head of need's own
+ * bin is tried too (it may still be large enough). */
+static inline chunk_t *take_fit(chunk_heap_t *h, size_t need, size_t *got) {
+  unsigned fl, sl;
+  size_t r = need;
+  if (r >= LINEAR_MAX)
+    r +=
+        ((size_t)1 << (63u - (unsigned)__builtin_clzll(r) - CHUNK_SL_LOG2)) - 1;
+  bin_of(r, &fl, &sl);
+  chunk_t *c = NULL;
+  if (__builtin_expect(fl < CHUNK_FL_COUNT, 1)) {
+    uint32_t sb = h->sl_bitmap[fl] & (~0u << sl);
+    if (!sb) {
+      uint64_t fb = h->fl_bitmap & (~(uint64_t)0 << (fl + 1));
+      if (fb) {
+        fl = (unsigned)__builtin_ctzll(fb);
+        sb = h->sl_bitmap[fl];
+      }
+    }
+    if (sb) {
+      sl = (unsigned)__builtin_ctz(sb);
+      c = h->bins[fl][sl];
+    }
+  }
+  if (__builtin_expect(!c, 0)) {
+    bin_of(need, &fl, &sl);
+    if (fl >= CHUNK_FL_COUNT) return NULL;
+    c = h->bins[fl][sl];
+    if (!c) return NULL;
+  }
+
+  uint64_t key = h->key;
+  uint64_t w1 = c->w1;
+  size_t size = SIZE_OF(w1);
+  chunk_t *n = chunk_at(c, size);
+  if (__builtin_expect(!w0_ok(key, c, c->w0) || !w1_ok(key, c, w1) ||
+                           (w1 & (USED | PUSED)) != PUSED || c->prev ||
+                           ((uintptr_t)c->next & 15) ||
+                           (c->next && c->next->prev != c) ||
+                           size > h->max_chunk,
+                       0)) {
+    heap_fault(h, "corrupted free chunk", payload(c));
+    return NULL;
+  }
+  if (size < need) return NULL; /* the fallback head was too small */
+  uint64_t nw0 = n->w0, nw1 = n->w1;
+  if (__builtin_expect(!w0_ok(key, n, nw0) || !w1_ok(key, n, nw1) ||
+                           (nw0 & FIELD) != size ||
+                           (nw1 & (USED | PUSED)) != USED,
+                       0)) {
+    heap_fault(h, "corrupted chunk header", payload(n));
+    return NULL;
+  }
+
+  chunk_t *next = c->next;
+  h->bins[fl][sl] = next;
+  if (next) {
+    next->prev = NULL;
+  } else {
+    h->sl_bitmap[fl] &= ~(1u << sl);
+    if (!h->sl_bitmap[fl]) h->fl_bitmap &= ~((uint64_t)1 << fl);
+  }
+  h->free_bytes -= size;
+  *got = size;
+  return c;
+}
+
+/* Make the free chunk c (size bytes, out of the bins, its successor's
+ * prev_size already equal to size) a used chunk of need bytes, returning the
+ * tail to the bins when it is big enough to be a chunk. pflag is c's
+ * PREV_IN_USE bit. */
+static inline void *carve(chunk_heap_t *h, chunk_t *c, size_t size, size_t need,
+                          uint64_t pflag) {
+  uint64_t key = h->key;
+  chunk_t *n = chunk_at(c, size);
+  size_t rem = size - need;
+  if (rem >= CHUNK_MIN) {
+    set_w1(key, c, need | USED | pflag);
+    chunk_t *r = chunk_at(c, need);
+    set_w0(key, r, need);
+    set_w1(key, r, rem | PUSED);
+    set_w0(key, n, rem);
+    bin_insert(h, r, rem);
+    h->used_bytes += need;
+  } else {
+    set_w1(key, c, size | USED | pflag);
+    set_w1(key, n, (n->w1 & FIELD) | PUSED);
+    h->used_bytes += size;
+  }
+  h->used_count++;
+  return payload(c);
+}
+
+/* ---- public API ---------------------------------------------------------- */
+
+void chunk_heap_init(chunk_heap_t *h, uint64_t key) {
+  memset(h, 0, sizeof *h);
+  h->key = key;
+}
+
+void chunk_set_fault(chunk_heap_t *h, chunk_fault_fn fault) {
+  h->fault = fault;
+}
+
+size_t chunk_add_region(chunk_heap_t *h, void *mem, size_t size) {
+  if (((uintptr_t)mem & 15) || (size & 15) ||
+      size < CHUNK_REGION_OVERHEAD + CHUNK_MIN ||
+      size - CHUNK_REGION_OVERHEAD >= MAX_CHUNK)
+    return 0;
+  uint64_t key = h->key;
+  size_t s = size - CHUNK_REGION_OVERHEAD;
+  chunk_t *fence = mem;
+  chunk_t *c = chunk_at(mem, CHUNK_HEADER);
+  chunk_t *end = chunk_at(mem, size - CHUNK_HEADER);
+  set_w0(key, fence, 0);
+  set_w1(key, fence, CHUNK_HEADER | USED | PUSED);
+  set_w0(key, c, CHUNK_HEADER);
+  set_w1(key, c, s | PUSED);
+  set_w0(key, end, s);
+  set_w1(key, end, USED);
+  bin_insert(h, c, s);
+  h->regions++;
+  if (s > h->max_chunk) h->max_chunk = s;
+  return s - CHUNK_HEADER;
+}
+
+bool chunk_region_empty(const chunk_heap_t *h, void *mem, size_t size) {
+  const chunk_t *c = chunk_at(mem, CHUNK_HEADER);
+  uint64_t w1 = c->w1;
+  return w1_ok(h->key, c, w1) && !(w1 & USED) &&
+         SIZE_OF(w1) == size - CHUNK_REGION_OVERHEAD;
+}
+
+void chunk_remove_region(chunk_heap_t *h, void *mem, size_t size) {
+  chunk_t *c = chunk_at(mem, CHUNK_HEADER);
+  size_t s = size - CHUNK_REGION_OVERHEAD;
+  if (!chunk_region_empty(h, mem, size) || !w0_ok(h->key, c, c->w0) ||
+      !links_ok(h, c, s)) {
+    heap_fault(h, "removing a region that is in use", mem);
+    return;
+  }
+  bin_remove(h, c, s);
+  h->regions--;
+}
+
+void *chunk_malloc(chunk_heap_t *h, size_t size) {
+  if (__builtin_expect(size > MAX_REQUEST, 0)) return NULL;
+  size_t need = request_size(size), got;
+  chunk_t *c = take_fit(h, need, &got);
+  if (__builtin_expect(!c, 0)) return NULL;
+  return carve(h, c, got, need, PUSED);
+}
+
+void *chunk_memalign(chunk_heap_t *h, size_t alignment, size_t size) {
+  if (alignment <= 16) return chunk_malloc(h, size);
+  if ((alignment & (alignment - 1)) || alignment > MAX_CHUNK ||
+      size > MAX_REQUEST)
+    return NULL;
+  size_t need = request_size(size);
+  /* The aligned payload is at most alignment + 16 past the found payload:
+   * a leading gap must itself be a chunk (>= CHUNK_MIN) or nothing. */
+  size_t want = need + alignment + CHUNK_HEADER, got;
+  if (want >= MAX_CHUNK) return NULL;
+  chunk_t *c = take_fit(h, want, &got);
+  if (!c) return NULL;
+  uintptr_t p0 = (uintptr_t)payload(c);
+  size_t gap = ((p0 + alignment - 1) & ~(uintptr_t)(alignment - 1)) - p0;
+  if (gap && gap < CHUNK_MIN) gap += alignment;
+  if (!gap) return carve(h, c, got, need, PUSED);
+  /* The found chunk's neighbours are in use (free chunks never touch), so
+   * the leading gap becomes a free chunk of its own. */
+  uint64_t key = h->key;
+  chunk_t *ac = chunk_at(c, gap);
+  set_w1(key, c, gap | PUSED);
+  bin_insert(h, c, gap);
+  set_w0(key, ac, gap);
+  set_w0(key, chunk_at(c, got), got - gap);
+  return carve(h, ac, got - gap, need, 0);
+}
+
+void chunk_free(chunk_heap_t *h, void *p, chunk_fault_fn fault) {
+  if (!p) return;
+  uint64_t key = h->key;
+  used_view_t u;
+  const char *what = validate_used(h, p, &u);
+  const void *where = u.where;
+  if (__builtin_expect(what != NULL, 0)) goto bad;
+
+  chunk_t *c = u.c, *n = u.n, *prev = NULL, *after = n;
+  size_t size = u.size, psize = 0, nsize = 0;
+  uint64_t after_w1 = u.nw1;
+  if (!(u.w1 & PUSED)) {
+    psize = c->w0 & FIELD;
+    if (psize < CHUNK_MIN || psize > h->max_chunk) {
+      what = "corrupted chunk header";
+      goto bad;
+    }
+    prev = chunk_before(c, psize);
+    chunk_t *pafter; /* is c: prev's size came from c's own tag */
+    uint64_t pafter_w1;
+    what = validate_free_neighbour(h, prev, psize, &pafter, &pafter_w1, &where);
+    if (__builtin_expect(what != NULL, 0)) goto bad;
+  }
+  if (!(u.nw1 & USED)) {
+    nsize = SIZE_OF(u.nw1);
+    if (nsize < CHUNK_MIN || nsize > h->max_chunk) {
+      what = "corrupted chunk header";
+      where = payload(n);
+      goto bad;
+    }
+    what = validate_free_neighbour(h, n, nsize, &after, &after_w1, &where);
+    if (__builtin_expect(what != NULL, 0)) goto bad;
+  }
+
+  /* Everything checked; now change things. */
+  h->used_bytes -= size;
+  h->used_count--;
+  chunk_t *start = c;
+  size_t total = size;
+  if (prev) {
+    bin_remove(h, prev, psize);
+    /* Leave a stale but valid "free" header behind, so freeing p again is
+     * reported as a double free rather than an invalid pointer. */
+    set_w1(key, c, size);
+    start = prev;
+    total += psize;
+  }
+  if (nsize) {
+    bin_remove(h, n, nsize);
+    total += nsize;
+  }
+  set_w1(key, start, total | PUSED);
+  set_w0(key, after, total);
+  set_w1(key, after, (after_w1 & FIELD) & ~(uint64_t)PUSED);
+  bin_insert(h, start, total);
+  return;
+
+bad:
+  if (fault) fault(what, where);
+}
+
+bool chunk_is_live(const chunk_heap_t *h, const void *p) {
+  used_view_t u;
+  return p && validate_used(h, p, &u) == NULL;
+}
+
+size_t chunk_usable_size(const void *p) {
+  return SIZE_OF(chunk_of(p)->w1) - CHUNK_HEADER;
+}
+
+bool chunk_resize_in_place(chunk_heap_t *h, void *p, size_t size) {
+  uint64_t key = h->key;
+  used_view_t u;
+  const char *what = validate_used(h, p, &u);
+  if (what) {
+    heap_fault(h, what, u.where);
+    return false;
+  }
+  if (size > MAX_REQUEST) return false;
+  size_t need = request_size(size), cur = u.size;
+  uint64_t pflag = u.w1 & PUSED;
+  chunk_t *c = u.c, *n = u.n;
+  bool next_free = !(u.nw1 & USED);
+  size_t nsize = next_free ? SIZE_OF(u.nw1) : 0;
+  chunk_t *after = NULL;
+  uint64_t after_w1 = 0;
+
+  if (need <= cur) {
+    size_t rem = cur - need;
+    if (rem == 0 || (!next_free && rem < CHUNK_MIN)) return true;
+    chunk_t *t = chunk_at(c, need);
+    if (next_free) {
+      /* Move the boundary: the freed tail joins the free neighbour. */
+      const void *where;
+      what = validate_free_neighbour(h, n, nsize, &after, &after_w1, &where);
+      if (what) {
+        heap_fault(h, what, where);
+        return false;
+      }
+      bin_remove(h, n, nsize);
+      set_w0(key, after, rem + nsize);
+      rem += nsize;
+    } else {
+      set_w0(key, n, rem);
+      set_w1(key, n, (u.nw1 & FIELD) & ~(uint64_t)PUSED);
+    }
+    set_w1(key, c, need | USED | pflag);
+    set_w0(key, t, need);
+    set_w1(key, t, rem | PUSED);
+    bin_insert(h, t, rem);
+    h->used_bytes -= cur - need;
+    return true;
+  }
+
+  if (!next_free || cur + nsize < need) return false;
+  const void *where;
+  what = validate_free_neighbour(h, n, nsize, &after, &after_w1, &where);
+  if (what) {
+    heap_fault(h, what, where);
+    return false;
+  }
+  bin_remove(h, n, nsize);
+  /* n's header is now inside the payload: make sure it no longer looks like
+   * a chunk, so an interior free there is reported as an invalid pointer. */
+  n->w0 = 0;
+  n->w1 = 0;
+  size_t total = cur + nsize, rem = total - need;
+  if (rem >= CHUNK_MIN) {
+    chunk_t *t = chunk_at(c, need);
+    set_w1(key, c, need | USED | pflag);
+    set_w0(key, t, need);
+    set_w1(key, t, rem | PUSED);
+    set_w0(key, after, rem);
+    bin_insert(h, t, rem);
+    h->used_bytes += need - cur;
+  } else {
+    set_w1(key, c, total | USED | pflag);
+    set_w0(key, after, total);
+    set_w1(key, after, (after_w1 & FIELD) | PUSED);
+    h->used_bytes += total - cur;
+  }
+  return true;
+}
+
+int chunk_walk_region(void *mem, size_t size, chunk_visit_fn visit, void *arg) {
+  uintptr_t c = (uintptr_t)mem + CHUNK_HEADER;
+  uintptr_t end = (uintptr_t)mem + size - CHUNK_HEADER;
+  while (c < end) {
+    uint64_t w1 = ((const chunk_t *)c)->w1;
+    size_t s = SIZE_OF(w1);
+    if (s < CHUNK_MIN || s > end - c) return -1;
+    int r = visit((void *)(c + CHUNK_HEADER), s - CHUNK_HEADER,
+                  (w1 & USED) != 0, arg);
+    if (r) return r;
+    c += s;
+  }
+  return c == end ? 0 : -1;
+}
+
+size_t chunk_largest_free(const chunk_heap_t *h) {
+  if (!h->fl_bitmap) return 0;
+  unsigned fl = 63u - (unsigned)__builtin_clzll(h->fl_bitmap);
+  unsigned sl = 31u - (unsigned)__builtin_clz(h->sl_bitmap[fl]);
+  return bin_floor(fl, sl) - CHUNK_HEADER;
+}
+
+void chunk_heap_absorb(chunk_heap_t *into, chunk_heap_t *from) {
+  for (unsigned fl = 0; fl < CHUNK_FL_COUNT; fl++) {
+    for (unsigned sl = 0; sl < CHUNK_SL_COUNT; sl++) {
+      chunk_t *c = from->bins[fl][sl];
+      while (c) {
+        chunk_t *next = c->next;
+        bin_insert(into, c, SIZE_OF(c->w1));
+        c = next;
+      }
+    }
+  }
+  into->used_bytes += from->used_bytes;
+  into->used_count += from->used_count;
+  into->regions += from->regions;
+  if (from->max_chunk > into->max_chunk) into->max_chunk = from->max_chunk;
+  uint64_t key = from->key;
+  chunk_fault_fn fault = from->fault;
+  chunk_heap_init(from, key);
+  from->fault = fault;
+}
+
+/* ---- consistency check ------------------------------------------------- */
+
+typedef struct check_ctx {
+  const chunk_heap_t *h;
+  void *const *regions;
+  const size_t *sizes;
+  size_t nregions;
+  chunk_fault_fn fault;
+} check_ctx_t;
+
+static bool fail(const check_ctx_t *x, const char *what, const void *addr) {
+  if (x->fault) x->fault(what, addr);
+  return false;
+}
+
+/* c is a plausible chunk address inside one of the listed regions. */
+static bool in_regions(const check_ctx_t *x, const void *c) {
+  uintptr_t a = (uintptr_t)c;
+  if (a & 15) return false;
+  for (size_t i = 0; i < x->nregions; i++) {
+    uintptr_t lo = (uintptr_t)x->regions[i] + CHUNK_HEADER;
+    uintptr_t hi = (uintptr_t)x->regions[i] + x->sizes[i] - CHUNK_HEADER;
+    if (a >= lo && a + CHUNK_MIN <= hi) return true;
+  }
+  return false;
+}
+
+static bool check_bins(const check_ctx_t *x, size_t walked_free) {
+  const chunk_heap_t *h = x->h;
+  uint64_t key = h->key;
+  size_t listed = 0;
+  if (h->fl_bitmap >> CHUNK_FL_COUNT)
+    return fail(x, "first-level bitmap has bits past the last level", h);
+  for (unsigned fl = 0; fl < CHUNK_FL_COUNT; fl++) {
+    uint32_t sb = h->sl_bitmap[fl];
+    if (sb >> (CHUNK_SL_COUNT - 1) >> 1)
+      return fail(x, "second-level bitmap has bits past the last bin", h);
+    if (!!sb != ((h->fl_bitmap >> fl) & 1))
+      return fail(x, "first-level bitmap disagrees with second level", h);
+    for (unsigned sl = 0; sl < CHUNK_SL_COUNT; sl++) {
+      const chunk_t *c = h->bins[fl][sl], *prev = NULL;
+      if (!!c != ((sb >> sl) & 1))
+        return fail(x, "second-level bitmap disagrees with its bin", h);
+      for (; c; prev = c, c = c->next) {
+        if (++listed > walked_free)
+          return fail(x, "more chunks in the bins than free chunks", c);
+        if (!in_regions(x, c))
+          return fail(x, "bin entry outside every region", c);
+        uint64_t w1 = c->w1;
+        if (!w0_ok(key, c, c->w0) || !w1_ok(key, c, w1))
+          return fail(x, "corrupted chunk header", payload(c));
+        if (w1 & USED) return fail(x, "used chunk in a bin", payload(c));
+        unsigned f, s;
+        bin_of(SIZE_OF(w1), &f, &s);
+        if (f != fl || s != sl)
+          return fail(x, "free chunk in the wrong bin", payload(c));
+        if (c->prev != prev)
+          return fail(x, "free list back link wrong", payload(c));
+      }
+    }
+  }
+  if (listed != walked_free)
+    return fail(x, "free chunk missing from the bins", h);
+  return true;
+}
+
+bool chunk_check(const chunk_heap_t *h, void *const *regions,
+                 const size_t *sizes, size_t nregions, chunk_fault_fn fault) {
+  check_ctx_t x = {h, regions, sizes, nregions, fault};
+  uint64_t key = h->key;
+  size_t free_bytes = 0, used_bytes = 0, used_count = 0, free_count = 0;
+  if (nregions != h->regions)
+    return fail(&x, "region count differs from the heap's", h);
+  for (size_t i = 0; i < nregions; i++) {
+    void *mem = regions[i];
+    size_t size = sizes[i];
+    if (((uintptr_t)mem & 15) || (size & 15) ||
+        size < CHUNK_REGION_OVERHEAD + CHUNK_MIN)
+      return fail(&x, "bad region bounds", mem);
+    const chunk_t *fence = mem;
+    if (!w0_ok(key, fence, fence->w0) || !w1_ok(key, fence, fence->w1) ||
+        (fence->w1 & FIELD) != (CHUNK_HEADER | USED | PUSED))
+      return fail(&x, "corrupted region fence", mem);
+    uintptr_t c = (uintptr_t)mem + CHUNK_HEADER;
+    uintptr_t end = (uintptr_t)mem + size - CHUNK_HEADER;
+    size_t prev_size = CHUNK_HEADER;
+    bool prev_used = true;
+    while (c < end) {
+      const chunk_t *ch = (const chunk_t *)c;
+      uint64_t w0 = ch->w0, w1 = ch->w1;
+      if (!w0_ok(key, ch, w0) || !w1_ok(key, ch, w1))
+        return fail(&x, "corrupted chunk header", payload(ch));
+      size_t s = SIZE_OF(w1);
+      if (s < CHUNK_MIN || s > end - c)
+        return fail(&x, "chunk size outside its region", payload(ch));
+      if ((w0 & FIELD) != prev_size)
+        return fail(&x, "prev_size disagrees with the previous chunk",
+                    payload(ch));
+      if (!!(w1 & PUSED) != prev_used)
+        return fail(&x, "PREV_IN_USE flag wrong", payload(ch));
+      bool used = w1 & USED;
+      if (!used && !prev_used)
+        return fail(&x, "two adjacent free chunks", payload(ch));
+      if (used) {
+        used_bytes += s;
+        used_count++;
+      } else {
+        free_bytes += s;
+        free_count++;
+      }
+      prev_size = s;
+      prev_used = used;
+      c += s;
+    }
+    const chunk_t *e = (const chunk_t *)end;
+    if (c != end || !w0_ok(key, e, e->w0) || !w1_ok(key, e, e->w1) ||
+        (e->w0 & FIELD) != prev_size ||
+        (e->w1 & FIELD) != (USED | (prev_used ? PUSED : 0)))
+      return fail(&x, "corrupted region end marker", e);
+  }
+  if (!check_bins(&x, free_count)) return false;
+  /* The bins are sound and hold free_count chunks; now every free chunk of
+   * the walk must be among them. */
+  for (size_t i = 0; i < nregions; i++) {
+    uintptr_t c = (uintptr_t)regions[i] + CHUNK_HEADER;
+    uintptr_t end = (uintptr_t)regions[i] + sizes[i] - CHUNK_HEADER;
+    for (; c < end; c += SIZE_OF(((const chunk_t *)c)->w1)) {
+      const chunk_t *ch = (const chunk_t *)c;
+      if (ch->w1 & USED) continue;
+      unsigned fl, sl;
+      bin_of(SIZE_OF(ch->w1), &fl, &sl);
+      const chunk_t *e = h->bins[fl][sl];
+      while (e && e != ch)
+        e = e->next;
+      if (!e) return fail(&x, "free chunk not in its bin", payload(ch));
+    }
+  }
+  if (free_bytes != h->free_bytes) return fail(&x, "free byte count wrong", h);
+  if (used_bytes != h->used_bytes) return fail(&x, "used byte count wrong", h);
+  if (used_count != h->used_count) return fail(&x, "used chunk count wrong", h);
+  return true;
+}

@@ -1,0 +1,222 @@
+/* heap.c: per-thread heaps, process start-up, thread exit and fork.
+ *
+ * Every thread allocates from its own heap, found through one initial-exec
+ * TLS pointer that starts out at `empty_heap`, whose pages have no free
+ * blocks, so the very first malloc of a thread falls into the slow path
+ * without the fast path testing for it. Heap structures are never freed:
+ * a heap whose thread exits is abandoned with its pages, then adopted whole
+ * by the next new thread or absorbed page by page by a running one. */
+#include "internal.h"
+
+#include <pthread.h>
+#include <sys/auxv.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+INTERNAL allot_globals_t g;
+INTERNAL heap_t empty_heap = {.current = {[0 ... NCLASSES - 1] = &empty_page}};
+INTERNAL __thread heap_t *tls_heap = &empty_heap;
+
+static os_lock_t heaps_lock; /* guards the lists below */
+static heap_t *all_heaps;
+static heap_t *abandoned; /* heaps with small pages, no thread */
+static heap_t *pooled;    /* heaps with no small pages, no thread */
+static _Atomic size_t abandoned_count;
+
+/* Heap structures come from their own mappings, never from user pages. */
+static uint8_t *meta_next, *meta_end;
+
+static pthread_key_t thread_key;
+static os_lock_t init_lock;
+static _Atomic int init_state; /* 0 none, 1 core ready, 2 fully ready */
+
+static void thread_done(void *arg);
+static void fork_prepare(void);
+static void fork_parent(void);
+static void fork_child(void);
+
+static long env_long(const char *name, long def, long lo, long hi) {
+  const char *v = getenv(name);
+  if (!v || !*v) return def;
+  char *end;
+  long x = strtol(v, &end, 10);
+  if (*end || x < lo || x > hi) {
+    os_write_err("allot: warning: ignoring invalid ");
+    os_write_err(name);
+    os_write_err("\n");
+    return def;
+  }
+  return x;
+}
+
+static void read_options(void) {
+  g.purge_delay_ms = 50;
+  g.use_brk = 0;
+  g.purge_thread = 1;
+  if (getauxval(AT_SECURE)) return; /* setuid: the environment is hostile */
+  g.purge_delay_ms = env_long("ALLOT_PURGE_DELAY", 50, 0, 3600000);
+  g.use_brk = (int)env_long("ALLOT_USE_BRK", 0, 0, 1);
+  g.purge_thread = (int)env_long("ALLOT_PURGE_THREAD", 1, 0, 1);
+}
+
+/* The part of start-up that makes allocation possible. It calls nothing that
+ * could allocate. */
+void allot_process_init(void) {
+  if (atomic_load_explicit(&init_state, memory_order_acquire)) return;
+  os_lock(&init_lock);
+  if (!atomic_load_explicit(&init_state, memory_order_relaxed)) {
+    os_init();
+    g.key = os_random_seed() | 1;
+    g.mark_key = os_random_seed() ^ (g.key << 7);
+    read_options();
+    pthread_key_create(&thread_key, thread_done);
+    atomic_store_explicit(&init_state, 1, memory_order_release);
+  }
+  os_unlock(&init_lock);
+}
+
+/* Start-up steps that may themselves allocate: run once a heap exists. */
+static void process_init_late(void) {
+  static _Atomic int done;
+  int expected = 0;
+  if (!atomic_compare_exchange_strong(&done, &expected, 1)) return;
+  pthread_atfork(fork_prepare, fork_parent, fork_child);
+  atomic_store_explicit(&init_state, 2, memory_order_release);
+}
+
+static heap_t *heap_new_struct(void) {
+  size_t sz = (sizeof(heap_t) + 63) & ~(size_t)63;
+  if (!meta_next || meta_next + sz > meta_end) {
+    size_t chunk = 64 * 1024;
+    if (chunk < sz) chunk = sz;
+    uint8_t *m = os_map(chunk);
+    if (!m) return NULL;
+    meta_next = m;
+    meta_end = m + chunk;
+  }
+  heap_t *h = (heap_t *)meta_next;
+  meta_next += sz;
+  memset(h, 0, sizeof *h);
+  for (size_t i = 0; i < NCLASSES; i++) h->current[i] = &empty_page;
+  chunk_heap_init(&h->chunks, g.key);
+  os_lock_init(&h->medium_lock);
+  os_lock_init(&h->seg_lock);
+  h->next_all = all_heaps;
+  /* published for the purge thread, which walks the list without a lock */
+  __atomic_store_n(&all_heaps, h, __ATOMIC_RELEASE);
+  return h;
+}
+
+static heap_t *heap_acquire(void) {
+  os_lock(&heaps_lock);
+  heap_t *h = abandoned;
+  if (h) {
+    abandoned = h->next_free;
+    atomic_fetch_sub(&abandoned_count, 1);
+  } else if ((h = pooled)) {
+    pooled = h->next_free;
+  } else {
+    h = heap_new_struct();
+  }
+  if (h) {
+    h->next_free = NULL;
+    h->state = HEAP_ACTIVE;
+  }
+  os_unlock(&heaps_lock);
+  return h;
+}
+
+heap_t *heap_init_thread(void) {
+  allot_process_init();
+  heap_t *h = heap_acquire();
+  if (!h) return NULL;
+  tls_heap = h;
+  pthread_setspecific(thread_key, h);
+  if (atomic_load_explicit(&init_state, memory_order_acquire) < 2)
+    process_init_late();
+  return h;
+}
+
+static void heap_release(heap_t *h) {
+  os_lock(&heaps_lock);
+  h->state = h->segs ? HEAP_ABANDONED : HEAP_POOLED;
+  if (h->segs) {
+    h->next_free = abandoned;
+    abandoned = h;
+    atomic_fetch_add(&abandoned_count, 1);
+  } else {
+    h->next_free = pooled;
+    pooled = h;
+  }
+  os_unlock(&heaps_lock);
+}
+
+/* Thread exit: give back what can be given, leave the rest for others. */
+static void thread_done(void *arg) {
+  heap_t *h = arg;
+  if (!h || h == &empty_heap) return;
+  tls_heap = &empty_heap;
+  heap_collect_pages(h, true);
+  segment_purge_heap(h, true);
+  heap_release(h);
+}
+
+/* Called from a running thread's slow path when it is about to ask for a
+ * fresh page: adopt the pages of one abandoned heap instead. */
+bool heap_absorb_abandoned(heap_t *h) {
+  if (!atomic_load_explicit(&abandoned_count, memory_order_relaxed)) return false;
+  os_lock(&heaps_lock);
+  heap_t *from = abandoned;
+  if (from) {
+    abandoned = from->next_free;
+    atomic_fetch_sub(&abandoned_count, 1);
+    from->next_free = NULL;
+  }
+  os_unlock(&heaps_lock);
+  if (!from) return false;
+  heap_absorb(h, from);
+  heap_release(from);
+  return true;
+}
+
+/* ---- fork ---------------------------------------------------------------
+ * Every lock is taken before fork so the child starts with consistent
+ * shared state. In the child the other threads are gone mid-flight: their
+ * heaps are orphaned (kept, never reused), since their owner-only lists
+ * may be half updated; frees into their pages still work. */
+heap_t *heaps_first(void) {
+  return __atomic_load_n(&all_heaps, __ATOMIC_ACQUIRE);
+}
+
+static void fork_prepare(void) {
+  os_lock(&heaps_lock);
+  for (heap_t *h = all_heaps; h; h = h->next_all) {
+    os_lock(&h->medium_lock);
+    os_lock(&h->seg_lock);
+  }
+  large_lock_all();
+  segments_lock_all();
+}
+
+static void fork_parent(void) {
+  segments_unlock_all();
+  large_unlock_all();
+  for (heap_t *h = all_heaps; h; h = h->next_all) {
+    os_unlock(&h->seg_lock);
+    os_unlock(&h->medium_lock);
+  }
+  os_unlock(&heaps_lock);
+}
+
+static void fork_child(void) {
+  segments_reset_locks();
+  large_reset_lock();
+  for (heap_t *h = all_heaps; h; h = h->next_all) {
+    os_lock_init(&h->medium_lock);
+    os_lock_init(&h->seg_lock);
+    if (h->state == HEAP_ACTIVE && h != tls_heap) h->state = HEAP_ABANDONED;
+  }
+  os_lock_init(&heaps_lock);
+  purge_after_fork_child();
+}

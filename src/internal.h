@@ -1,0 +1,259 @@
+/* internal.h: the types and inline fast paths shared by allot's layers.
+ *
+ * Memory is organised in segments: 4 MiB regions aligned to their size, so
+ * masking any pointer handed out gives its segment header, and a bitmap over
+ * the address space (the segment map) tells allot's segments from anything
+ * else. A segment is one of three kinds: small (63 pages of 64 KiB, each page
+ * holding blocks of one size class, metadata in page 0), medium (one
+ * boundary-tag chunk region) or large (one block in its own mapping). */
+#ifndef ALLOT_INTERNAL_H
+#define ALLOT_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "allot.h"
+#include "chunk.h"
+
+#define INTERNAL __attribute__((visibility("hidden")))
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#define NOINLINE __attribute__((noinline))
+#define COLD __attribute__((cold, noinline))
+
+/* ---- geometry -------------------------------------------------------- */
+#define SEG_SHIFT 22
+#define SEG_SIZE ((size_t)1 << SEG_SHIFT)
+#define SEG_MASK (SEG_SIZE - 1)
+#define PAGE_SHIFT 16
+#define PAGE_SIZE ((size_t)1 << PAGE_SHIFT)
+#define PAGES_PER_SEG (SEG_SIZE / PAGE_SIZE)
+#define OS_PAGE 4096u
+
+#define SMALL_MAX 8192u              /* largest size served from pages */
+#define MEDIUM_MAX ((size_t)1 << 20) /* largest size from the chunk heap */
+#define NCLASSES 57                  /* class 0 unused; 1..56 */
+#define LARGE_OFFSET OS_PAGE /* user data of a large block starts here */
+/* Address bits covered by the segment map; pointers above are foreign. */
+#define VA_BITS 48
+
+/* ---- small-object pages ---------------------------------------------- */
+typedef struct block {
+  uintptr_t next; /* encoded link to the next free block */
+  uintptr_t mark; /* free_mark(block) while free: double-free detection */
+} block_t;
+
+struct heap;
+
+/* A page descriptor fills two cache lines: the first holds what the owner
+ * touches on every malloc and free, the second what other threads write
+ * (`xfree`, `full`), so cross-thread frees do not steal the owner's line.
+ * Its size, a power of two, makes finding it a shift. */
+typedef struct page {
+  block_t *free; /* blocks for malloc, and the owner's frees (owner only) */
+  _Atomic(struct heap *) heap; /* owner */
+  uint32_t used;     /* blocks handed out, not yet seen back */
+  uint32_t capacity; /* blocks carved so far */
+  uint32_t reserved; /* blocks the page can hold */
+  uint32_t bsize;    /* block size; 0 when the page is not in use */
+  uint32_t recip;    /* ceil(2^32 / bsize): block index by multiply */
+  uint8_t cls;
+  uint8_t queue;             /* which heap list holds it: Q_AVAIL, Q_FULL */
+  uint8_t dirty;             /* free, but memory not yet given back */
+  _Alignas(64) _Atomic uintptr_t xfree; /* blocks freed by other threads */
+  _Atomic uint8_t full;                 /* set while in the full list */
+  struct page *next, *prev; /* in the owner's list for its class (cold) */
+  uint64_t freed_at;        /* ms when it became free (purge delay) */
+} __attribute__((aligned(128))) page_t;
+
+_Static_assert(sizeof(page_t) == 128, "page descriptors are found by a shift");
+enum { Q_NONE, Q_AVAIL, Q_FULL };
+enum { SEG_SMALL = 1, SEG_MEDIUM = 2, SEG_LARGE = 3 };
+enum { LARGE_LIVE = 1, LARGE_CACHED = 2 };
+
+typedef struct segment {
+  uint64_t cookie; /* secret ^ address: a header we wrote */
+  uint8_t kind;
+  _Atomic uint32_t large_state;
+  _Atomic(struct heap *) heap; /* owner of small and medium segments */
+  size_t map_size;             /* bytes mapped from the segment start */
+  struct segment *next, *prev; /* global list of every segment */
+  struct segment *hnext, *hprev; /* owner heap's list of its segments */
+  /* small */
+  uint64_t free_pages; /* bit i: page i not in use */
+  uint32_t pages_used;
+  /* medium */
+  void *region;
+  size_t region_size;
+  /* large */
+  size_t large_offset; /* user pointer = segment + large_offset */
+  size_t large_size;   /* usable bytes at the user pointer */
+  uint64_t cached_at;
+  page_t pages[PAGES_PER_SEG];
+} segment_t;
+
+/* ---- heaps ------------------------------------------------------------- */
+typedef struct page_list {
+  page_t *first, *last;
+  size_t count;
+} page_list_t;
+
+typedef struct os_lock {
+  _Atomic int state;
+} os_lock_t;
+
+enum { HEAP_ACTIVE = 1, HEAP_ABANDONED = 2, HEAP_POOLED = 3 };
+
+typedef struct heap {
+  page_t *current[NCLASSES]; /* the fast path allocates from these */
+  page_list_t avail[NCLASSES];
+  page_list_t full[NCLASSES];
+  _Atomic uint64_t xwake; /* classes with frees into full pages */
+  segment_t *segs;        /* small segments of this heap */
+  segment_t *medium_segs;
+  os_lock_t medium_lock; /* medium frees from other threads take it */
+  chunk_heap_t chunks;
+  int state;
+  struct heap *next_all; /* every heap ever made (never freed) */
+  struct heap *next_free; /* abandoned or pooled list */
+  /* Guards segs, the free pages of its segments and dirty_pages: taken by
+   * the owner per page (not per block) and by the purge thread. */
+  os_lock_t seg_lock;
+  _Atomic uint64_t purge_due; /* ms after which dirty pages should go back */
+  _Atomic size_t dirty_pages;
+  _Atomic uint64_t medium_dirty_at; /* ms of the first unpurged medium free */
+} heap_t;
+
+/* ---- process-wide state ----------------------------------------------- */
+typedef struct allot_globals {
+  uint64_t key;      /* link encoding secret */
+  uint64_t mark_key; /* double-free mark secret */
+  int initialized;
+  long purge_delay_ms;
+  int use_brk;
+  int purge_thread; /* return memory from a background thread */
+} allot_globals_t;
+
+extern INTERNAL allot_globals_t g;
+extern INTERNAL heap_t empty_heap;
+extern INTERNAL page_t empty_page;
+extern INTERNAL __thread heap_t *tls_heap;
+extern INTERNAL _Atomic uint64_t segmap[(size_t)1 << (VA_BITS - SEG_SHIFT - 6)];
+extern INTERNAL const uint32_t class_size[NCLASSES];
+extern INTERNAL const uint8_t class_of_small[SMALL_MAX / 16 + 1];
+
+/* ---- os.c ------------------------------------------------------------- */
+INTERNAL void *os_map(size_t size);                 /* NULL on failure */
+INTERNAL void *os_map_aligned(size_t size, size_t align);
+INTERNAL void *os_reserve_aligned(size_t size, size_t align); /* PROT_NONE */
+INTERNAL void os_unmap(void *p, size_t size);
+INTERNAL void os_purge(void *p, size_t size); /* contents may be lost */
+INTERNAL void *os_remap_fixed(void *old, size_t old_size, size_t new_size,
+                              void *target);
+INTERNAL bool os_remap_inplace(void *old, size_t old_size, size_t new_size);
+INTERNAL uint64_t os_now_ms(void);
+INTERNAL uint64_t os_random_seed(void);
+INTERNAL void os_lock(os_lock_t *l);
+INTERNAL void os_unlock(os_lock_t *l);
+INTERNAL void os_lock_init(os_lock_t *l);
+INTERNAL void os_write_err(const char *s);
+INTERNAL void os_fmt_hex(char *out, uintptr_t v);
+INTERNAL void os_fmt_dec(char *out, size_t v);
+INTERNAL _Noreturn void fault(const char *fn, const char *what,
+                              const void *addr);
+INTERNAL void os_init(void);
+
+typedef struct os_stats {
+  _Atomic size_t mmaps, munmaps, purges, remaps;
+  _Atomic size_t mapped;      /* bytes currently mapped */
+  _Atomic size_t mapped_peak; /* their peak */
+} os_stats_t;
+extern INTERNAL os_stats_t os_stats;
+
+/* ---- segment.c -------------------------------------------------------- */
+INTERNAL segment_t *segment_alloc(heap_t *h, int kind);
+INTERNAL void segment_register(segment_t *s, int kind, size_t map_size);
+INTERNAL void segment_register_moved(segment_t *s);
+INTERNAL void segment_unregister(segment_t *s);
+INTERNAL void segment_free(segment_t *s);
+INTERNAL page_t *segment_page_alloc(heap_t *h);
+INTERNAL void segment_page_free(heap_t *h, page_t *pg);
+INTERNAL uint64_t segment_purge_heap(heap_t *h, bool force);
+INTERNAL uint64_t medium_purge_heap(heap_t *h, bool force);
+INTERNAL void segment_collect_cache(bool force);
+INTERNAL void segmap_set(const void *seg, size_t size, bool on);
+INTERNAL void segments_lock_all(void);
+INTERNAL void segments_unlock_all(void);
+INTERNAL void segments_reset_locks(void);
+INTERNAL void *medium_malloc(heap_t *h, size_t size, size_t align);
+INTERNAL void medium_free(segment_t *s, void *p, const char *fn);
+INTERNAL bool medium_resize(segment_t *s, void *p, size_t size);
+
+/* ---- page.c ----------------------------------------------------------- */
+INTERNAL void *page_malloc_slow(heap_t *h, size_t cls);
+INTERNAL void page_free_slow(heap_t *h, page_t *pg);
+INTERNAL void page_xfree(page_t *pg, block_t *b);
+INTERNAL void heap_collect_pages(heap_t *h, bool abandoning);
+INTERNAL void heap_absorb(heap_t *into, heap_t *from);
+INTERNAL size_t page_block_index_fault(page_t *pg, const void *p);
+
+/* ---- large.c ---------------------------------------------------------- */
+INTERNAL void *large_malloc(size_t size, size_t align, bool zero);
+INTERNAL void large_free(segment_t *s, void *p, const char *fn);
+INTERNAL void *large_realloc(segment_t *s, void *p, size_t size);
+INTERNAL uint64_t large_collect(bool force);
+INTERNAL void large_lock_all(void);
+INTERNAL void large_unlock_all(void);
+INTERNAL void large_reset_lock(void);
+
+/* ---- purge.c ---------------------------------------------------------- */
+INTERNAL void purge_notify(void);
+INTERNAL void purge_maybe_start(void);
+INTERNAL void purge_after_fork_child(void);
+extern INTERNAL _Atomic int purge_start_wanted;
+INTERNAL heap_t *heaps_first(void);
+
+/* ---- heap.c ----------------------------------------------------------- */
+INTERNAL heap_t *heap_init_thread(void);
+INTERNAL bool heap_absorb_abandoned(heap_t *h);
+INTERNAL void allot_process_init(void);
+
+/* ---- inline helpers ----------------------------------------------------- */
+/* Class of a size <= SMALL_MAX: one table load. */
+static ALWAYS_INLINE size_t size_class(size_t size) {
+  return class_of_small[(size + 15) >> 4];
+}
+
+static ALWAYS_INLINE uintptr_t link_encode(const block_t *next,
+                                           const block_t *at) {
+  return (uintptr_t)next ^ (uintptr_t)at ^ g.key;
+}
+static ALWAYS_INLINE block_t *link_decode(uintptr_t v, const block_t *at) {
+  return (block_t *)(v ^ (uintptr_t)at ^ g.key);
+}
+static ALWAYS_INLINE uintptr_t free_mark(const void *b) {
+  return (uintptr_t)b ^ g.mark_key;
+}
+
+static ALWAYS_INLINE segment_t *segment_of(const void *p) {
+  return (segment_t *)(((uintptr_t)p - 1) & ~(uintptr_t)SEG_MASK);
+}
+static ALWAYS_INLINE bool segmap_has(const void *seg) {
+  uintptr_t i = (uintptr_t)seg >> SEG_SHIFT;
+  if (unlikely(i >= ((uintptr_t)1 << (VA_BITS - SEG_SHIFT)))) return false;
+  return (atomic_load_explicit(&segmap[i >> 6], memory_order_relaxed) >>
+          (i & 63)) &
+         1;
+}
+static ALWAYS_INLINE uint8_t *page_start(const segment_t *s, const page_t *pg) {
+  return (uint8_t *)s + ((size_t)(pg - s->pages) << PAGE_SHIFT);
+}
+static ALWAYS_INLINE page_t *page_of(const segment_t *s, const void *p) {
+  return (page_t *)&s->pages[((uintptr_t)p - (uintptr_t)s) >> PAGE_SHIFT];
+}
+
+#endif

@@ -1,0 +1,252 @@
+/* os.c: everything allot asks of the kernel.
+ *
+ * Mapping and unmapping, aligned reservations, giving pages back (madvise),
+ * moving mappings (mremap), the clock, the random seed, a futex lock that
+ * works before libc's threads are set up and after fork, and fatal error
+ * reports that use nothing but write(2) and abort(). No layer above calls the
+ * kernel directly. */
+#include "internal.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <stdlib.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+INTERNAL os_stats_t os_stats;
+
+static void stat_mapped(ptrdiff_t delta) {
+  size_t now = atomic_fetch_add_explicit(&os_stats.mapped, (size_t)delta,
+                                         memory_order_relaxed) +
+               (size_t)delta;
+  size_t peak = atomic_load_explicit(&os_stats.mapped_peak, memory_order_relaxed);
+  while (now > peak && !atomic_compare_exchange_weak_explicit(
+                           &os_stats.mapped_peak, &peak, now,
+                           memory_order_relaxed, memory_order_relaxed)) {
+  }
+}
+
+/* brk as the source of segments: optional, for programs whose address-space
+ * layout or kernel accounting prefers it. Memory from brk is never returned
+ * with munmap, only purged. */
+static os_lock_t brk_lock;
+static uintptr_t brk_lo, brk_hi;
+
+static void *brk_alloc(size_t size, size_t align) {
+  os_lock(&brk_lock);
+  void *cur = sbrk(0);
+  void *res = NULL;
+  if (cur != (void *)-1) {
+    uintptr_t start = ((uintptr_t)cur + align - 1) & ~(uintptr_t)(align - 1);
+    size_t grow = start - (uintptr_t)cur + size;
+    if (sbrk((intptr_t)grow) == cur) {
+      res = (void *)start;
+      if (!brk_lo) brk_lo = start;
+      brk_hi = start + size;
+    }
+  }
+  os_unlock(&brk_lock);
+  return res;
+}
+
+static bool is_brk(const void *p) {
+  return (uintptr_t)p >= brk_lo && (uintptr_t)p < brk_hi;
+}
+
+void *os_map(size_t size) {
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  atomic_fetch_add_explicit(&os_stats.mmaps, 1, memory_order_relaxed);
+  if (p == MAP_FAILED) return NULL;
+  stat_mapped((ptrdiff_t)size);
+  return p;
+}
+
+/* Map size bytes at an address that is a multiple of align: map more, then
+ * cut off both ends, so the kernel does the placement. */
+static void *map_aligned(size_t size, size_t align, int prot) {
+  size_t over = size + align;
+  if (over < size) return NULL;
+  void *p = mmap(NULL, over, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+  atomic_fetch_add_explicit(&os_stats.mmaps, 1, memory_order_relaxed);
+  if (p == MAP_FAILED) return NULL;
+  uintptr_t start = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
+  size_t head = start - (uintptr_t)p;
+  size_t tail = over - head - size;
+  if (head) munmap(p, head);
+  if (tail) munmap((void *)(start + size), tail);
+  return (void *)start;
+}
+
+void *os_map_aligned(size_t size, size_t align) {
+  if (g.use_brk) {
+    void *p = brk_alloc(size, align);
+    if (p) {
+      stat_mapped((ptrdiff_t)size);
+      return p;
+    }
+  }
+  void *p = map_aligned(size, align, PROT_READ | PROT_WRITE);
+  if (p) stat_mapped((ptrdiff_t)size);
+  return p;
+}
+
+void *os_reserve_aligned(size_t size, size_t align) {
+  return map_aligned(size, align, PROT_NONE);
+}
+
+void os_unmap(void *p, size_t size) {
+  if (!p || !size) return;
+  stat_mapped(-(ptrdiff_t)size);
+  if (is_brk(p)) {
+    os_purge(p, size);
+    return;
+  }
+  atomic_fetch_add_explicit(&os_stats.munmaps, 1, memory_order_relaxed);
+  munmap(p, size);
+}
+
+void os_purge(void *p, size_t size) {
+  uintptr_t lo = ((uintptr_t)p + OS_PAGE - 1) & ~(uintptr_t)(OS_PAGE - 1);
+  uintptr_t hi = ((uintptr_t)p + size) & ~(uintptr_t)(OS_PAGE - 1);
+  if (hi <= lo) return;
+  atomic_fetch_add_explicit(&os_stats.purges, 1, memory_order_relaxed);
+  madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+/* Move a mapping to target (a reservation made by os_reserve_aligned) without
+ * copying: the kernel moves the page tables. */
+void *os_remap_fixed(void *old, size_t old_size, size_t new_size,
+                     void *target) {
+  atomic_fetch_add_explicit(&os_stats.remaps, 1, memory_order_relaxed);
+  void *p = mremap(old, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED,
+                   target);
+  if (p == MAP_FAILED) return NULL;
+  stat_mapped((ptrdiff_t)new_size - (ptrdiff_t)old_size);
+  return p;
+}
+
+bool os_remap_inplace(void *old, size_t old_size, size_t new_size) {
+  if (is_brk(old)) return false;
+  atomic_fetch_add_explicit(&os_stats.remaps, 1, memory_order_relaxed);
+  void *p = mremap(old, old_size, new_size, 0);
+  if (p == MAP_FAILED) return false;
+  stat_mapped((ptrdiff_t)new_size - (ptrdiff_t)old_size);
+  return true;
+}
+
+uint64_t os_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t os_random_seed(void) {
+  uint64_t x = 0x243F6A8885A308D3ull;
+  const uint64_t *r = (const uint64_t *)getauxval(AT_RANDOM);
+  if (r) x ^= r[0] ^ (r[1] << 1);
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  x ^= (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull;
+  x ^= (uintptr_t)&x; /* stack address: ASLR adds entropy */
+  /* splitmix64 finaliser */
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  return x;
+}
+
+/* A three-state futex lock (0 free, 1 taken, 2 taken with waiters): no
+ * dependency on libpthread's initialisation, trivially reset after fork. */
+void os_lock_init(os_lock_t *l) { atomic_store(&l->state, 0); }
+
+void os_lock(os_lock_t *l) {
+  int c = 0;
+  if (likely(atomic_compare_exchange_strong_explicit(
+          &l->state, &c, 1, memory_order_acquire, memory_order_relaxed)))
+    return;
+  for (int spin = 0; spin < 64; spin++) {
+    c = 0;
+    if (atomic_load_explicit(&l->state, memory_order_relaxed) == 0 &&
+        atomic_compare_exchange_weak_explicit(&l->state, &c, 1,
+                                              memory_order_acquire,
+                                              memory_order_relaxed))
+      return;
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+  }
+  if (atomic_exchange_explicit(&l->state, 2, memory_order_acquire) == 0) return;
+  while (atomic_exchange_explicit(&l->state, 2, memory_order_acquire) != 0)
+    syscall(SYS_futex, &l->state, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+}
+
+void os_unlock(os_lock_t *l) {
+  if (atomic_exchange_explicit(&l->state, 0, memory_order_release) == 2)
+    syscall(SYS_futex, &l->state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+void os_write_err(const char *s) {
+  size_t n = strlen(s);
+  while (n) {
+    ssize_t w = write(2, s, n);
+    if (w <= 0) {
+      if (w < 0 && errno == EINTR) continue;
+      return;
+    }
+    s += w;
+    n -= (size_t)w;
+  }
+}
+
+void os_fmt_hex(char *out, uintptr_t v) {
+  static const char digits[] = "0123456789abcdef";
+  char tmp[2 + 16 + 1];
+  int n = 0;
+  do {
+    tmp[n++] = digits[v & 15];
+    v >>= 4;
+  } while (v);
+  *out++ = '0';
+  *out++ = 'x';
+  while (n) *out++ = tmp[--n];
+  *out = 0;
+}
+
+void os_fmt_dec(char *out, size_t v) {
+  char tmp[24];
+  int n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (n) *out++ = tmp[--n];
+  *out = 0;
+}
+
+/* The one-line report of detected heap corruption. Uses only write() and
+ * abort(): after corruption nothing that allocates can be trusted. */
+void fault(const char *fn, const char *what, const void *addr) {
+  char line[256], hex[24];
+  os_fmt_hex(hex, (uintptr_t)addr);
+  line[0] = 0;
+  strcat(line, "allot: ");
+  strncat(line, fn, 40);
+  strcat(line, "(): ");
+  strncat(line, what, 100);
+  strcat(line, " at ");
+  strcat(line, hex);
+  strcat(line, "\n");
+  os_write_err(line);
+  abort();
+}
+
+void os_init(void) { os_lock_init(&brk_lock); }

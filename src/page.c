@@ -1,0 +1,367 @@
+/* page.c: small objects — pages of one size class and their free lists.
+ *
+ * Each page keeps two free lists so that no operation needs a lock: `free`,
+ * touched only by the owning thread (malloc pops from it, the owner's free
+ * pushes onto it, so a block freed is the next one handed out while it is
+ * still in cache), and `xfree`, an atomic stack that other threads push
+ * onto and that the owner takes over whole when `free` runs dry. Pages with
+ * no free block wait in a per-class full list; a thread freeing into one
+ * flags its class in the owner's `xwake` mask so the owner looks there
+ * again. */
+#include "internal.h"
+
+#include <stdlib.h>
+
+/* Block size of each class: multiples of 16 up to 128, then eight classes
+ * per power of two (at most 12.5 % apart). Generated; see docs/design.md. */
+const uint32_t class_size[NCLASSES] = {
+    0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176,
+    192, 208, 224, 240, 256, 288, 320, 352, 384, 416, 448, 480,
+    512, 576, 640, 704, 768, 832, 896, 960, 1024, 1152, 1280, 1408,
+    1536, 1664, 1792, 1920, 2048, 2304, 2560, 2816, 3072, 3328, 3584, 3840,
+    4096, 4608, 5120, 5632, 6144, 6656, 7168, 7680, 8192,
+};
+
+/* Class of every size up to SMALL_MAX, indexed by (size + 15) / 16. */
+const uint8_t class_of_small[SMALL_MAX / 16 + 1] = {
+    1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+    16, 17, 17, 18, 18, 19, 19, 20, 20, 21, 21, 22, 22, 23, 23, 24,
+    24, 25, 25, 25, 25, 26, 26, 26, 26, 27, 27, 27, 27, 28, 28, 28,
+    28, 29, 29, 29, 29, 30, 30, 30, 30, 31, 31, 31, 31, 32, 32, 32,
+    32, 33, 33, 33, 33, 33, 33, 33, 33, 34, 34, 34, 34, 34, 34, 34,
+    34, 35, 35, 35, 35, 35, 35, 35, 35, 36, 36, 36, 36, 36, 36, 36,
+    36, 37, 37, 37, 37, 37, 37, 37, 37, 38, 38, 38, 38, 38, 38, 38,
+    38, 39, 39, 39, 39, 39, 39, 39, 39, 40, 40, 40, 40, 40, 40, 40,
+    40, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41,
+    41, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42,
+    42, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43,
+    43, 44, 44, 44, 44, 44, 44, 44, 44, 44, 44, 44, 44, 44, 44, 44,
+    44, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45,
+    45, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46,
+    46, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47,
+    47, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48,
+    48, 49, 49, 49, 49, 49, 49, 49, 49, 49, 49, 49, 49, 49, 49, 49,
+    49, 49, 49, 49, 49, 49, 49, 49, 49, 49, 49, 49, 49, 49, 49, 49,
+    49, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50,
+    50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50,
+    50, 51, 51, 51, 51, 51, 51, 51, 51, 51, 51, 51, 51, 51, 51, 51,
+    51, 51, 51, 51, 51, 51, 51, 51, 51, 51, 51, 51, 51, 51, 51, 51,
+    51, 52, 52, 52, 52, 52, 52, 52, 52, 52, 52, 52, 52, 52, 52, 52,
+    52, 52, 52, 52, 52, 52, 52, 52, 52, 52, 52, 52, 52, 52, 52, 52,
+    52, 53, 53, 53, 53, 53, 53, 53, 53, 53, 53, 53, 53, 53, 53, 53,
+    53, 53, 53, 53, 53, 53, 53, 53, 53, 53, 53, 53, 53, 53, 53, 53,
+    53, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54,
+    54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54,
+    54, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55,
+    55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55,
+    55, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56,
+    56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56,
+    56,
+};
+
+INTERNAL page_t empty_page; /* free == NULL: sends the fast path here */
+
+/* ---- lists of pages -------------------------------------------------- */
+static void plist_push_front(page_list_t *l, page_t *pg) {
+  pg->prev = NULL;
+  pg->next = l->first;
+  if (l->first)
+    l->first->prev = pg;
+  else
+    l->last = pg;
+  l->first = pg;
+  l->count++;
+}
+static void plist_push_back(page_list_t *l, page_t *pg) {
+  pg->next = NULL;
+  pg->prev = l->last;
+  if (l->last)
+    l->last->next = pg;
+  else
+    l->first = pg;
+  l->last = pg;
+  l->count++;
+}
+static void plist_remove(page_list_t *l, page_t *pg) {
+  if (pg->prev)
+    pg->prev->next = pg->next;
+  else
+    l->first = pg->next;
+  if (pg->next)
+    pg->next->prev = pg->prev;
+  else
+    l->last = pg->prev;
+  pg->next = pg->prev = NULL;
+  l->count--;
+}
+
+/* ---- blocks ---------------------------------------------------------- */
+
+/* Index of block p in its page, or fault if p is not a block start. */
+size_t page_block_index_fault(page_t *pg, const void *p) {
+  uintptr_t off = (uintptr_t)p & (PAGE_SIZE - 1);
+  uint32_t idx = (uint32_t)((off * pg->recip) >> 32);
+  if (idx * (uintptr_t)pg->bsize != off || idx >= pg->capacity) return SIZE_MAX;
+  return idx;
+}
+
+static void page_init(heap_t *h, page_t *pg, size_t cls) {
+  pg->free = NULL;
+  pg->used = 0;
+  pg->capacity = 0;
+  pg->bsize = class_size[cls];
+  pg->reserved = (uint32_t)(PAGE_SIZE / pg->bsize);
+  pg->recip = (uint32_t)((((uint64_t)1 << 32) + pg->bsize - 1) / pg->bsize);
+  pg->cls = (uint8_t)cls;
+  pg->queue = Q_NONE;
+  atomic_store_explicit(&pg->full, 0, memory_order_relaxed);
+  atomic_store_explicit(&pg->xfree, 0, memory_order_relaxed);
+  atomic_store_explicit(&pg->heap, h, memory_order_release);
+}
+
+/* Carve the next blocks of a page into its free list, about one OS page at a
+ * time, so memory is touched (and becomes resident) only as it is used. */
+static void page_extend(page_t *pg) {
+  size_t n = pg->reserved - pg->capacity;
+  size_t step = OS_PAGE / pg->bsize;
+  if (step < 4) step = 4;
+  if (n > step) n = step;
+  segment_t *s = segment_of(pg);
+  uint8_t *first = page_start(s, pg) + (size_t)pg->capacity * pg->bsize;
+  block_t *next = pg->free;
+  for (size_t i = n; i-- > 0;) {
+    block_t *b = (block_t *)(first + i * pg->bsize);
+    b->next = link_encode(next, b);
+    b->mark = free_mark(b);
+    next = b;
+  }
+  pg->free = next;
+  pg->capacity += (uint32_t)n;
+}
+
+/* Check a block taken from a list against its page: a link that leads out of
+ * the page or off a block boundary means the list was overwritten. */
+static void check_block(page_t *pg, block_t *b, const char *what) {
+  segment_t *s = segment_of(pg);
+  uint8_t *start = page_start(s, pg);
+  if ((uint8_t *)b < start || (uint8_t *)b >= start + PAGE_SIZE ||
+      page_block_index_fault(pg, b) == SIZE_MAX)
+    fault("malloc", what, b);
+}
+
+/* Take over the blocks other threads freed into this page. */
+static void page_collect_xfree(page_t *pg) {
+  uintptr_t head = atomic_exchange_explicit(&pg->xfree, 0, memory_order_acquire);
+  if (!head) return;
+  block_t *b = (block_t *)head, *last = NULL;
+  size_t n = 0;
+  while (b) {
+    check_block(pg, b, "corrupted cross-thread free list");
+    if (++n > pg->used) fault("free", "double free (cross-thread)", b);
+    last = b;
+    b = link_decode(b->next, b);
+  }
+  last->next = link_encode(pg->free, last);
+  pg->free = (block_t *)head;
+  pg->used -= (uint32_t)n;
+}
+
+/* Gather every free block of the page into `free`. */
+static void page_collect(page_t *pg) {
+  if (atomic_load_explicit(&pg->xfree, memory_order_relaxed))
+    page_collect_xfree(pg);
+  if (!pg->free && pg->capacity < pg->reserved) page_extend(pg);
+}
+
+static ALWAYS_INLINE void *page_pop(page_t *pg) {
+  block_t *b = pg->free;
+  block_t *next = link_decode(b->next, b);
+  if (unlikely((((uintptr_t)next ^ (uintptr_t)b) >> PAGE_SHIFT) && next))
+    fault("malloc", "corrupted free list", b);
+  pg->free = next;
+  pg->used++;
+  b->mark = 0;
+  return b;
+}
+
+/* ---- full pages ------------------------------------------------------ */
+
+/* Move a page without free blocks to the full list. The store to `full` and
+ * the load of `xfree` pair with the freeing thread's push-then-load, so
+ * either we see its block or it sees the flag and wakes us. */
+static bool page_to_full(heap_t *h, page_t *pg) {
+  atomic_store_explicit(&pg->full, 1, memory_order_seq_cst);
+  if (atomic_load_explicit(&pg->xfree, memory_order_seq_cst)) {
+    atomic_store_explicit(&pg->full, 0, memory_order_relaxed);
+    return false;
+  }
+  plist_remove(&h->avail[pg->cls], pg);
+  plist_push_back(&h->full[pg->cls], pg);
+  pg->queue = Q_FULL;
+  return true;
+}
+
+static void page_from_full(heap_t *h, page_t *pg) {
+  plist_remove(&h->full[pg->cls], pg);
+  atomic_store_explicit(&pg->full, 0, memory_order_relaxed);
+  plist_push_front(&h->avail[pg->cls], pg);
+  pg->queue = Q_AVAIL;
+}
+
+/* Pages of class cls that other threads freed into while they were full. */
+static void heap_wake_full(heap_t *h, size_t cls) {
+  uint64_t bit = (uint64_t)1 << cls;
+  if (!(atomic_load_explicit(&h->xwake, memory_order_relaxed) & bit)) return;
+  atomic_fetch_and_explicit(&h->xwake, ~bit, memory_order_seq_cst);
+  page_t *pg = h->full[cls].first;
+  while (pg) {
+    page_t *next = pg->next;
+    if (atomic_load_explicit(&pg->xfree, memory_order_seq_cst))
+      page_from_full(h, pg);
+    pg = next;
+  }
+}
+
+/* Return an empty page to its segment, unless it is the last page of its
+ * class: keeping one avoids trading a page back and forth with the segment
+ * when a single object of the class comes and goes. */
+static void page_retire(heap_t *h, page_t *pg, bool keep_last) {
+  page_list_t *l = pg->queue == Q_FULL ? &h->full[pg->cls] : &h->avail[pg->cls];
+  if (keep_last && pg->queue == Q_AVAIL && l->count == 1) return;
+  size_t cls = pg->cls;
+  plist_remove(l, pg);
+  if (h->current[cls] == pg)
+    h->current[cls] = h->avail[cls].first ? h->avail[cls].first : &empty_page;
+  segment_page_free(h, pg);
+}
+
+/* ---- slow paths ------------------------------------------------------- */
+
+void *page_malloc_slow(heap_t *h, size_t cls) {
+  if (unlikely(h == &empty_heap)) {
+    h = heap_init_thread();
+    if (!h) return NULL;
+    page_t *pg = h->current[cls];
+    if (pg->free) return page_pop(pg);
+  }
+  if (h->dirty_pages) segment_purge_heap(h, false);
+  for (int round = 0; round < 3; round++) {
+    page_t *pg = h->avail[cls].first;
+    while (pg) {
+      page_t *next = pg->next;
+      if (!pg->free) page_collect(pg);
+      if (pg->free) {
+        if (pg != h->avail[cls].first) {
+          plist_remove(&h->avail[cls], pg);
+          plist_push_front(&h->avail[cls], pg);
+        }
+        h->current[cls] = pg;
+        return page_pop(pg);
+      }
+      if (!page_to_full(h, pg)) continue; /* a block arrived: look again */
+      pg = next;
+    }
+    heap_wake_full(h, cls);
+    if (h->avail[cls].first) continue;
+    if (round == 0 && heap_absorb_abandoned(h) && h->avail[cls].first) continue;
+    break;
+  }
+  if (unlikely(atomic_load_explicit(&purge_start_wanted, memory_order_relaxed)))
+    purge_maybe_start();
+  page_t *pg = segment_page_alloc(h);
+  if (!pg) {
+    h->current[cls] = h->avail[cls].first ? h->avail[cls].first : &empty_page;
+    return NULL;
+  }
+  page_init(h, pg, cls);
+  plist_push_front(&h->avail[cls], pg);
+  pg->queue = Q_AVAIL;
+  page_extend(pg);
+  h->current[cls] = pg;
+  return page_pop(pg);
+}
+
+/* After a local free that emptied the page or hit a full one. */
+void page_free_slow(heap_t *h, page_t *pg) {
+  if (pg->queue == Q_FULL) page_from_full(h, pg);
+  if (pg->used == 0) page_retire(h, pg, true);
+  if (unlikely(atomic_load_explicit(&purge_start_wanted, memory_order_relaxed)))
+    purge_maybe_start();
+}
+
+/* A free from a thread that does not own the page. */
+void page_xfree(page_t *pg, block_t *b) {
+  b->mark = free_mark(b);
+  uintptr_t head = atomic_load_explicit(&pg->xfree, memory_order_relaxed);
+  do {
+    b->next = link_encode((block_t *)head, b);
+  } while (!atomic_compare_exchange_weak_explicit(
+      &pg->xfree, &head, (uintptr_t)b, memory_order_seq_cst,
+      memory_order_relaxed));
+  if (unlikely(atomic_load_explicit(&pg->full, memory_order_seq_cst))) {
+    heap_t *h = atomic_load_explicit(&pg->heap, memory_order_acquire);
+    atomic_fetch_or_explicit(&h->xwake, (uint64_t)1 << pg->cls,
+                             memory_order_seq_cst);
+  }
+}
+
+/* Collect every page of the heap and give back the empty ones. Before a heap
+ * is abandoned its full pages also move back to the available lists, so no
+ * later free into them needs to wake anyone. */
+void heap_collect_pages(heap_t *h, bool abandoning) {
+  for (size_t cls = 1; cls < NCLASSES; cls++) {
+    page_t *pg = h->full[cls].first;
+    while (pg) {
+      page_t *next = pg->next;
+      if (abandoning || atomic_load_explicit(&pg->xfree, memory_order_relaxed))
+        page_from_full(h, pg);
+      pg = next;
+    }
+    pg = h->avail[cls].first;
+    while (pg) {
+      page_t *next = pg->next;
+      page_collect(pg);
+      if (pg->used == 0) page_retire(h, pg, !abandoning);
+      pg = next;
+    }
+    if (abandoning) h->current[cls] = &empty_page;
+  }
+  atomic_store_explicit(&h->xwake, 0, memory_order_relaxed);
+}
+
+/* Take over the small pages of an abandoned heap. */
+void heap_absorb(heap_t *into, heap_t *from) {
+  os_lock(&into->seg_lock);
+  os_lock(&from->seg_lock);
+  while (from->segs) {
+    segment_t *s = from->segs;
+    from->segs = s->hnext;
+    atomic_store_explicit(&s->heap, into, memory_order_release);
+    s->hprev = NULL;
+    s->hnext = into->segs;
+    if (into->segs) into->segs->hprev = s;
+    into->segs = s;
+  }
+  into->dirty_pages += from->dirty_pages;
+  from->dirty_pages = 0;
+  into->purge_due = 0; /* recomputed by the next purge pass */
+  os_unlock(&from->seg_lock);
+  os_unlock(&into->seg_lock);
+  for (size_t cls = 1; cls < NCLASSES; cls++) {
+    page_list_t *lists[2] = {&from->avail[cls], &from->full[cls]};
+    for (int k = 0; k < 2; k++) {
+      while (lists[k]->first) {
+        page_t *pg = lists[k]->first;
+        plist_remove(lists[k], pg);
+        atomic_store_explicit(&pg->heap, into, memory_order_seq_cst);
+        atomic_store_explicit(&pg->full, 0, memory_order_seq_cst);
+        plist_push_back(&into->avail[cls], pg);
+        pg->queue = Q_AVAIL;
+        page_collect(pg);
+        if (pg->used == 0) page_retire(into, pg, true);
+      }
+    }
+    from->current[cls] = &empty_page;
+  }
+  atomic_store_explicit(&from->xwake, 0, memory_order_relaxed);
+}

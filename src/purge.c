@@ -1,0 +1,94 @@
+/* purge.c: giving memory back to the OS when the program does not call us.
+ *
+ * Free pages, free medium chunks and cached large mappings are returned once
+ * they have been unused for the purge delay. The owner thread does this in
+ * its slow paths, but a program that frees a lot and then sleeps, or only
+ * makes fast-path calls, would keep it all. So once there is memory to give
+ * back, a background thread is started; it sleeps on a futex until the next
+ * purge is due and indefinitely when nothing is pending, so an idle program
+ * pays nothing. It is started lazily, from a point in the slow paths where
+ * allot holds no lock (pthread_create itself allocates), and again in a
+ * forked child on demand. */
+#include "internal.h"
+
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+INTERNAL _Atomic int purge_start_wanted;
+static _Atomic int state;        /* 0 none, 1 starting, 2 running */
+static _Atomic uint32_t wake_seq; /* futex word: bumped by every notify */
+static _Atomic int sleeping_forever;
+
+void purge_notify(void) {
+  if (!g.purge_thread) return;
+  int st = atomic_load_explicit(&state, memory_order_relaxed);
+  if (st == 0) {
+    atomic_store_explicit(&purge_start_wanted, 1, memory_order_relaxed);
+    return;
+  }
+  /* A pending timed sleep already ends before anything new is due (every
+   * delay is the same length), so only an indefinite sleep needs waking. */
+  atomic_fetch_add_explicit(&wake_seq, 1, memory_order_seq_cst);
+  if (atomic_load_explicit(&sleeping_forever, memory_order_seq_cst))
+    syscall(SYS_futex, &wake_seq, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+static uint64_t purge_pass(void) {
+  uint64_t next = UINT64_MAX, due;
+  for (heap_t *h = heaps_first(); h; h = h->next_all) {
+    due = segment_purge_heap(h, false);
+    if (due < next) next = due;
+    due = medium_purge_heap(h, false);
+    if (due < next) next = due;
+  }
+  due = large_collect(false);
+  if (due < next) next = due;
+  return next;
+}
+
+static void *purge_main(void *arg) {
+  (void)arg;
+  for (;;) {
+    uint32_t seq = atomic_load_explicit(&wake_seq, memory_order_seq_cst);
+    uint64_t next = purge_pass();
+    if (next == UINT64_MAX) {
+      atomic_store_explicit(&sleeping_forever, 1, memory_order_seq_cst);
+      if (atomic_load_explicit(&wake_seq, memory_order_seq_cst) == seq)
+        syscall(SYS_futex, &wake_seq, FUTEX_WAIT_PRIVATE, seq, NULL, NULL, 0);
+      atomic_store_explicit(&sleeping_forever, 0, memory_order_relaxed);
+    } else {
+      uint64_t now = os_now_ms();
+      uint64_t ms = next > now ? next - now : 0;
+      /* the coarse clock advances in ticks of a few ms */
+      ms += 5;
+      struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+      syscall(SYS_futex, &wake_seq, FUTEX_WAIT_PRIVATE, seq, &ts, NULL, 0);
+    }
+  }
+  return NULL;
+}
+
+void purge_maybe_start(void) {
+  int expected = 0;
+  atomic_store_explicit(&purge_start_wanted, 0, memory_order_relaxed);
+  if (!atomic_compare_exchange_strong(&state, &expected, 1)) return;
+  pthread_t t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  if (pthread_create(&t, &attr, purge_main, NULL) == 0)
+    atomic_store(&state, 2);
+  else
+    atomic_store(&state, 0); /* try again at the next notify */
+  pthread_attr_destroy(&attr);
+}
+
+void purge_after_fork_child(void) {
+  atomic_store(&state, 0);
+  atomic_store(&sleeping_forever, 0);
+  atomic_store(&purge_start_wanted, 1);
+}

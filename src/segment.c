@@ -1,0 +1,386 @@
+/* segment.c: segments, the segment map, page allocation within segments, and
+ * the medium-object chunk heap living in medium segments.
+ *
+ * A segment is SEG_SIZE bytes aligned to SEG_SIZE; its header (and the page
+ * descriptors of a small segment) fill the start of page 0, away from user
+ * data. Empty segments go to a small process-wide cache, their pages purged,
+ * before being unmapped, so a program that frees and reallocates a few MiB in
+ * a loop does not pay for mmap each time. */
+#include "internal.h"
+
+INTERNAL _Atomic uint64_t segmap[(size_t)1 << (VA_BITS - SEG_SHIFT - 6)];
+
+static os_lock_t seg_list_lock; /* guards all_segs and the cache */
+static segment_t *all_segs;
+static segment_t *seg_cache;
+static size_t seg_cache_count;
+#define SEG_CACHE_MAX 8
+
+void segmap_set(const void *seg, size_t size, bool on) {
+  uintptr_t first = (uintptr_t)seg >> SEG_SHIFT;
+  uintptr_t last = ((uintptr_t)seg + size - 1) >> SEG_SHIFT;
+  /* Only a segment's first unit is marked: pointers into later units of a
+   * large mapping are never valid block starts. */
+  (void)last;
+  uint64_t bit = (uint64_t)1 << (first & 63);
+  if (on)
+    atomic_fetch_or_explicit(&segmap[first >> 6], bit, memory_order_release);
+  else
+    atomic_fetch_and_explicit(&segmap[first >> 6], ~bit, memory_order_release);
+}
+
+static void list_insert(segment_t *s) {
+  s->prev = NULL;
+  s->next = all_segs;
+  if (all_segs) all_segs->prev = s;
+  all_segs = s;
+}
+static void list_remove(segment_t *s) {
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    all_segs = s->next;
+  if (s->next) s->next->prev = s->prev;
+}
+
+/* Header bytes to clear when a segment is (re)used: small segments need their
+ * page descriptors, the others only the fixed part. */
+static size_t header_bytes(int kind) {
+  return kind == SEG_SMALL ? sizeof(segment_t) : offsetof(segment_t, pages);
+}
+
+void segment_register(segment_t *s, int kind, size_t map_size) {
+  memset(s, 0, header_bytes(kind));
+  s->cookie = g.key ^ (uintptr_t)s;
+  s->kind = (uint8_t)kind;
+  s->map_size = map_size;
+  os_lock(&seg_list_lock);
+  list_insert(s);
+  os_unlock(&seg_list_lock);
+  segmap_set(s, map_size, true);
+}
+
+/* A segment whose mapping the kernel moved (mremap): its header came along. */
+void segment_register_moved(segment_t *s) {
+  s->cookie = g.key ^ (uintptr_t)s;
+  os_lock(&seg_list_lock);
+  list_insert(s);
+  os_unlock(&seg_list_lock);
+  segmap_set(s, s->map_size, true);
+}
+
+void segment_unregister(segment_t *s) {
+  segmap_set(s, s->map_size, false);
+  os_lock(&seg_list_lock);
+  list_remove(s);
+  os_unlock(&seg_list_lock);
+}
+
+static void heap_seg_push(segment_t **head, segment_t *s) {
+  s->hprev = NULL;
+  s->hnext = *head;
+  if (*head) (*head)->hprev = s;
+  *head = s;
+}
+static void heap_seg_remove(segment_t **head, segment_t *s) {
+  if (s->hprev)
+    s->hprev->hnext = s->hnext;
+  else
+    *head = s->hnext;
+  if (s->hnext) s->hnext->hprev = s->hprev;
+  s->hnext = s->hprev = NULL;
+}
+
+segment_t *segment_alloc(heap_t *h, int kind) {
+  segment_t *s = NULL;
+  os_lock(&seg_list_lock);
+  if (seg_cache) {
+    s = seg_cache;
+    seg_cache = s->hnext;
+    seg_cache_count--;
+    list_remove(s);
+  }
+  os_unlock(&seg_list_lock);
+  if (s) segmap_set(s, SEG_SIZE, false);
+  if (!s) s = os_map_aligned(SEG_SIZE, SEG_SIZE);
+  if (!s) return NULL;
+  segment_register(s, kind, SEG_SIZE);
+  atomic_store_explicit(&s->heap, h, memory_order_relaxed);
+  if (kind == SEG_SMALL) {
+    s->free_pages = ~(uint64_t)1; /* page 0 holds this header */
+    heap_seg_push(&h->segs, s);
+  } else if (kind == SEG_MEDIUM) {
+    s->region = (uint8_t *)s + PAGE_SIZE;
+    s->region_size = SEG_SIZE - PAGE_SIZE;
+    heap_seg_push(&h->medium_segs, s);
+  }
+  return s;
+}
+
+/* Give an empty small or medium segment back: to the cache with its pages
+ * purged, or to the OS when the cache is full. */
+void segment_free(segment_t *s) {
+  heap_t *h = atomic_load_explicit(&s->heap, memory_order_relaxed);
+  if (s->kind == SEG_SMALL) {
+    heap_seg_remove(&h->segs, s);
+    /* purge the dirty runs of pages, coalesced into as few calls as possible */
+    size_t i = 1;
+    while (i < PAGES_PER_SEG) {
+      if (!s->pages[i].dirty) {
+        i++;
+        continue;
+      }
+      size_t j = i;
+      while (j < PAGES_PER_SEG && s->pages[j].dirty) {
+        s->pages[j].dirty = 0;
+        h->dirty_pages--;
+        j++;
+      }
+      os_purge((uint8_t *)s + i * PAGE_SIZE, (j - i) * PAGE_SIZE);
+      i = j;
+    }
+  } else {
+    heap_seg_remove(&h->medium_segs, s);
+    os_purge(s->region, s->region_size);
+  }
+  s->kind = 0; /* frees into a cached segment are invalid frees */
+  os_lock(&seg_list_lock);
+  if (seg_cache_count < SEG_CACHE_MAX) {
+    s->hnext = seg_cache;
+    seg_cache = s;
+    seg_cache_count++;
+    s = NULL;
+  }
+  os_unlock(&seg_list_lock);
+  if (s) {
+    segment_unregister(s);
+    os_unmap(s, SEG_SIZE);
+  }
+}
+
+/* Unmap every cached segment (allot_collect, malloc_trim). */
+void segment_collect_cache(bool force) {
+  if (!force) return;
+  for (;;) {
+    os_lock(&seg_list_lock);
+    segment_t *s = seg_cache;
+    if (s) {
+      seg_cache = s->hnext;
+      seg_cache_count--;
+      list_remove(s);
+    }
+    os_unlock(&seg_list_lock);
+    if (!s) break;
+    segmap_set(s, SEG_SIZE, false);
+    os_unmap(s, SEG_SIZE);
+  }
+}
+
+static page_t *segment_page_alloc_locked(heap_t *h);
+
+page_t *segment_page_alloc(heap_t *h) {
+  os_lock(&h->seg_lock);
+  page_t *pg = segment_page_alloc_locked(h);
+  os_unlock(&h->seg_lock);
+  return pg;
+}
+
+static page_t *segment_page_alloc_locked(heap_t *h) {
+  segment_t *s = h->segs;
+  while (s && !s->free_pages) s = s->hnext;
+  if (!s) {
+    s = segment_alloc(h, SEG_SMALL);
+    if (!s) return NULL;
+  } else if (s != h->segs) {
+    /* keep segments with free pages at the front */
+    heap_seg_remove(&h->segs, s);
+    heap_seg_push(&h->segs, s);
+  }
+  unsigned i = (unsigned)__builtin_ctzll(s->free_pages);
+  s->free_pages &= ~((uint64_t)1 << i);
+  s->pages_used++;
+  page_t *pg = &s->pages[i];
+  if (pg->dirty) {
+    pg->dirty = 0;
+    h->dirty_pages--;
+  }
+  pg->freed_at = 0;
+  if (!s->free_pages) {
+    /* full segments go to the back so the search above stops early */
+    heap_seg_remove(&h->segs, s);
+    segment_t **tail = &h->segs;
+    segment_t *prev = NULL;
+    while (*tail) {
+      prev = *tail;
+      tail = &(*tail)->hnext;
+    }
+    s->hprev = prev;
+    s->hnext = NULL;
+    *tail = s;
+  }
+  return pg;
+}
+
+void segment_page_free(heap_t *h, page_t *pg) {
+  os_lock(&h->seg_lock);
+  segment_t *s = segment_of(pg);
+  size_t i = (size_t)(pg - s->pages);
+  memset(pg, 0, sizeof *pg);
+  pg->dirty = 1;
+  pg->freed_at = os_now_ms();
+  bool first = h->dirty_pages == 0;
+  if (first) h->purge_due = pg->freed_at + (uint64_t)g.purge_delay_ms;
+  h->dirty_pages++;
+  s->free_pages |= (uint64_t)1 << i;
+  s->pages_used--;
+  /* An empty segment stays until the purge pass finds its pages old enough:
+   * a program that frees everything and allocates again should find its
+   * memory still there, not fault it in anew. */
+  if (s != h->segs) {
+    heap_seg_remove(&h->segs, s);
+    heap_seg_push(&h->segs, s);
+  }
+  os_unlock(&h->seg_lock);
+  if (first) purge_notify();
+}
+
+/* Return free pages that have been free longer than the purge delay (all of
+ * them when forced): from the owner's slow path or the purge thread. Returns
+ * when the next purge is due (UINT64_MAX: nothing left to purge). */
+uint64_t segment_purge_heap(heap_t *h, bool force) {
+  if (!h->dirty_pages) return UINT64_MAX;
+  uint64_t now = os_now_ms();
+  if (!force && now < h->purge_due) return h->purge_due;
+  os_lock(&h->seg_lock);
+  uint64_t next_due = UINT64_MAX;
+  segment_t *next_seg;
+  for (segment_t *s = h->segs; s; s = next_seg) {
+    next_seg = s->hnext;
+    uint64_t mask = s->free_pages;
+    while (mask) {
+      unsigned i = (unsigned)__builtin_ctzll(mask);
+      mask &= mask - 1;
+      page_t *pg = &s->pages[i];
+      if (!pg->dirty) continue;
+      if (force || now >= pg->freed_at + (uint64_t)g.purge_delay_ms) {
+        /* extend over the following dirty free pages */
+        unsigned j = i + 1;
+        while (j < PAGES_PER_SEG && ((mask >> j) & 1) && s->pages[j].dirty &&
+               (force || now >= s->pages[j].freed_at + (uint64_t)g.purge_delay_ms))
+          j++;
+        for (unsigned k = i; k < j; k++) {
+          s->pages[k].dirty = 0;
+          h->dirty_pages--;
+          mask &= ~((uint64_t)1 << k);
+        }
+        os_purge((uint8_t *)s + (size_t)i * PAGE_SIZE, (size_t)(j - i) * PAGE_SIZE);
+      } else if (pg->freed_at + (uint64_t)g.purge_delay_ms < next_due) {
+        next_due = pg->freed_at + (uint64_t)g.purge_delay_ms;
+      }
+    }
+    /* an empty, fully purged segment goes back, but the heap keeps one */
+    if (s->pages_used == 0 && (s->hnext || s->hprev || force)) {
+      bool clean = true;
+      for (size_t i = 1; i < PAGES_PER_SEG && clean; i++)
+        clean = !s->pages[i].dirty;
+      if (clean && (s->hnext || s->hprev)) segment_free(s);
+    }
+  }
+  h->purge_due = next_due;
+  os_unlock(&h->seg_lock);
+  return next_due;
+}
+
+void segments_lock_all(void) { os_lock(&seg_list_lock); }
+void segments_unlock_all(void) { os_unlock(&seg_list_lock); }
+void segments_reset_locks(void) { os_lock_init(&seg_list_lock); }
+
+/* ---- medium objects ------------------------------------------------------ */
+
+static void chunk_fault_malloc(const char *what, const void *addr) {
+  fault("malloc", what, addr);
+}
+
+void *medium_malloc(heap_t *h, size_t size, size_t align) {
+  os_lock(&h->medium_lock);
+  void *p = align > 16 ? chunk_memalign(&h->chunks, align, size)
+                       : chunk_malloc(&h->chunks, size);
+  if (!p) {
+    segment_t *s = segment_alloc(h, SEG_MEDIUM);
+    if (s) {
+      chunk_add_region(&h->chunks, s->region, s->region_size);
+      p = align > 16 ? chunk_memalign(&h->chunks, align, size)
+                     : chunk_malloc(&h->chunks, size);
+    }
+  }
+  os_unlock(&h->medium_lock);
+  (void)chunk_fault_malloc;
+  return p;
+}
+
+static _Thread_local const char *medium_fn;
+static void chunk_fault_free(const char *what, const void *addr) {
+  fault(medium_fn ? medium_fn : "free", what, addr);
+}
+
+/* Lock the heap that owns s; the owner can change while we wait (an abandoned
+ * heap adopted), so check again under the lock. */
+static void medium_mark_dirty(heap_t *h) {
+  uint64_t zero = 0;
+  if (atomic_load_explicit(&h->medium_dirty_at, memory_order_relaxed) == 0 &&
+      atomic_compare_exchange_strong(&h->medium_dirty_at, &zero, os_now_ms()))
+    purge_notify();
+}
+
+static int purge_free_chunk(void *payload, size_t size, bool used, void *arg) {
+  /* the first bytes of a free chunk's payload hold its bin links */
+  if (!used && size >= 16 * OS_PAGE) os_purge((uint8_t *)payload + 64, size - 64);
+  (void)arg;
+  return 0;
+}
+
+/* Give back the interior pages of large free chunks once the heap's medium
+ * frees are older than the purge delay. */
+uint64_t medium_purge_heap(heap_t *h, bool force) {
+  uint64_t at = atomic_load_explicit(&h->medium_dirty_at, memory_order_relaxed);
+  if (!at) return UINT64_MAX;
+  uint64_t due = at + (uint64_t)g.purge_delay_ms;
+  if (!force && os_now_ms() < due) return due;
+  os_lock(&h->medium_lock);
+  atomic_store_explicit(&h->medium_dirty_at, 0, memory_order_relaxed);
+  for (segment_t *s = h->medium_segs; s; s = s->hnext)
+    chunk_walk_region(s->region, s->region_size, purge_free_chunk, NULL);
+  os_unlock(&h->medium_lock);
+  return UINT64_MAX;
+}
+
+static heap_t *medium_lock_owner(segment_t *s) {
+  for (;;) {
+    heap_t *h = atomic_load_explicit(&s->heap, memory_order_acquire);
+    os_lock(&h->medium_lock);
+    if (atomic_load_explicit(&s->heap, memory_order_relaxed) == h) return h;
+    os_unlock(&h->medium_lock);
+  }
+}
+
+void medium_free(segment_t *s, void *p, const char *fn) {
+  heap_t *h = medium_lock_owner(s);
+  medium_fn = fn;
+  chunk_free(&h->chunks, p, chunk_fault_free);
+  segment_t *release = NULL;
+  if (chunk_region_empty(&h->chunks, s->region, s->region_size) &&
+      (s->hnext || s->hprev || h->state != HEAP_ACTIVE)) {
+    chunk_remove_region(&h->chunks, s->region, s->region_size);
+    release = s;
+    segment_free(s);
+  }
+  os_unlock(&h->medium_lock);
+  if (!release) medium_mark_dirty(h);
+}
+
+bool medium_resize(segment_t *s, void *p, size_t size) {
+  heap_t *h = medium_lock_owner(s);
+  bool ok = chunk_resize_in_place(&h->chunks, p, size);
+  os_unlock(&h->medium_lock);
+  return ok;
+}
