@@ -26,7 +26,7 @@ static ALWAYS_INLINE void *small_alloc(heap_t *h, size_t size) {
     b->mark = 0;
     return b;
   }
-  return page_malloc_slow(h, cls);
+  return page_malloc_slow(h, cls, size);
 }
 
 static heap_t *heap_get(void) {
@@ -46,7 +46,11 @@ static NOINLINE void *alloc_big(size_t size, size_t align, bool zero) {
     allot_process_init();
     p = large_malloc(size, align, zero);
   }
-  if (!p) errno = ENOMEM;
+  if (!p) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (unlikely(g.slow_mode)) p = checked_big(p, size);
   return p;
 }
 
@@ -64,7 +68,7 @@ static ALWAYS_INLINE void *alloc(size_t size) {
 static size_t aligned_class(size_t size, size_t align) {
   size_t need = (size + align - 1) & ~(align - 1);
   if (need > SMALL_MAX) return 0;
-  for (size_t cls = size_class(need); cls < NCLASSES; cls++)
+  for (size_t cls = size_class(need ? need : 1); cls < NCLASSES; cls++)
     if ((class_size[cls] & (align - 1)) == 0) return cls;
   return 0;
 }
@@ -103,6 +107,8 @@ static NOINLINE void free_big(segment_t *s, void *p, const char *fn) {
     medium_free(s, p, fn);
   else if (s->kind == SEG_LARGE)
     large_free(s, p, fn);
+  else if (s->kind == SEG_ZERO)
+    zero_free(s, p, fn);
   else
     bad_pointer(p, fn);
 }
@@ -120,7 +126,7 @@ static ALWAYS_INLINE page_t *small_page(segment_t *s, const void *p) {
                    (PAGES_PER_SEG - 1)];
 }
 
-static ALWAYS_INLINE void dealloc(void *p, const char *fn) {
+static ALWAYS_INLINE void dealloc_block(void *p, const char *fn) {
   segment_t *s = segment_of(p);
   if (unlikely(!segmap_has(s))) {
     if (p) bad_pointer(p, fn);
@@ -148,6 +154,16 @@ static ALWAYS_INLINE void dealloc(void *p, const char *fn) {
   free_big(s, p, fn);
 }
 
+void free_unchecked(void *p, const char *fn) { dealloc_block(p, fn); }
+
+static ALWAYS_INLINE void dealloc(void *p, const char *fn) {
+  if (unlikely(g.slow_mode)) {
+    checked_free(p, fn);
+    return;
+  }
+  dealloc_block(p, fn);
+}
+
 /* Usable size of a live block, faulting on anything else. */
 static size_t usable_size(const void *p, const char *fn) {
   segment_t *s = segment_of(p);
@@ -168,6 +184,10 @@ static size_t usable_size(const void *p, const char *fn) {
             LARGE_LIVE)
       fault(fn, "invalid or freed pointer", p);
     return s->large_size;
+  }
+  if (s->kind == SEG_ZERO) {
+    if (!zero_live(s, p)) fault(fn, "invalid or freed pointer", p);
+    return 0;
   }
   bad_pointer(p, fn);
   return 0;
@@ -209,7 +229,7 @@ EXPORT void *allot_realloc(void *p, size_t size) {
   } else if (s->kind == SEG_MEDIUM) {
     if (size > SMALL_MAX && size <= MEDIUM_MAX && medium_resize(s, p, size))
       return p;
-  } else {
+  } else if (s->kind == SEG_LARGE) {
     void *q = large_realloc(s, p, size);
     if (q) return q;
   }
@@ -229,10 +249,19 @@ EXPORT void *allot_reallocarray(void *p, size_t n, size_t size) {
   return allot_realloc(p, total);
 }
 
+/* A size given back to free_sized must be one the block could have been
+ * asked with: not more than its usable size, and more than half of it (a
+ * realloc that shrinks by half or more moves the block, so no smaller size
+ * can belong to it). */
+static void check_size(const void *p, size_t size, const char *fn) {
+  size_t u = usable_size(p, fn);
+  if (size > u) fault(fn, "size larger than the block", p);
+  if (u > 16 && size <= u / 2) fault(fn, "size does not match the block", p);
+}
+
 EXPORT void allot_free_sized(void *p, size_t size) {
   if (!p) return;
-  if (size > usable_size(p, "free_sized"))
-    fault("free_sized", "size larger than the block", p);
+  check_size(p, size, "free_sized");
   dealloc(p, "free_sized");
 }
 
@@ -241,8 +270,17 @@ EXPORT void allot_free_aligned_sized(void *p, size_t align, size_t size) {
   if (align & (align - 1)) fault("free_aligned_sized", "bad alignment", p);
   if (((uintptr_t)p & (align - 1)) != 0)
     fault("free_aligned_sized", "block not aligned as stated", p);
-  if (size > usable_size(p, "free_aligned_sized"))
+  segment_t *s = segment_of(p);
+  if (align <= 16) {
+    check_size(p, size, "free_aligned_sized");
+  } else if (segmap_has(s) && s->kind == SEG_SMALL) {
+    page_t *pg = small_page(s, p);
+    usable_size(p, "free_aligned_sized");
+    if (pg->cls != aligned_class(size, align))
+      fault("free_aligned_sized", "size does not match the block", p);
+  } else if (size > usable_size(p, "free_aligned_sized")) {
     fault("free_aligned_sized", "size larger than the block", p);
+  }
   dealloc(p, "free_aligned_sized");
 }
 
@@ -314,6 +352,7 @@ EXPORT int allot_owns(const void *p) {
     return p == (uint8_t *)s + s->large_offset &&
            atomic_load_explicit(&s->large_state, memory_order_acquire) ==
                LARGE_LIVE;
+  if (s->kind == SEG_ZERO) return zero_live(s, p);
   return 0;
 }
 

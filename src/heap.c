@@ -58,6 +58,8 @@ static void read_options(void) {
   g.purge_delay_ms = env_long("ALLOT_PURGE_DELAY", 50, 0, 3600000);
   g.use_brk = (int)env_long("ALLOT_USE_BRK", 0, 0, 1);
   g.purge_thread = (int)env_long("ALLOT_PURGE_THREAD", 1, 0, 1);
+  g.debug = (int)env_long("ALLOT_DEBUG", 0, 0, 1);
+  g.slow_mode = g.debug;
 }
 
 /* The part of start-up that makes allocation possible. It calls nothing that

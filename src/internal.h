@@ -72,7 +72,7 @@ typedef struct page {
 
 _Static_assert(sizeof(page_t) == 128, "page descriptors are found by a shift");
 enum { Q_NONE, Q_AVAIL, Q_FULL };
-enum { SEG_SMALL = 1, SEG_MEDIUM = 2, SEG_LARGE = 3 };
+enum { SEG_SMALL = 1, SEG_MEDIUM = 2, SEG_LARGE = 3, SEG_ZERO = 4 };
 enum { LARGE_LIVE = 1, LARGE_CACHED = 2 };
 
 typedef struct segment {
@@ -136,6 +136,10 @@ typedef struct allot_globals {
   long purge_delay_ms;
   int use_brk;
   int purge_thread; /* return memory from a background thread */
+  /* Checked mode: every malloc and free goes through checked.c, which adds
+   * statistics, debug fills or secure-mode checks. Fixed at start-up. */
+  int slow_mode;
+  int debug;
 } allot_globals_t;
 
 extern INTERNAL allot_globals_t g;
@@ -152,6 +156,7 @@ INTERNAL void *os_map_aligned(size_t size, size_t align);
 INTERNAL void *os_reserve_aligned(size_t size, size_t align); /* PROT_NONE */
 INTERNAL void os_unmap(void *p, size_t size);
 INTERNAL void os_purge(void *p, size_t size); /* contents may be lost */
+INTERNAL bool os_protect_none(void *p, size_t size);
 INTERNAL void *os_remap_fixed(void *old, size_t old_size, size_t new_size,
                               void *target);
 INTERNAL bool os_remap_inplace(void *old, size_t old_size, size_t new_size);
@@ -192,9 +197,13 @@ INTERNAL void segments_reset_locks(void);
 INTERNAL void *medium_malloc(heap_t *h, size_t size, size_t align);
 INTERNAL void medium_free(segment_t *s, void *p, const char *fn);
 INTERNAL bool medium_resize(segment_t *s, void *p, size_t size);
+INTERNAL void *zero_alloc(void);
+INTERNAL void zero_free(segment_t *s, void *p, const char *fn);
+INTERNAL bool zero_live(segment_t *s, const void *p);
 
 /* ---- page.c ----------------------------------------------------------- */
-INTERNAL void *page_malloc_slow(heap_t *h, size_t cls);
+INTERNAL void *page_malloc_slow(heap_t *h, size_t cls, size_t size);
+INTERNAL void *page_alloc_block(heap_t *h, size_t cls);
 INTERNAL void page_free_slow(heap_t *h, page_t *pg);
 INTERNAL void page_xfree(page_t *pg, block_t *b);
 INTERNAL void heap_collect_pages(heap_t *h, bool abandoning);
@@ -216,6 +225,12 @@ INTERNAL void purge_maybe_start(void);
 INTERNAL void purge_after_fork_child(void);
 extern INTERNAL _Atomic int purge_start_wanted;
 INTERNAL heap_t *heaps_first(void);
+
+/* ---- checked.c: the checked (slow) mode's malloc and free ---------------- */
+INTERNAL void *checked_malloc(heap_t *h, size_t cls, size_t size);
+INTERNAL void *checked_big(void *p, size_t size);
+INTERNAL void checked_free(void *p, const char *fn);
+INTERNAL void free_unchecked(void *p, const char *fn);
 
 /* ---- heap.c ----------------------------------------------------------- */
 INTERNAL heap_t *heap_init_thread(void);

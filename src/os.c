@@ -118,6 +118,10 @@ void os_purge(void *p, size_t size) {
   madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
+bool os_protect_none(void *p, size_t size) {
+  return mprotect(p, size, PROT_NONE) == 0;
+}
+
 /* Move a mapping to target (a reservation made by os_reserve_aligned) without
  * copying: the kernel moves the page tables. */
 void *os_remap_fixed(void *old, size_t old_size, size_t new_size,

@@ -22,9 +22,11 @@ const uint32_t class_size[NCLASSES] = {
     4096, 4608, 5120, 5632, 6144, 6656, 7168, 7680, 8192,
 };
 
-/* Class of every size up to SMALL_MAX, indexed by (size + 15) / 16. */
+/* Class of every size up to SMALL_MAX, indexed by (size + 15) / 16. Size 0
+ * has class 0, whose current page never has free blocks: malloc(0) takes the
+ * slow path to a zero-size block without a test on the fast path. */
 const uint8_t class_of_small[SMALL_MAX / 16 + 1] = {
-    1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
     16, 17, 17, 18, 18, 19, 19, 20, 20, 21, 21, 22, 22, 23, 23, 24,
     24, 25, 25, 25, 25, 26, 26, 26, 26, 27, 27, 27, 27, 28, 28, 28,
     28, 29, 29, 29, 29, 30, 30, 30, 30, 31, 31, 31, 31, 32, 32, 32,
@@ -222,6 +224,12 @@ static void heap_wake_full(heap_t *h, size_t cls) {
   }
 }
 
+/* In checked mode (statistics, debug, secure) no page is ever made current,
+ * so every malloc comes through page_malloc_slow and its hooks. */
+static ALWAYS_INLINE void set_current(heap_t *h, size_t cls, page_t *pg) {
+  h->current[cls] = unlikely(g.slow_mode) ? &empty_page : pg;
+}
+
 /* Return an empty page to its segment, unless it is the last page of its
  * class: keeping one avoids trading a page back and forth with the segment
  * when a single object of the class comes and goes. */
@@ -231,19 +239,29 @@ static void page_retire(heap_t *h, page_t *pg, bool keep_last) {
   size_t cls = pg->cls;
   plist_remove(l, pg);
   if (h->current[cls] == pg)
-    h->current[cls] = h->avail[cls].first ? h->avail[cls].first : &empty_page;
+    set_current(h, cls, h->avail[cls].first ? h->avail[cls].first : &empty_page);
   segment_page_free(h, pg);
 }
 
 /* ---- slow paths ------------------------------------------------------- */
 
-void *page_malloc_slow(heap_t *h, size_t cls) {
+void *page_malloc_slow(heap_t *h, size_t cls, size_t size) {
   if (unlikely(h == &empty_heap)) {
     h = heap_init_thread();
     if (!h) return NULL;
+    if (cls == 0) return zero_alloc();
     page_t *pg = h->current[cls];
     if (pg->free) return page_pop(pg);
   }
+  if (unlikely(cls == 0)) return zero_alloc();
+  if (unlikely(g.slow_mode)) return checked_malloc(h, cls, size);
+  return page_alloc_block(h, cls);
+}
+
+/* A block of class cls from the heap's pages: the current page's free list,
+ * then the other pages of the class, then pages freed into while full, then
+ * an abandoned heap's pages, then a fresh page. */
+void *page_alloc_block(heap_t *h, size_t cls) {
   if (h->dirty_pages) segment_purge_heap(h, false);
   for (int round = 0; round < 3; round++) {
     page_t *pg = h->avail[cls].first;
@@ -255,7 +273,7 @@ void *page_malloc_slow(heap_t *h, size_t cls) {
           plist_remove(&h->avail[cls], pg);
           plist_push_front(&h->avail[cls], pg);
         }
-        h->current[cls] = pg;
+        set_current(h, cls, pg);
         return page_pop(pg);
       }
       if (!page_to_full(h, pg)) continue; /* a block arrived: look again */
@@ -270,14 +288,14 @@ void *page_malloc_slow(heap_t *h, size_t cls) {
     purge_maybe_start();
   page_t *pg = segment_page_alloc(h);
   if (!pg) {
-    h->current[cls] = h->avail[cls].first ? h->avail[cls].first : &empty_page;
+    set_current(h, cls, h->avail[cls].first ? h->avail[cls].first : &empty_page);
     return NULL;
   }
   page_init(h, pg, cls);
   plist_push_front(&h->avail[cls], pg);
   pg->queue = Q_AVAIL;
   page_extend(pg);
-  h->current[cls] = pg;
+  set_current(h, cls, pg);
   return page_pop(pg);
 }
 

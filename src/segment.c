@@ -11,6 +11,7 @@
 INTERNAL _Atomic uint64_t segmap[(size_t)1 << (VA_BITS - SEG_SHIFT - 6)];
 
 static os_lock_t seg_list_lock; /* guards all_segs and the cache */
+static os_lock_t zero_lock;     /* guards the zero-size blocks */
 static segment_t *all_segs;
 static segment_t *seg_cache;
 static size_t seg_cache_count;
@@ -291,9 +292,18 @@ uint64_t segment_purge_heap(heap_t *h, bool force) {
   return next_due;
 }
 
-void segments_lock_all(void) { os_lock(&seg_list_lock); }
-void segments_unlock_all(void) { os_unlock(&seg_list_lock); }
-void segments_reset_locks(void) { os_lock_init(&seg_list_lock); }
+void segments_lock_all(void) {
+  os_lock(&zero_lock);
+  os_lock(&seg_list_lock);
+}
+void segments_unlock_all(void) {
+  os_unlock(&seg_list_lock);
+  os_unlock(&zero_lock);
+}
+void segments_reset_locks(void) {
+  os_lock_init(&seg_list_lock);
+  os_lock_init(&zero_lock);
+}
 
 /* ---- medium objects ------------------------------------------------------ */
 
@@ -383,4 +393,80 @@ bool medium_resize(segment_t *s, void *p, size_t size) {
   bool ok = chunk_resize_in_place(&h->chunks, p, size);
   os_unlock(&h->medium_lock);
   return ok;
+}
+
+/* ---- zero-size blocks ------------------------------------------------------
+ * malloc(0) returns a unique pointer that faults on any access: an address in
+ * a zero segment, whose pages 1..63 are PROT_NONE. Which addresses are taken
+ * is a bitmap in page 0 (one bit per 16 bytes), since nothing can be stored
+ * in the blocks themselves. malloc(0) is rare, so one lock serves all. */
+#define ZERO_SLOTS ((SEG_SIZE - PAGE_SIZE) / 16)
+typedef struct zero_seg {
+  segment_t hdr; /* kind SEG_ZERO; hnext links zero segments */
+  size_t used, hint;
+  uint64_t bits[ZERO_SLOTS / 64];
+} zero_seg_t;
+_Static_assert(sizeof(zero_seg_t) <= PAGE_SIZE, "zero bitmap fits page 0");
+
+static zero_seg_t *zero_segs;
+
+void *zero_alloc(void) {
+  void *res = NULL;
+  os_lock(&zero_lock);
+  zero_seg_t *z = zero_segs;
+  while (z && z->used == ZERO_SLOTS) z = (zero_seg_t *)z->hdr.hnext;
+  if (!z) {
+    z = os_map_aligned(SEG_SIZE, SEG_SIZE);
+    if (z && !os_protect_none((uint8_t *)z + PAGE_SIZE, SEG_SIZE - PAGE_SIZE)) {
+      os_unmap(z, SEG_SIZE);
+      z = NULL;
+    }
+    if (z) {
+      segment_register(&z->hdr, SEG_ZERO, SEG_SIZE);
+      z->hdr.hnext = (segment_t *)zero_segs;
+      zero_segs = z;
+    }
+  }
+  if (z) {
+    size_t w = z->hint;
+    while (z->bits[w] == UINT64_MAX) w = (w + 1) % (ZERO_SLOTS / 64);
+    unsigned b = (unsigned)__builtin_ctzll(~z->bits[w]);
+    z->bits[w] |= (uint64_t)1 << b;
+    z->used++;
+    z->hint = w;
+    res = (uint8_t *)z + PAGE_SIZE + (w * 64 + b) * 16;
+  }
+  os_unlock(&zero_lock);
+  return res;
+}
+
+static size_t zero_slot(segment_t *s, const void *p) {
+  uintptr_t off = (uintptr_t)p - (uintptr_t)s;
+  if (off < PAGE_SIZE || off >= SEG_SIZE || (off & 15)) return SIZE_MAX;
+  return (off - PAGE_SIZE) / 16;
+}
+
+bool zero_live(segment_t *s, const void *p) {
+  zero_seg_t *z = (zero_seg_t *)s;
+  size_t i = zero_slot(s, p);
+  if (i == SIZE_MAX) return false;
+  os_lock(&zero_lock);
+  bool live = (z->bits[i / 64] >> (i % 64)) & 1;
+  os_unlock(&zero_lock);
+  return live;
+}
+
+void zero_free(segment_t *s, void *p, const char *fn) {
+  zero_seg_t *z = (zero_seg_t *)s;
+  size_t i = zero_slot(s, p);
+  if (i == SIZE_MAX) fault(fn, "invalid pointer (not the start of a block)", p);
+  os_lock(&zero_lock);
+  uint64_t bit = (uint64_t)1 << (i % 64);
+  if (!(z->bits[i / 64] & bit)) {
+    os_unlock(&zero_lock);
+    fault(fn, "double free", p);
+  }
+  z->bits[i / 64] &= ~bit;
+  z->used--;
+  os_unlock(&zero_lock);
 }
