@@ -52,16 +52,20 @@ typedef struct chunk {
 
 /* ---- header words ---------------------------------------------------- */
 
-static inline uint64_t tag_of(uint64_t key, const void *at, uint64_t v) {
-  uint64_t x = ((uint64_t)(uintptr_t)at ^ key) * 0x9E3779B97F4A7C15ull;
-  x = (x ^ v) * 0xD6E8FEB86659FD93ull;
+/* The address half is shared by both words of a header (the compiler
+ * computes it once); the domain constant keeps w0 and w1 tags apart. */
+static inline uint64_t addr_mix(uint64_t key, const void *at) {
+  return ((uint64_t)(uintptr_t)at ^ key) * 0x9E3779B97F4A7C15ull;
+}
+static inline uint64_t tag_of(uint64_t a, uint64_t v) {
+  uint64_t x = (a ^ v) * 0xD6E8FEB86659FD93ull;
   return ((x >> 50) | 0x8000u) << 48;
 }
 static inline uint64_t mk_w0(uint64_t key, const chunk_t *c, uint64_t prev) {
-  return prev | tag_of(key, c, prev);
+  return prev | tag_of(addr_mix(key, c), prev);
 }
 static inline uint64_t mk_w1(uint64_t key, const chunk_t *c, uint64_t head) {
-  return head | tag_of(key ^ DOMAIN1, c, head);
+  return head | tag_of(addr_mix(key, c) ^ DOMAIN1, head);
 }
 static inline bool w0_ok(uint64_t key, const chunk_t *c, uint64_t w) {
   return w == mk_w0(key, c, w & FIELD);
@@ -244,11 +248,13 @@ static inline const char *validate_free_neighbour(const chunk_heap_t *h,
 static inline chunk_t *take_fit(chunk_heap_t *h, size_t need, size_t *got) {
   unsigned fl, sl;
   size_t r = need;
-  if (r >= LINEAR_MAX)
-    r +=
-        ((size_t)1 << (63u - (unsigned)__builtin_clzll(r) - CHUNK_SL_LOG2)) - 1;
+  if (r >= LINEAR_MAX) { /* up to the next bin floor */
+    unsigned b = 63u - (unsigned)__builtin_clzll(r);
+    r += ((size_t)1 << (b - CHUNK_SL_LOG2)) - 1;
+  }
   bin_of(r, &fl, &sl);
   chunk_t *c = NULL;
+  size_t least = need; /* what any chunk of the bin used must hold */
   if (__builtin_expect(fl < CHUNK_FL_COUNT, 1)) {
     uint32_t sb = h->sl_bitmap[fl] & (~0u << sl);
     if (!sb) {
@@ -261,6 +267,7 @@ static inline chunk_t *take_fit(chunk_heap_t *h, size_t need, size_t *got) {
     if (sb) {
       sl = (unsigned)__builtin_ctz(sb);
       c = h->bins[fl][sl];
+      least = bin_floor(fl, sl);
     }
   }
   if (__builtin_expect(!c, 0)) {
@@ -268,6 +275,7 @@ static inline chunk_t *take_fit(chunk_heap_t *h, size_t need, size_t *got) {
     if (fl >= CHUNK_FL_COUNT) return NULL;
     c = h->bins[fl][sl];
     if (!c) return NULL;
+    least = bin_floor(fl, sl);
   }
 
   uint64_t key = h->key;
@@ -278,12 +286,12 @@ static inline chunk_t *take_fit(chunk_heap_t *h, size_t need, size_t *got) {
                            (w1 & (USED | PUSED)) != PUSED || c->prev ||
                            ((uintptr_t)c->next & 15) ||
                            (c->next && c->next->prev != c) ||
-                           size > h->max_chunk,
+                           size > h->max_chunk || size < least,
                        0)) {
     heap_fault(h, "corrupted free chunk", payload(c));
     return NULL;
   }
-  if (size < need) return NULL; /* the fallback head was too small */
+  if (size < need) return NULL; /* the fallback bin's head is too small */
   uint64_t nw0 = n->w0, nw1 = n->w1;
   if (__builtin_expect(!w0_ok(key, n, nw0) || !w1_ok(key, n, nw1) ||
                            (nw0 & FIELD) != size ||
@@ -581,6 +589,7 @@ int chunk_walk_region(void *mem, size_t size, chunk_visit_fn visit, void *arg) {
 size_t chunk_largest_free(const chunk_heap_t *h) {
   if (!h->fl_bitmap) return 0;
   unsigned fl = 63u - (unsigned)__builtin_clzll(h->fl_bitmap);
+  if (fl >= CHUNK_FL_COUNT || !h->sl_bitmap[fl]) return 0; /* corrupt */
   unsigned sl = 31u - (unsigned)__builtin_clz(h->sl_bitmap[fl]);
   return bin_floor(fl, sl) - CHUNK_HEADER;
 }

@@ -102,6 +102,7 @@ static heap_t *heap_new_struct(void) {
   memset(h, 0, sizeof *h);
   for (size_t i = 0; i < NCLASSES; i++) h->current[i] = &empty_page;
   chunk_heap_init(&h->chunks, g.key);
+  chunk_set_fault(&h->chunks, chunk_fault_malloc);
   os_lock_init(&h->medium_lock);
   os_lock_init(&h->seg_lock);
   h->next_all = all_heaps;

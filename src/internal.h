@@ -195,6 +195,7 @@ INTERNAL void segments_lock_all(void);
 INTERNAL void segments_unlock_all(void);
 INTERNAL void segments_reset_locks(void);
 INTERNAL void *medium_malloc(heap_t *h, size_t size, size_t align);
+INTERNAL void chunk_fault_malloc(const char *what, const void *addr);
 INTERNAL void medium_free(segment_t *s, void *p, const char *fn);
 INTERNAL bool medium_resize(segment_t *s, void *p, size_t size);
 INTERNAL void *zero_alloc(void);
