@@ -37,6 +37,8 @@ static heap_t *heap_get(void) {
 
 /* Sizes above SMALL_MAX, and aligned requests that small pages cannot serve. */
 static NOINLINE void *alloc_big(size_t size, size_t align, bool zero) {
+  allot_process_init(); /* g.slow_mode is known from here on */
+  if (unlikely(g.slow_mode)) return checked_alloc(size, align, zero);
   void *p = NULL;
   if (size <= MEDIUM_MAX && align <= MEDIUM_MAX / 4) {
     heap_t *h = heap_get();
@@ -50,7 +52,6 @@ static NOINLINE void *alloc_big(size_t size, size_t align, bool zero) {
     errno = ENOMEM;
     return NULL;
   }
-  if (unlikely(g.slow_mode)) p = checked_big(p, size);
   return p;
 }
 
@@ -75,6 +76,8 @@ static size_t aligned_class(size_t size, size_t align) {
 
 static void *alloc_aligned(size_t align, size_t size) {
   if (align <= 16) return alloc(size);
+  allot_process_init();
+  if (unlikely(g.slow_mode)) return checked_alloc(size, align, false);
   if (size > PTRDIFF_MAX) {
     errno = ENOMEM;
     return NULL;
@@ -126,7 +129,18 @@ static ALWAYS_INLINE page_t *small_page(segment_t *s, const void *p) {
                    (PAGES_PER_SEG - 1)];
 }
 
-static ALWAYS_INLINE void dealloc_block(void *p, const char *fn) {
+static size_t usable_size(const void *p, const char *fn);
+
+/* A size that free_sized may be given for a block of usable size u: not more
+ * than u, and more than half of it (a realloc that shrinks by half or more
+ * moves the block, so no smaller size can belong to it). */
+static ALWAYS_INLINE bool size_fits(size_t size, size_t u) {
+  return size <= u && (u <= 16 || size > u / 2);
+}
+
+/* Free p; `size`, when not SIZE_MAX, is the size the caller says the block
+ * has (free_sized, C++ sized delete), checked on the way at no extra lookup. */
+static ALWAYS_INLINE void dealloc_block(void *p, size_t size, const char *fn) {
   segment_t *s = segment_of(p);
   if (unlikely(!segmap_has(s))) {
     if (p) bad_pointer(p, fn);
@@ -135,6 +149,8 @@ static ALWAYS_INLINE void dealloc_block(void *p, const char *fn) {
   if (likely(s->kind == SEG_SMALL)) {
     page_t *pg = small_page(s, p);
     if (unlikely(!small_valid(pg, p))) small_bad(pg, p, fn);
+    if (size != SIZE_MAX && unlikely(!size_fits(size, pg->bsize)))
+      fault(fn, "size does not match the block", p);
     block_t *b = p;
     heap_t *h = tls_heap;
     if (likely(atomic_load_explicit(&pg->heap, memory_order_relaxed) == h)) {
@@ -151,17 +167,19 @@ static ALWAYS_INLINE void dealloc_block(void *p, const char *fn) {
     }
     return;
   }
+  if (size != SIZE_MAX && !size_fits(size, usable_size(p, fn)))
+    fault(fn, "size does not match the block", p);
   free_big(s, p, fn);
 }
 
-void free_unchecked(void *p, const char *fn) { dealloc_block(p, fn); }
+void free_unchecked(void *p, const char *fn) { dealloc_block(p, SIZE_MAX, fn); }
 
 static ALWAYS_INLINE void dealloc(void *p, const char *fn) {
   if (unlikely(g.slow_mode)) {
     checked_free(p, fn);
     return;
   }
-  dealloc_block(p, fn);
+  dealloc_block(p, SIZE_MAX, fn);
 }
 
 /* Usable size of a live block, faulting on anything else. */
@@ -217,6 +235,7 @@ EXPORT void *allot_calloc(size_t n, size_t size) {
 
 EXPORT void *allot_realloc(void *p, size_t size) {
   if (!p) return alloc(size);
+  if (unlikely(g.slow_mode)) return checked_realloc(p, size);
   if (size == 0) { /* glibc: free and return NULL */
     dealloc(p, "realloc");
     return NULL;
@@ -249,20 +268,18 @@ EXPORT void *allot_reallocarray(void *p, size_t n, size_t size) {
   return allot_realloc(p, total);
 }
 
-/* A size given back to free_sized must be one the block could have been
- * asked with: not more than its usable size, and more than half of it (a
- * realloc that shrinks by half or more moves the block, so no smaller size
- * can belong to it). */
 static void check_size(const void *p, size_t size, const char *fn) {
-  size_t u = usable_size(p, fn);
-  if (size > u) fault(fn, "size larger than the block", p);
-  if (u > 16 && size <= u / 2) fault(fn, "size does not match the block", p);
+  if (!size_fits(size, usable_size(p, fn)))
+    fault(fn, "size does not match the block", p);
 }
 
 EXPORT void allot_free_sized(void *p, size_t size) {
   if (!p) return;
-  check_size(p, size, "free_sized");
-  dealloc(p, "free_sized");
+  if (unlikely(g.slow_mode)) {
+    checked_free_sized(p, 0, size, "free_sized");
+    return;
+  }
+  dealloc_block(p, size, "free_sized");
 }
 
 EXPORT void allot_free_aligned_sized(void *p, size_t align, size_t size) {
@@ -270,6 +287,10 @@ EXPORT void allot_free_aligned_sized(void *p, size_t align, size_t size) {
   if (align & (align - 1)) fault("free_aligned_sized", "bad alignment", p);
   if (((uintptr_t)p & (align - 1)) != 0)
     fault("free_aligned_sized", "block not aligned as stated", p);
+  if (unlikely(g.slow_mode)) {
+    checked_free_sized(p, align, size, "free_aligned_sized");
+    return;
+  }
   segment_t *s = segment_of(p);
   if (align <= 16) {
     check_size(p, size, "free_aligned_sized");
@@ -336,7 +357,12 @@ EXPORT void *allot_pvalloc(size_t size) {
 
 EXPORT size_t allot_malloc_usable_size(const void *p) {
   if (!p) return 0;
+  if (unlikely(g.slow_mode)) return checked_usable(p, "malloc_usable_size");
   return usable_size(p, "malloc_usable_size");
+}
+
+size_t block_usable_size(const void *p, const char *fn) {
+  return usable_size(p, fn);
 }
 
 EXPORT int allot_owns(const void *p) {
@@ -389,7 +415,7 @@ void *pvalloc(size_t) ALIAS(allot_pvalloc);
 size_t malloc_usable_size(void *) ALIAS(allot_malloc_usable_size);
 void cfree(void *) ALIAS(allot_free);
 int malloc_trim(size_t pad);
-int malloc_trim(size_t pad) {
+EXPORT int malloc_trim(size_t pad) {
   (void)pad;
   allot_collect();
   return 1;

@@ -36,31 +36,9 @@ static void fork_prepare(void);
 static void fork_parent(void);
 static void fork_child(void);
 
-static long env_long(const char *name, long def, long lo, long hi) {
-  const char *v = getenv(name);
-  if (!v || !*v) return def;
-  char *end;
-  long x = strtol(v, &end, 10);
-  if (*end || x < lo || x > hi) {
-    os_write_err("allot: warning: ignoring invalid ");
-    os_write_err(name);
-    os_write_err("\n");
-    return def;
-  }
-  return x;
-}
-
-static void read_options(void) {
-  g.purge_delay_ms = 50;
-  g.use_brk = 0;
-  g.purge_thread = 1;
-  if (getauxval(AT_SECURE)) return; /* setuid: the environment is hostile */
-  g.purge_delay_ms = env_long("ALLOT_PURGE_DELAY", 50, 0, 3600000);
-  g.use_brk = (int)env_long("ALLOT_USE_BRK", 0, 0, 1);
-  g.purge_thread = (int)env_long("ALLOT_PURGE_THREAD", 1, 0, 1);
-  g.debug = (int)env_long("ALLOT_DEBUG", 0, 0, 1);
-  g.slow_mode = g.debug;
-}
+/* The ALLOT_* environment (not read in set-user-ID programs), defaults for
+ * the rest, then checked_configure: options.c holds the table. */
+static void read_options(void) { options_init(); }
 
 /* The part of start-up that makes allocation possible. It calls nothing that
  * could allocate. */
@@ -134,10 +112,22 @@ heap_t *heap_init_thread(void) {
   allot_process_init();
   heap_t *h = heap_acquire();
   if (!h) return NULL;
+  h->owner = thread_uid();
   tls_heap = h;
   pthread_setspecific(thread_key, h);
   if (atomic_load_explicit(&init_state, memory_order_acquire) < 2)
     process_init_late();
+  return h;
+}
+
+/* A heap no thread uses, with no pages (allot_heap_new in heapapi.c, which
+ * keeps its own list of destroyed heaps for reuse). */
+heap_t *heap_new_detached(void) {
+  allot_process_init();
+  os_lock(&heaps_lock);
+  heap_t *h = heap_new_struct();
+  if (h) h->state = HEAP_ACTIVE;
+  os_unlock(&heaps_lock);
   return h;
 }
 

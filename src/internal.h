@@ -38,6 +38,9 @@
 #define MEDIUM_MAX ((size_t)1 << 20) /* largest size from the chunk heap */
 #define NCLASSES 57                  /* class 0 unused; 1..56 */
 #define LARGE_OFFSET OS_PAGE /* user data of a large block starts here */
+#ifndef ALLOT_SECURE_DEFAULT /* CMake option ALLOT_SECURE_DEFAULT */
+#define ALLOT_SECURE_DEFAULT 0
+#endif
 /* Address bits covered by the segment map; pointers above are foreign. */
 #define VA_BITS 48
 
@@ -108,6 +111,20 @@ typedef struct os_lock {
 
 enum { HEAP_ACTIVE = 1, HEAP_ABANDONED = 2, HEAP_POOLED = 3 };
 
+/* Per-heap counters (introspect.c). xfrees is counted on the owner's slow
+ * path; the rest only in statistics mode (g.stats), whose mallocs and frees
+ * all take the checked path. Rows: 0 zero-size, 1..NCLASSES-1 the small
+ * classes, then medium and large. */
+#define STATS_MEDIUM NCLASSES
+#define STATS_LARGE (NCLASSES + 1)
+#define STATS_ROWS (NCLASSES + 2)
+typedef struct heap_stats {
+  _Atomic size_t xfrees; /* small and medium blocks other threads freed */
+  _Atomic size_t mallocs[STATS_ROWS], frees[STATS_ROWS];
+  _Atomic size_t requested; /* bytes asked for */
+  _Atomic size_t in_use, in_use_peak; /* usable bytes of live blocks */
+} heap_stats_t;
+
 typedef struct heap {
   page_t *current[NCLASSES]; /* the fast path allocates from these */
   page_list_t avail[NCLASSES];
@@ -126,6 +143,12 @@ typedef struct heap {
   _Atomic uint64_t purge_due; /* ms after which dirty pages should go back */
   _Atomic size_t dirty_pages;
   _Atomic uint64_t medium_dirty_at; /* ms of the first unpurged medium free */
+  void *checked; /* checked.c's per-heap state (quarantine); NULL until used */
+  /* heapapi.c: first-class heaps (allot_heap_new) */
+  uint64_t owner;        /* thread_uid() of the one thread that allocates */
+  int first_class;       /* made by allot_heap_new, not a thread's heap */
+  segment_t *large_segs; /* first-class: its live large blocks (medium_lock) */
+  heap_stats_t stats;
 } heap_t;
 
 /* ---- process-wide state ----------------------------------------------- */
@@ -140,6 +163,13 @@ typedef struct allot_globals {
    * statistics, debug fills or secure-mode checks. Fixed at start-up. */
   int slow_mode;
   int debug;
+  int secure;   /* ALLOT_SECURE: guards, canaries, quarantine, random order */
+  int valgrind; /* running under valgrind with client requests built in */
+  /* options.c (docs/api.md has the table) */
+  int stats;      /* statistics mode: exact counters, slow path */
+  int show_stats; /* print statistics at exit: 1 text, 2 JSON */
+  int verbose;
+  int huge_pages; /* 0 system default, 1 every segment, 2 large mappings */
 } allot_globals_t;
 
 extern INTERNAL allot_globals_t g;
@@ -157,6 +187,10 @@ INTERNAL void *os_reserve_aligned(size_t size, size_t align); /* PROT_NONE */
 INTERNAL void os_unmap(void *p, size_t size);
 INTERNAL void os_purge(void *p, size_t size); /* contents may be lost */
 INTERNAL bool os_protect_none(void *p, size_t size);
+/* secure mode: make part of a PROT_NONE reservation usable (counted as
+ * mapped), and give back a reservation that was never committed */
+INTERNAL bool os_commit(void *p, size_t size);
+INTERNAL void os_unreserve(void *p, size_t size);
 INTERNAL void *os_remap_fixed(void *old, size_t old_size, size_t new_size,
                               void *target);
 INTERNAL bool os_remap_inplace(void *old, size_t old_size, size_t new_size);
@@ -191,6 +225,8 @@ INTERNAL uint64_t segment_purge_heap(heap_t *h, bool force);
 INTERNAL uint64_t medium_purge_heap(heap_t *h, bool force);
 INTERNAL void segment_collect_cache(bool force);
 INTERNAL void segmap_set(const void *seg, size_t size, bool on);
+INTERNAL void segments_visit(void (*visit)(segment_t *s, void *arg),
+                             void *arg);
 INTERNAL void segments_lock_all(void);
 INTERNAL void segments_unlock_all(void);
 INTERNAL void segments_reset_locks(void);
@@ -225,18 +261,60 @@ INTERNAL void purge_notify(void);
 INTERNAL void purge_maybe_start(void);
 INTERNAL void purge_after_fork_child(void);
 extern INTERNAL _Atomic int purge_start_wanted;
+/* Start the purge thread if it is wanted; call only where allot holds no
+ * lock, since pthread_create allocates. */
+static inline void purge_poll(void) {
+  if (__builtin_expect(atomic_load_explicit(&purge_start_wanted,
+                                            memory_order_relaxed),
+                       0))
+    purge_maybe_start();
+}
 INTERNAL heap_t *heaps_first(void);
 
 /* ---- checked.c: the checked (slow) mode's malloc and free ---------------- */
 INTERNAL void *checked_malloc(heap_t *h, size_t cls, size_t size);
-INTERNAL void *checked_big(void *p, size_t size);
+INTERNAL void *checked_alloc(size_t size, size_t align, bool zero);
+INTERNAL void *checked_realloc(void *p, size_t size);
+INTERNAL size_t checked_usable(const void *p, const char *fn);
+INTERNAL void checked_free_sized(void *p, size_t align, size_t size,
+                                 const char *fn);
 INTERNAL void checked_free(void *p, const char *fn);
+/* a live-looking block that is free but waits in checked mode's quarantine
+ * (heap walks must not count it in use); the first problem checked mode
+ * finds in the heap (canaries, writes after free), or NULL */
+INTERNAL bool checked_quarantined(const void *p);
+INTERNAL const char *checked_verify(const void **where);
+INTERNAL void checked_configure(void); /* end of option parsing */
+/* secure mode's hooks into the layers (secure.c) */
+INTERNAL void secure_segment_init(segment_t *s);
+INTERNAL void secure_page_extend(page_t *pg);
+INTERNAL segment_t *secure_large_map(size_t map_size, size_t align);
+INTERNAL void secure_large_unmap(segment_t *s);
+INTERNAL void *secure_pick(void *b);
+INTERNAL uint32_t secure_random_below(uint32_t n);
+/* api.c: usable size of a live block, faulting (as fn) on anything else */
+INTERNAL size_t block_usable_size(const void *p, const char *fn);
 INTERNAL void free_unchecked(void *p, const char *fn);
 
 /* ---- heap.c ----------------------------------------------------------- */
 INTERNAL heap_t *heap_init_thread(void);
 INTERNAL bool heap_absorb_abandoned(heap_t *h);
 INTERNAL void allot_process_init(void);
+INTERNAL heap_t *heap_new_detached(void); /* a fresh heap for allot_heap_new */
+
+/* ---- options.c, introspect.c, heapapi.c (docs/api.md) ------------------ */
+INTERNAL void options_init(void); /* ALLOT_* environment -> g; no allocation */
+/* statistics mode: checked.c reports each block made and each block freed */
+INTERNAL void stats_alloc(const void *p, size_t requested);
+INTERNAL void stats_free(const void *p, size_t usable);
+INTERNAL void stats_heap_retire(heap_t *h); /* fold counters, then zero */
+INTERNAL uint64_t thread_uid(void);         /* unique per thread, never 0 */
+/* a first-class heap's large blocks: large.c unlinks on free and around a
+ * move (heap_large_unlink returns the owner it had, or NULL) */
+INTERNAL heap_t *heap_large_unlink(segment_t *s);
+INTERNAL void heap_large_link(heap_t *h, segment_t *s);
+/* checked mode allocates from this heap instead of the thread's when set */
+extern INTERNAL __thread heap_t *checked_heap;
 
 /* ---- inline helpers ----------------------------------------------------- */
 /* Class of a size <= SMALL_MAX: one table load. */

@@ -27,7 +27,10 @@ static size_t offset_for(size_t align) {
 
 static void cache_unmap(segment_t *s) {
   segment_unregister(s);
-  os_unmap(s, s->map_size);
+  if (unlikely(g.secure))
+    secure_large_unmap(s); /* and its guard regions */
+  else
+    os_unmap(s, s->map_size);
 }
 
 /* Unmap cached mappings older than four purge delays (all when forced).
@@ -88,7 +91,9 @@ void *large_malloc(size_t size, size_t align, bool zero) {
   bool fresh = false;
   if (off == LARGE_OFFSET) s = cache_take(map_size);
   if (!s) {
-    if (align > SEG_SIZE) {
+    if (unlikely(g.secure)) {
+      s = secure_large_map(map_size, align); /* with guard regions */
+    } else if (align > SEG_SIZE) {
       /* the user pointer, SEG_SIZE past the header, must be align-aligned */
       uint8_t *raw = os_map_aligned(map_size + align, SEG_SIZE);
       if (raw) {
@@ -130,6 +135,9 @@ void large_free(segment_t *s, void *p, const char *fn) {
                !atomic_compare_exchange_strong(&s->large_state, &live,
                                                LARGE_CACHED)))
     large_bad(s, p, fn);
+  /* a first-class heap's block leaves its list (heapapi.c) */
+  if (unlikely(atomic_load_explicit(&s->heap, memory_order_relaxed) != NULL))
+    heap_large_unlink(s);
   if (s->large_offset == LARGE_OFFSET && s->map_size <= CACHE_MAX_ONE) {
     s->cached_at = os_now_ms();
     segment_t *evict = NULL;
@@ -158,6 +166,7 @@ void large_free(segment_t *s, void *p, const char *fn) {
     if (evict) cache_unmap(evict);
     if (!s) {
       purge_notify();
+      purge_poll();
       return;
     }
   }
@@ -190,16 +199,19 @@ void *large_realloc(segment_t *s, void *p, size_t size) {
   void *target = os_reserve_aligned(map_size, SEG_SIZE);
   if (!target) return NULL;
   size_t old_map = s->map_size;
+  heap_t *owner = heap_large_unlink(s); /* its list links would go stale */
   segment_unregister(s);
   segment_t *n = os_remap_fixed(s, old_map, map_size, target);
   if (!n) {
     os_unmap(target, map_size);
     segment_register_moved(s);
+    if (owner) heap_large_link(owner, s);
     return NULL;
   }
   n->map_size = map_size;
   n->large_size = map_size - LARGE_OFFSET;
   segment_register_moved(n);
+  if (owner) heap_large_link(owner, n);
   return (uint8_t *)n + LARGE_OFFSET;
 }
 

@@ -18,6 +18,39 @@
 
 INTERNAL os_stats_t os_stats;
 
+#ifdef ALLOT_TEST_HOOKS
+/* Test builds only (the hostile_osfail test): make kernel calls that can fail
+ * fail on demand, so every caller's failure path runs. Calls are counted from
+ * the last allot_test_fail_os(); calls first .. first+count-1 fail with
+ * ENOMEM. The label of the last failed call tells the test which kind of call
+ * it hit. */
+static _Atomic long hook_calls, hook_first, hook_count;
+static const char *_Atomic hook_site;
+__attribute__((visibility("default"))) void allot_test_fail_os(long first,
+                                                               long count) {
+  atomic_store(&hook_calls, 0);
+  atomic_store(&hook_count, count);
+  atomic_store(&hook_first, first);
+}
+__attribute__((visibility("default"))) long allot_test_os_calls(void) {
+  return atomic_load(&hook_calls);
+}
+__attribute__((visibility("default"))) const char *allot_test_os_site(void) {
+  return atomic_load(&hook_site);
+}
+static bool hook_fail(const char *site) {
+  long n = atomic_fetch_add(&hook_calls, 1) + 1;
+  long first = atomic_load(&hook_first);
+  if (first <= 0 || n < first || n - first >= atomic_load(&hook_count))
+    return false;
+  atomic_store(&hook_site, site);
+  errno = ENOMEM;
+  return true;
+}
+#else
+#define hook_fail(site) false
+#endif
+
 static void stat_mapped(ptrdiff_t delta) {
   size_t now = atomic_fetch_add_explicit(&os_stats.mapped, (size_t)delta,
                                          memory_order_relaxed) +
@@ -39,7 +72,7 @@ static void *brk_alloc(size_t size, size_t align) {
   os_lock(&brk_lock);
   void *cur = sbrk(0);
   void *res = NULL;
-  if (cur != (void *)-1) {
+  if (cur != (void *)-1 && !hook_fail("sbrk")) {
     uintptr_t start = ((uintptr_t)cur + align - 1) & ~(uintptr_t)(align - 1);
     size_t grow = start - (uintptr_t)cur + size;
     if (sbrk((intptr_t)grow) == cur) {
@@ -57,6 +90,7 @@ static bool is_brk(const void *p) {
 }
 
 void *os_map(size_t size) {
+  if (hook_fail("mmap")) return NULL;
   void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   atomic_fetch_add_explicit(&os_stats.mmaps, 1, memory_order_relaxed);
@@ -70,6 +104,8 @@ void *os_map(size_t size) {
 static void *map_aligned(size_t size, size_t align, int prot) {
   size_t over = size + align;
   if (over < size) return NULL;
+  if (hook_fail(prot == PROT_NONE ? "mmap_reserve" : "mmap_aligned"))
+    return NULL;
   void *p = mmap(NULL, over, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                  -1, 0);
   atomic_fetch_add_explicit(&os_stats.mmaps, 1, memory_order_relaxed);
@@ -92,6 +128,12 @@ void *os_map_aligned(size_t size, size_t align) {
   }
   void *p = map_aligned(size, align, PROT_READ | PROT_WRITE);
   if (p) stat_mapped((ptrdiff_t)size);
+  /* ALLOT_HUGE_PAGES: 1 every segment; 2 (auto) only the mappings of large
+   * blocks (segments of the other kinds are exactly SEG_SIZE), whose memory
+   * is used whole rather than purged 64 KiB at a time */
+  if (p && g.huge_pages &&
+      (g.huge_pages == 1 || (size != SEG_SIZE && size >= ((size_t)2 << 20))))
+    madvise(p, size, MADV_HUGEPAGE);
   return p;
 }
 
@@ -119,13 +161,25 @@ void os_purge(void *p, size_t size) {
 }
 
 bool os_protect_none(void *p, size_t size) {
+  if (hook_fail("mprotect")) return false;
   return mprotect(p, size, PROT_NONE) == 0;
+}
+
+bool os_commit(void *p, size_t size) {
+  if (mprotect(p, size, PROT_READ | PROT_WRITE) != 0) return false;
+  stat_mapped((ptrdiff_t)size);
+  return true;
+}
+
+void os_unreserve(void *p, size_t size) {
+  if (p && size) munmap(p, size);
 }
 
 /* Move a mapping to target (a reservation made by os_reserve_aligned) without
  * copying: the kernel moves the page tables. */
 void *os_remap_fixed(void *old, size_t old_size, size_t new_size,
                      void *target) {
+  if (hook_fail("mremap_fixed")) return NULL;
   atomic_fetch_add_explicit(&os_stats.remaps, 1, memory_order_relaxed);
   void *p = mremap(old, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED,
                    target);
@@ -135,7 +189,7 @@ void *os_remap_fixed(void *old, size_t old_size, size_t new_size,
 }
 
 bool os_remap_inplace(void *old, size_t old_size, size_t new_size) {
-  if (is_brk(old)) return false;
+  if (is_brk(old) || hook_fail("mremap_inplace")) return false;
   atomic_fetch_add_explicit(&os_stats.remaps, 1, memory_order_relaxed);
   void *p = mremap(old, old_size, new_size, 0);
   if (p == MAP_FAILED) return false;
@@ -151,8 +205,14 @@ uint64_t os_now_ms(void) {
 
 uint64_t os_random_seed(void) {
   uint64_t x = 0x243F6A8885A308D3ull;
-  const uint64_t *r = (const uint64_t *)getauxval(AT_RANDOM);
-  if (r) x ^= r[0] ^ (r[1] << 1);
+  /* the kernel's 16 random bytes need not be 8-byte aligned */
+  const uint8_t *r = (const uint8_t *)getauxval(AT_RANDOM);
+  if (r) {
+    uint64_t r0, r1;
+    memcpy(&r0, r, 8);
+    memcpy(&r1, r + 8, 8);
+    x ^= r0 ^ (r1 << 1);
+  }
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   x ^= (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull;

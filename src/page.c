@@ -112,7 +112,8 @@ static void page_init(heap_t *h, page_t *pg, size_t cls) {
   pg->used = 0;
   pg->capacity = 0;
   pg->bsize = class_size[cls];
-  pg->reserved = (uint32_t)(PAGE_SIZE / pg->bsize);
+  /* secure mode: the page's last OS page is a guard (see secure.c) */
+  pg->reserved = (uint32_t)((PAGE_SIZE - (g.secure ? OS_PAGE : 0)) / pg->bsize);
   pg->recip = (uint32_t)((((uint64_t)1 << 32) + pg->bsize - 1) / pg->bsize);
   pg->cls = (uint8_t)cls;
   pg->queue = Q_NONE;
@@ -166,6 +167,9 @@ static void page_collect_xfree(page_t *pg) {
   last->next = link_encode(pg->free, last);
   pg->free = (block_t *)head;
   pg->used -= (uint32_t)n;
+  /* statistics: counted here, on the owner's slow path, not per free */
+  heap_t *owner = atomic_load_explicit(&pg->heap, memory_order_relaxed);
+  atomic_fetch_add_explicit(&owner->stats.xfrees, n, memory_order_relaxed);
 }
 
 /* Gather every free block of the page into `free`. */
@@ -284,8 +288,7 @@ void *page_alloc_block(heap_t *h, size_t cls) {
     if (round == 0 && heap_absorb_abandoned(h) && h->avail[cls].first) continue;
     break;
   }
-  if (unlikely(atomic_load_explicit(&purge_start_wanted, memory_order_relaxed)))
-    purge_maybe_start();
+  purge_poll();
   page_t *pg = segment_page_alloc(h);
   if (!pg) {
     set_current(h, cls, h->avail[cls].first ? h->avail[cls].first : &empty_page);
@@ -294,7 +297,10 @@ void *page_alloc_block(heap_t *h, size_t cls) {
   page_init(h, pg, cls);
   plist_push_front(&h->avail[cls], pg);
   pg->queue = Q_AVAIL;
-  page_extend(pg);
+  if (unlikely(g.secure))
+    secure_page_extend(pg); /* the whole page at once, in random order */
+  else
+    page_extend(pg);
   set_current(h, cls, pg);
   return page_pop(pg);
 }
@@ -303,8 +309,7 @@ void *page_alloc_block(heap_t *h, size_t cls) {
 void page_free_slow(heap_t *h, page_t *pg) {
   if (pg->queue == Q_FULL) page_from_full(h, pg);
   if (pg->used == 0) page_retire(h, pg, true);
-  if (unlikely(atomic_load_explicit(&purge_start_wanted, memory_order_relaxed)))
-    purge_maybe_start();
+  purge_poll();
 }
 
 /* A free from a thread that does not own the page. */

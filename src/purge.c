@@ -5,10 +5,10 @@
  * its slow paths, but a program that frees a lot and then sleeps, or only
  * makes fast-path calls, would keep it all. So once there is memory to give
  * back, a background thread is started; it sleeps on a futex until the next
- * purge is due and indefinitely when nothing is pending, so an idle program
- * pays nothing. It is started lazily, from a point in the slow paths where
- * allot holds no lock (pthread_create itself allocates), and again in a
- * forked child on demand. */
+ * purge is due and exits when nothing is pending, so an idle program pays
+ * nothing. It is started lazily, from a point in the slow paths where allot
+ * holds no lock (pthread_create itself allocates), and again in a forked
+ * child on demand. */
 #include "internal.h"
 
 #include <linux/futex.h>
@@ -20,20 +20,15 @@
 INTERNAL _Atomic int purge_start_wanted;
 static _Atomic int state;        /* 0 none, 1 starting, 2 running */
 static _Atomic uint32_t wake_seq; /* futex word: bumped by every notify */
-static _Atomic int sleeping_forever;
 
 void purge_notify(void) {
   if (!g.purge_thread) return;
-  int st = atomic_load_explicit(&state, memory_order_relaxed);
-  if (st == 0) {
-    atomic_store_explicit(&purge_start_wanted, 1, memory_order_relaxed);
-    return;
-  }
-  /* A pending timed sleep already ends before anything new is due (every
-   * delay is the same length), so only an indefinite sleep needs waking. */
+  /* The bump tells a thread that is about to exit (below) to stay. A pending
+   * timed sleep already ends before anything new is due (every delay is the
+   * same length), so no wake-up is needed. */
   atomic_fetch_add_explicit(&wake_seq, 1, memory_order_seq_cst);
-  if (atomic_load_explicit(&sleeping_forever, memory_order_seq_cst))
-    syscall(SYS_futex, &wake_seq, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  if (atomic_load_explicit(&state, memory_order_seq_cst) == 0)
+    atomic_store_explicit(&purge_start_wanted, 1, memory_order_relaxed);
 }
 
 static uint64_t purge_pass(void) {
@@ -55,10 +50,16 @@ static void *purge_main(void *arg) {
     uint32_t seq = atomic_load_explicit(&wake_seq, memory_order_seq_cst);
     uint64_t next = purge_pass();
     if (next == UINT64_MAX) {
-      atomic_store_explicit(&sleeping_forever, 1, memory_order_seq_cst);
-      if (atomic_load_explicit(&wake_seq, memory_order_seq_cst) == seq)
-        syscall(SYS_futex, &wake_seq, FUTEX_WAIT_PRIVATE, seq, NULL, NULL, 0);
-      atomic_store_explicit(&sleeping_forever, 0, memory_order_relaxed);
+      /* Nothing left to give back: end the thread rather than sleep, so an
+       * idle program has no extra thread and a program whose main thread
+       * calls pthread_exit can still end. The next notify starts a new one;
+       * one that came during the pass keeps this one going. */
+      atomic_store_explicit(&state, 0, memory_order_seq_cst);
+      int running = 0;
+      if (atomic_load_explicit(&wake_seq, memory_order_seq_cst) != seq &&
+          atomic_compare_exchange_strong(&state, &running, 2))
+        continue;
+      return NULL;
     } else {
       uint64_t now = os_now_ms();
       uint64_t ms = next > now ? next - now : 0;
@@ -89,6 +90,5 @@ void purge_maybe_start(void) {
 
 void purge_after_fork_child(void) {
   atomic_store(&state, 0);
-  atomic_store(&sleeping_forever, 0);
   atomic_store(&purge_start_wanted, 1);
 }

@@ -115,6 +115,7 @@ segment_t *segment_alloc(heap_t *h, int kind) {
     s->region_size = SEG_SIZE - PAGE_SIZE;
     heap_seg_push(&h->medium_segs, s);
   }
+  if (unlikely(g.secure)) secure_segment_init(s); /* guard pages */
   return s;
 }
 
@@ -292,6 +293,14 @@ uint64_t segment_purge_heap(heap_t *h, bool force) {
   return next_due;
 }
 
+/* Visit every registered segment (checked mode's heap check and leak
+ * report) under the list lock: visit must not allocate or free. */
+void segments_visit(void (*visit)(segment_t *s, void *arg), void *arg) {
+  os_lock(&seg_list_lock);
+  for (segment_t *s = all_segs; s; s = s->next) visit(s, arg);
+  os_unlock(&seg_list_lock);
+}
+
 void segments_lock_all(void) {
   os_lock(&zero_lock);
   os_lock(&seg_list_lock);
@@ -376,6 +385,8 @@ void medium_free(segment_t *s, void *p, const char *fn) {
   heap_t *h = medium_lock_owner(s);
   medium_fn = fn;
   chunk_free(&h->chunks, p, chunk_fault_free);
+  if (h != tls_heap) /* statistics: a free from another thread */
+    atomic_fetch_add_explicit(&h->stats.xfrees, 1, memory_order_relaxed);
   segment_t *release = NULL;
   if (chunk_region_empty(&h->chunks, s->region, s->region_size) &&
       (s->hnext || s->hprev || h->state != HEAP_ACTIVE)) {
@@ -385,6 +396,7 @@ void medium_free(segment_t *s, void *p, const char *fn) {
   }
   os_unlock(&h->medium_lock);
   if (!release) medium_mark_dirty(h);
+  purge_poll();
 }
 
 bool medium_resize(segment_t *s, void *p, size_t size) {

@@ -1,0 +1,383 @@
+/* unit_sizes.c: size-class edges. Aligned allocation at every power-of-two
+ * alignment from 16 bytes to 1 MiB with small, medium and large sizes, and
+ * realloc across every small size-class boundary and across the small/medium
+ * (8 KiB) and medium/large (1 MiB) thresholds, in both directions, checking
+ * that contents survive and that blocks alive together never overlap.
+ *
+ * Built against liballot.so with TEST_ALLOT; without it the same checks run
+ * against the system malloc (to validate the test itself). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef TEST_ALLOT
+#include "allot.h"
+#endif
+
+static int failures;
+
+#define CHECK(cond, ...)                                                       \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      fprintf(stderr, "%s:%d: FAILED: %s: ", __FILE__, __LINE__, #cond);       \
+      fprintf(stderr, __VA_ARGS__);                                            \
+      fputc('\n', stderr);                                                     \
+      if (++failures > 50) {                                                   \
+        fprintf(stderr, "unit_sizes: too many failures, giving up\n");         \
+        exit(1);                                                               \
+      }                                                                        \
+    }                                                                          \
+  } while (0)
+
+/* The pattern is a sequence of 64-bit words so checking megabytes is cheap;
+ * any byte range can still be filled or checked. */
+static uint64_t pattern_word(uint64_t seed, size_t k) {
+  return ((seed + 1) * 0x9E3779B97F4A7C15ull) ^ (k * 0xD6E8FEB86659FD93ull);
+}
+
+static uint8_t pattern_byte(uint64_t seed, size_t i) {
+  return (uint8_t)(pattern_word(seed, i >> 3) >> ((i & 7) * 8));
+}
+
+/* Blocks are 16-byte aligned, so offset i is word-aligned when i % 8 == 0. */
+static void fill(void *p, size_t from, size_t to, uint64_t seed) {
+  uint8_t *b = p;
+  size_t i = from;
+  for (; i < to && (i & 7); i++)
+    b[i] = pattern_byte(seed, i);
+  for (; i + 8 <= to; i += 8) {
+    uint64_t w = pattern_word(seed, i >> 3);
+    memcpy(b + i, &w, 8);
+  }
+  for (; i < to; i++)
+    b[i] = pattern_byte(seed, i);
+}
+
+static size_t verify(const void *p, size_t n, uint64_t seed) {
+  const uint8_t *b = p;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, b + i, 8);
+    if (w != pattern_word(seed, i >> 3)) break;
+  }
+  for (; i < n; i++)
+    if (b[i] != pattern_byte(seed, i)) return i;
+  return SIZE_MAX;
+}
+
+static int aligned(const void *p, size_t a) {
+  return ((uintptr_t)p & (a - 1)) == 0;
+}
+
+static void check_block(void *p, size_t size, size_t align, const char *what) {
+  CHECK(p != NULL, "%s(align %zu, size %zu) returned NULL", what, align, size);
+  if (!p) return;
+  CHECK(aligned(p, align < 16 ? 16 : align),
+        "%s(align %zu, size %zu) = %p misaligned", what, align, size, p);
+  CHECK(malloc_usable_size(p) >= size, "%s(align %zu, size %zu): usable %zu",
+        what, align, size, malloc_usable_size(p));
+#ifdef TEST_ALLOT
+  CHECK(allot_owns(p), "%s(align %zu, size %zu) = %p not owned by allot", what,
+        align, size, p);
+#endif
+}
+
+/* ---- aligned allocation --------------------------------------------------*/
+
+struct live {
+  void *p;
+  size_t usable;
+  uint64_t seed;
+};
+
+static void test_aligned(void) {
+  static const size_t sizes[] = {
+      1,      8,    16,    48,     100,           1000,    4000,
+      8192,   8193, 20000, 100000, (1 << 20) - 1, 1 << 20, (1 << 20) + 1,
+      3 << 20};
+  enum { NS = sizeof sizes / sizeof *sizes, NFN = 4 };
+  static struct live live[NS * NFN];
+  uint64_t seed = 1;
+  for (size_t align = 16; align <= ((size_t)1 << 20); align <<= 1) {
+    int n = 0;
+    for (size_t i = 0; i < NS; i++) {
+      size_t size = sizes[i];
+      void *blocks[NFN];
+      blocks[0] = aligned_alloc(align, size);
+      check_block(blocks[0], size, align, "aligned_alloc");
+      blocks[1] = NULL;
+      int r = posix_memalign(&blocks[1], align, size);
+      CHECK(r == 0, "posix_memalign(%zu, %zu) returned %d", align, size, r);
+      check_block(blocks[1], size, align, "posix_memalign");
+      blocks[2] = memalign(align, size);
+      check_block(blocks[2], size, align, "memalign");
+      /* rounded-up sizes, as C11 aligned_alloc callers often pass */
+      size_t round = (size + align - 1) & ~(align - 1);
+      blocks[3] = aligned_alloc(align, round);
+      check_block(blocks[3], round, align, "aligned_alloc");
+      for (int k = 0; k < NFN; k++) {
+        if (!blocks[k]) continue;
+        live[n].p = blocks[k];
+        live[n].usable = malloc_usable_size(blocks[k]);
+        live[n].seed = seed++;
+        fill(live[n].p, 0, live[n].usable, live[n].seed);
+        n++;
+      }
+    }
+    /* all the blocks of this alignment are alive together */
+    for (int k = 0; k < n; k++) {
+      size_t bad = verify(live[k].p, live[k].usable, live[k].seed);
+      CHECK(bad == SIZE_MAX,
+            "align %zu: block %p (usable %zu) corrupted at byte %zu", align,
+            live[k].p, live[k].usable, bad);
+    }
+    /* aligned blocks realloc like any other: every other one grows, the
+     * rest shrink */
+    for (int k = 0; k < n; k++) {
+      size_t to = (k & 1) ? live[k].usable / 2 + 1 : live[k].usable + 100;
+      void *q = realloc(live[k].p, to);
+      CHECK(q != NULL, "realloc of an aligned block (%zu -> %zu) failed",
+            live[k].usable, to);
+      if (!q) continue;
+      size_t keep = live[k].usable < to ? live[k].usable : to;
+      size_t bad = verify(q, keep, live[k].seed);
+      CHECK(bad == SIZE_MAX, "align %zu: realloc %zu -> %zu lost byte %zu",
+            align, live[k].usable, to, bad);
+      live[k].p = q;
+    }
+    for (int k = 0; k < n; k++)
+      free(live[k].p);
+  }
+
+  /* runs of one aligned class, interleaved with plain mallocs */
+  static const size_t run[][2] = {{32, 16},  {64, 48},     {64, 100},
+                                  {128, 24}, {256, 300},   {512, 512},
+                                  {1024, 1}, {4096, 4000}, {8192, 5000}};
+  for (size_t r = 0; r < sizeof run / sizeof *run; r++) {
+    enum { N = 1500 };
+    static void *a[N], *m[N];
+    size_t align = run[r][0], size = run[r][1];
+    for (int i = 0; i < N; i++) {
+      a[i] = aligned_alloc(align, size);
+      check_block(a[i], size, align, "aligned_alloc (run)");
+      if (a[i]) fill(a[i], 0, size, (uint64_t)i * 2);
+      m[i] = malloc(size);
+      check_block(m[i], size, 16, "malloc (run)");
+      if (m[i]) fill(m[i], 0, size, (uint64_t)i * 2 + 1);
+    }
+    for (int i = 0; i < N; i++) {
+      CHECK(!a[i] || verify(a[i], size, (uint64_t)i * 2) == SIZE_MAX,
+            "aligned run %zu/%zu: block %d corrupted", align, size, i);
+      CHECK(!m[i] || verify(m[i], size, (uint64_t)i * 2 + 1) == SIZE_MAX,
+            "aligned run %zu/%zu: malloc block %d corrupted", align, size, i);
+    }
+    for (int i = 0; i < N; i += 2)
+      free(a[i]);
+    for (int i = 0; i < N; i += 2) {
+      a[i] = aligned_alloc(align, size);
+      check_block(a[i], size, align, "aligned_alloc (reuse)");
+    }
+    for (int i = 0; i < N; i++) {
+      free(a[i]);
+      free(m[i]);
+    }
+  }
+}
+
+/* ---- realloc across boundaries -------------------------------------------*/
+
+/* The sizes that straddle every size class: each multiple of 16 and its two
+ * neighbours up to 8 KiB, then samples to 10000. */
+static size_t boundary_sizes(size_t *out) {
+  size_t n = 0;
+  out[n++] = 1;
+  for (size_t m = 16; m <= 8192; m += 16) {
+    out[n++] = m - 1;
+    out[n++] = m;
+    out[n++] = m + 1;
+  }
+  for (size_t s = 8200; s <= 10000; s += 97)
+    out[n++] = s;
+  out[n++] = 10000;
+  return n;
+}
+
+/* realloc p (holding `have` bytes of the pattern `seed`) to `want`, check the
+ * kept bytes, and extend the pattern over the new bytes. */
+static void *step(void *p, size_t have, size_t want, uint64_t seed) {
+  void *q = realloc(p, want);
+  check_block(q, want, 16, "realloc");
+  if (!q) {
+    fprintf(stderr, "unit_sizes: realloc(%zu -> %zu) failed, giving up\n", have,
+            want);
+    exit(1);
+  }
+  size_t keep = have < want ? have : want;
+  size_t bad = verify(q, keep, seed);
+  CHECK(bad == SIZE_MAX, "realloc %zu -> %zu: byte %zu of %zu lost", have, want,
+        bad, keep);
+  if (want > keep) fill(q, keep, want, seed);
+  return q;
+}
+
+static void test_realloc_classes(void) {
+  static size_t sizes[4096];
+  size_t n = boundary_sizes(sizes);
+
+  /* one block up through every boundary, then down again */
+  void *p = malloc(1);
+  fill(p, 0, 1, 5);
+  size_t have = 1;
+  for (size_t i = 0; i < n; i++) {
+    p = step(p, have, sizes[i], 5);
+    have = sizes[i];
+  }
+  for (size_t i = n; i-- > 0;) {
+    p = step(p, have, sizes[i], 5);
+    have = sizes[i];
+  }
+  free(p);
+
+  /* from each boundary size, to each neighbour and far away, on fresh
+   * blocks with a live neighbour allocated right after */
+  for (size_t i = 0; i < n; i++) {
+    size_t s = sizes[i];
+    const size_t targets[] = {s + 1,     s > 1 ? s - 1 : 1, s + 16, s * 2,
+                              s / 2 + 1, 3 * s + 7,         1};
+    for (size_t t = 0; t < sizeof targets / sizeof *targets; t++) {
+      void *a = malloc(s);
+      void *nb = malloc(s);
+      check_block(a, s, 16, "malloc");
+      check_block(nb, s, 16, "malloc");
+      if (!a || !nb) exit(1);
+      uint64_t seed = i * 8 + t;
+      fill(a, 0, s, seed);
+      fill(nb, 0, s, ~seed);
+      a = step(a, s, targets[t], seed);
+      size_t bad = verify(nb, s, ~seed);
+      CHECK(bad == SIZE_MAX, "realloc %zu -> %zu clobbered a neighbour at %zu",
+            s, targets[t], bad);
+      free(a);
+      free(nb);
+    }
+  }
+}
+
+static void test_realloc_thresholds(void) {
+  const size_t K = 1024, M = 1024 * 1024;
+  /* values around the small/medium and medium/large thresholds */
+  const size_t around[] = {
+      8 * K - 17, 8 * K - 16, 8 * K - 1, 8 * K,      8 * K + 1,  8 * K + 16,
+      8 * K + 17, 12 * K,     16 * K,    64 * K + 3, 256 * K,    M - 4096,
+      M - 17,     M - 16,     M - 1,     M,          M + 1,      M + 16,
+      M + 4096,   M + 4097,   2 * M,     4 * M + 1,  16 * M - 5, 40 * M};
+  const size_t na = sizeof around / sizeof *around;
+  /* every ordered pair: growth, shrink, and jumps across two thresholds */
+  for (size_t i = 0; i < na; i++)
+    for (size_t j = 0; j < na; j++) {
+      if (i == j) continue;
+      size_t from = around[i], to = around[j];
+      if (from > 8 * M && to > 8 * M) continue; /* enough big copies */
+      uint64_t seed = i * 64 + j;
+      void *p = malloc(from);
+      check_block(p, from, 16, "malloc");
+      if (!p) exit(1);
+      fill(p, 0, from, seed);
+      p = step(p, from, to, seed);
+      /* and back */
+      p = step(p, to, from, seed);
+      free(p);
+    }
+
+  /* small <-> large directly */
+  void *p = malloc(100);
+  fill(p, 0, 100, 9);
+  p = step(p, 100, 5 * M, 9);
+  p = step(p, 5 * M, 50, 9);
+  p = step(p, 50, 600 * K, 9);
+  p = step(p, 600 * K, 3 * M, 9);
+  p = step(p, 3 * M, 30 * M, 9);
+  p = step(p, 30 * M, 7 * M, 9);
+  p = step(p, 7 * M, 9 * K, 9);
+  p = step(p, 9 * K, 8 * K, 9);
+  free(p);
+
+  /* medium blocks growing in place or moving, between live neighbours */
+  enum { NM = 64 };
+  void *m[NM];
+  size_t msz[NM];
+  for (int i = 0; i < NM; i++) {
+    msz[i] = 9 * K + (size_t)i * 1500;
+    m[i] = malloc(msz[i]);
+    check_block(m[i], msz[i], 16, "malloc");
+    if (!m[i]) exit(1);
+    fill(m[i], 0, msz[i], 1000 + i);
+  }
+  for (int i = 0; i < NM; i += 4) { /* make holes to grow into */
+    free(m[i]);
+    m[i] = NULL;
+  }
+  for (int round = 0; round < 6; round++)
+    for (int i = 1; i < NM; i++) {
+      if (!m[i]) continue;
+      size_t to =
+          (round & 1) ? msz[i] / 2 + 8 * K : msz[i] + 3000 + round * 700;
+      m[i] = step(m[i], msz[i], to, 1000 + i);
+      msz[i] = to;
+    }
+  for (int i = 0; i < NM; i++) {
+    if (!m[i]) continue;
+    size_t bad = verify(m[i], msz[i], 1000 + i);
+    CHECK(bad == SIZE_MAX, "medium block %d corrupted at %zu", i, bad);
+    free(m[i]);
+  }
+}
+
+/* Enough small blocks to need hundreds of pages and many segments: each
+ * block holds its own index at both ends. */
+static void test_many(void) {
+  enum { MANY = 1500000 };
+  uint8_t **v = malloc(MANY * sizeof *v);
+  if (!v) exit(1);
+  for (size_t i = 0; i < MANY; i++) {
+    size_t size = 16 + (i * 37) % 121;
+    v[i] = malloc(size);
+    if (!v[i]) {
+      CHECK(v[i] != NULL, "malloc(%zu) #%zu returned NULL", size, i);
+      exit(1);
+    }
+    memcpy(v[i], &i, 8);
+    memcpy(v[i] + size - 8, &i, 8);
+  }
+  for (int pass = 0; pass < 2; pass++)
+    for (size_t i = 0; i < MANY; i++) {
+      /* first pass frees every other block, scattered over all pages */
+      if (!v[i] || (pass == 0 && (i & 1))) continue;
+      size_t size = 16 + (i * 37) % 121, a, b;
+      memcpy(&a, v[i], 8);
+      memcpy(&b, v[i] + size - 8, 8);
+      CHECK(a == i && b == i, "small block #%zu (size %zu) overwritten", i,
+            size);
+      free(v[i]);
+      v[i] = NULL;
+    }
+  free(v);
+}
+
+int main(void) {
+  test_many();
+  test_aligned();
+  test_realloc_classes();
+  test_realloc_thresholds();
+  if (failures) {
+    fprintf(stderr, "unit_sizes: %d check(s) FAILED\n", failures);
+    return 1;
+  }
+  printf("unit_sizes: all checks passed\n");
+  return 0;
+}
