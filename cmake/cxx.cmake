@@ -22,9 +22,20 @@ target_compile_definitions(allot-cxx-objects PRIVATE ALLOT_OVERRIDE=1)
 set_target_properties(allot-cxx-objects PROPERTIES
   POSITION_INDEPENDENT_CODE ON CXX_STANDARD 17 CXX_STANDARD_REQUIRED ON)
 
-target_sources(allot PRIVATE $<TARGET_OBJECTS:allot-cxx-objects>)
-# The operators need the C++ runtime (std::bad_alloc, the new-handler).
-set_target_properties(allot PROPERTIES LINKER_LANGUAGE CXX)
+# The shared library takes the operators with their C++ runtime references
+# made weak (cmake/weaken.sh) and is linked as C, so it does not pull
+# libstdc++ into C programs; C++ programs bring their runtime themselves.
+set(ALLOT_NEW_WEAK ${CMAKE_CURRENT_BINARY_DIR}/allot-new-weak.o)
+add_custom_command(OUTPUT ${ALLOT_NEW_WEAK}
+  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/cmake/weaken.sh
+          $<TARGET_OBJECTS:allot-cxx-objects> ${ALLOT_NEW_WEAK}
+  DEPENDS allot-cxx-objects ${CMAKE_CURRENT_SOURCE_DIR}/cmake/weaken.sh
+  COMMENT "Weakening the C++ runtime references of the operators"
+  VERBATIM)
+set_source_files_properties(${ALLOT_NEW_WEAK} PROPERTIES
+  EXTERNAL_OBJECT TRUE GENERATED TRUE)
+target_sources(allot PRIVATE ${ALLOT_NEW_WEAK})
+set_target_properties(allot PROPERTIES LINKER_LANGUAGE C)
 
 add_library(allot-cxx STATIC $<TARGET_OBJECTS:allot-cxx-objects>)
 set_target_properties(allot-cxx PROPERTIES LINKER_LANGUAGE CXX)
