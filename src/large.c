@@ -57,16 +57,21 @@ uint64_t large_collect(bool force) {
   return next;
 }
 
+/* The cached mapping that serves map_size best: the smallest that is large
+ * enough, else the largest there is. Its resident pages are what a cache
+ * saves (page faults and the kernel's zeroing cost more than the mmap), so
+ * any of them is worth reusing; cache_fit then cuts or extends it. */
 static segment_t *cache_take(size_t map_size) {
   segment_t *best = NULL;
   size_t besti = 0;
   os_lock(&large_lock);
   for (size_t i = 0; i < CACHE_SLOTS; i++) {
     segment_t *s = cache[i];
-    /* accept at most 25 % slack so a small request does not pin a huge
-     * mapping */
-    if (s && s->map_size >= map_size && s->map_size - map_size <= map_size / 4 &&
-        (!best || s->map_size < best->map_size)) {
+    if (!s) continue;
+    bool fits = s->map_size >= map_size;
+    bool best_fits = best && best->map_size >= map_size;
+    if (!best || (fits && (!best_fits || s->map_size < best->map_size)) ||
+        (!fits && !best_fits && s->map_size > best->map_size)) {
       best = s;
       besti = i;
     }
@@ -79,6 +84,36 @@ static segment_t *cache_take(size_t map_size) {
   return best;
 }
 
+/* Make a cached mapping exactly map_size: give a surplus tail back, or
+ * extend it — in place if the kernel can, else by moving its pages to a new
+ * aligned reservation (no copying). NULL if that fails (mapping released). */
+static segment_t *cache_fit(segment_t *s, size_t map_size) {
+  if (s->map_size == map_size) return s;
+  if (s->map_size > map_size || os_remap_inplace(s, s->map_size, map_size)) {
+    if (s->map_size > map_size && !os_remap_inplace(s, s->map_size, map_size))
+      return s; /* keep the surplus rather than fail */
+    s->map_size = map_size;
+    return s;
+  }
+  void *target = os_reserve_aligned(map_size, SEG_SIZE);
+  if (!target) {
+    cache_unmap(s);
+    return NULL;
+  }
+  size_t old = s->map_size;
+  segment_unregister(s);
+  segment_t *n = os_remap_fixed(s, old, map_size, target);
+  if (!n) {
+    os_unmap(target, map_size);
+    segment_register_moved(s);
+    cache_unmap(s);
+    return NULL;
+  }
+  n->map_size = map_size;
+  segment_register_moved(n);
+  return n;
+}
+
 void *large_malloc(size_t size, size_t align, bool zero) {
   if (cache_bytes) large_collect(false);
   size_t off = offset_for(align);
@@ -89,7 +124,8 @@ void *large_malloc(size_t size, size_t align, bool zero) {
   size_t map_size = (off + size + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
   segment_t *s = NULL;
   bool fresh = false;
-  if (off == LARGE_OFFSET) s = cache_take(map_size);
+  if (off == LARGE_OFFSET && !g.secure && (s = cache_take(map_size)))
+    s = cache_fit(s, map_size);
   if (!s) {
     if (unlikely(g.secure)) {
       s = secure_large_map(map_size, align); /* with guard regions */

@@ -44,16 +44,28 @@ static uint64_t purge_pass(void) {
   return next;
 }
 
+/* How long the thread waits with nothing to do before it ends: long enough
+ * that a program freeing in bursts does not start a thread per burst. */
+#define IDLE_EXIT_MS 1000
+
 static void *purge_main(void *arg) {
   (void)arg;
+  bool idle = false;
   for (;;) {
     uint32_t seq = atomic_load_explicit(&wake_seq, memory_order_seq_cst);
     uint64_t next = purge_pass();
+    if (next == UINT64_MAX && !idle) {
+      idle = true;
+      struct timespec ts = {IDLE_EXIT_MS / 1000, (IDLE_EXIT_MS % 1000) * 1000000L};
+      syscall(SYS_futex, &wake_seq, FUTEX_WAIT_PRIVATE, seq, &ts, NULL, 0);
+      continue;
+    }
     if (next == UINT64_MAX) {
-      /* Nothing left to give back: end the thread rather than sleep, so an
+      /* Still nothing to give back: end the thread rather than sleep, so an
        * idle program has no extra thread and a program whose main thread
        * calls pthread_exit can still end. The next notify starts a new one;
        * one that came during the pass keeps this one going. */
+      idle = false;
       atomic_store_explicit(&state, 0, memory_order_seq_cst);
       int running = 0;
       if (atomic_load_explicit(&wake_seq, memory_order_seq_cst) != seq &&
@@ -61,6 +73,7 @@ static void *purge_main(void *arg) {
         continue;
       return NULL;
     } else {
+      idle = false;
       uint64_t now = os_now_ms();
       uint64_t ms = next > now ? next - now : 0;
       /* the coarse clock advances in ticks of a few ms */
