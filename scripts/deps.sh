@@ -2,7 +2,7 @@
 # Installs the Debian packages that building, testing and benchmarking allot
 # need, when they are missing. Safe to run again; does nothing when all is there.
 set -euo pipefail
-pkgs=(build-essential cmake python3 git sqlite3 gcc g++ clang libclang-rt-14-dev
+pkgs=(build-essential cmake python3 git sqlite3 gcc g++ clang libclang-rt-14-dev time
       pkg-config valgrind redis-server redis-tools
       libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4)
 missing=()
