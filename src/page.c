@@ -176,7 +176,12 @@ static void page_collect_xfree(page_t *pg) {
 static void page_collect(page_t *pg) {
   if (atomic_load_explicit(&pg->xfree, memory_order_relaxed))
     page_collect_xfree(pg);
-  if (!pg->free && pg->capacity < pg->reserved) page_extend(pg);
+  if (!pg->free && pg->capacity < pg->reserved) {
+    if (unlikely(g.secure))
+      secure_page_extend(pg); /* in random order */
+    else
+      page_extend(pg);
+  }
 }
 
 static ALWAYS_INLINE void *page_pop(page_t *pg) {
@@ -298,7 +303,7 @@ void *page_alloc_block(heap_t *h, size_t cls) {
   plist_push_front(&h->avail[cls], pg);
   pg->queue = Q_AVAIL;
   if (unlikely(g.secure))
-    secure_page_extend(pg); /* the whole page at once, in random order */
+    secure_page_extend(pg); /* in random order, and the page's guard */
   else
     page_extend(pg);
   set_current(h, cls, pg);
@@ -354,8 +359,17 @@ void heap_collect_pages(heap_t *h, bool abandoning) {
 
 /* Take over the small pages of an abandoned heap. */
 void heap_absorb(heap_t *into, heap_t *from) {
-  os_lock(&into->seg_lock);
-  os_lock(&from->seg_lock);
+  /* Both segment locks, in the order of the all-heaps list: the order
+   * fork_prepare takes them in, so neither can wait for the other. */
+  heap_t *first = from;
+  for (heap_t *x = heaps_first(); x; x = x->next_all)
+    if (x == into || x == from) {
+      first = x;
+      break;
+    }
+  heap_t *second = first == into ? from : into;
+  os_lock(&first->seg_lock);
+  os_lock(&second->seg_lock);
   while (from->segs) {
     segment_t *s = from->segs;
     from->segs = s->hnext;
