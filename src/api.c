@@ -55,12 +55,10 @@ static NOINLINE void *alloc_big(size_t size, size_t align, bool zero) {
   return p;
 }
 
+/* The slow path sets errno itself, so the fast path ends in a tail call
+ * and needs no stack frame. */
 static ALWAYS_INLINE void *alloc(size_t size) {
-  if (likely(size <= SMALL_MAX)) {
-    void *p = small_alloc(tls_heap, size);
-    if (unlikely(!p)) errno = ENOMEM;
-    return p;
-  }
+  if (likely(size <= SMALL_MAX)) return small_alloc(tls_heap, size);
   return alloc_big(size, 16, false);
 }
 
@@ -85,9 +83,7 @@ static void *alloc_aligned(size_t align, size_t size) {
   if (align <= SMALL_MAX && size <= SMALL_MAX) {
     size_t cls = aligned_class(size, align);
     if (cls) {
-      void *p = small_alloc(tls_heap, class_size[cls]);
-      if (unlikely(!p)) errno = ENOMEM;
-      return p;
+      return small_alloc(tls_heap, class_size[cls]);
     }
   }
   return alloc_big(size, align, false);
@@ -372,21 +368,27 @@ EXPORT int allot_owns(const void *p) {
   if (s->kind == SEG_SMALL) return small_valid(small_page(s, p), p);
   if (s->kind == SEG_MEDIUM) {
     heap_t *h = atomic_load_explicit(&s->heap, memory_order_acquire);
-    return chunk_is_live(&h->chunks, p);
+    return chunk_is_live(&h->chunks, p) &&
+           !(g.slow_mode && checked_quarantined(p)); /* freed, waiting */
   }
   if (s->kind == SEG_LARGE)
     return p == (uint8_t *)s + s->large_offset &&
            atomic_load_explicit(&s->large_state, memory_order_acquire) ==
-               LARGE_LIVE;
+               LARGE_LIVE &&
+           !(g.slow_mode && checked_quarantined(p));
   if (s->kind == SEG_ZERO) return zero_live(s, p);
   return 0;
 }
 
 EXPORT void allot_collect(void) {
   heap_t *h = tls_heap;
-  if (h != &empty_heap) {
-    heap_collect_pages(h, false);
-    segment_purge_heap(h, true);
+  if (h != &empty_heap) heap_collect_pages(h, false);
+  /* Every heap's free pages and free medium chunks, not only this thread's:
+   * malloc_trim(0) from one thread must not leave memory that other (idle)
+   * threads freed. Both take the heap's locks, as the purge thread does. */
+  for (heap_t *o = heaps_first(); o; o = o->next_all) {
+    segment_purge_heap(o, true);
+    medium_purge_heap(o, true);
   }
   segment_collect_cache(true);
   large_collect(true);
@@ -416,9 +418,7 @@ size_t malloc_usable_size(void *) ALIAS(allot_malloc_usable_size);
 void cfree(void *) ALIAS(allot_free);
 int malloc_trim(size_t pad);
 EXPORT int malloc_trim(size_t pad) {
-  (void)pad;
-  allot_collect();
-  return 1;
+  return allot_malloc_trim(pad); /* allot_collect; 1 if memory went back */
 }
 /* glibc's internal names, which some programs and libraries call directly */
 void *__libc_malloc(size_t) ALIAS(allot_malloc);

@@ -10,6 +10,7 @@
  * again. */
 #include "internal.h"
 
+#include <errno.h>
 #include <stdlib.h>
 
 /* Block size of each class: multiples of 16 up to 128, then eight classes
@@ -233,6 +234,8 @@ static void heap_wake_full(heap_t *h, size_t cls) {
   }
 }
 
+static void *page_malloc_slow_inner(heap_t *h, size_t cls, size_t size);
+
 /* In checked mode (statistics, debug, secure) no page is ever made current,
  * so every malloc comes through page_malloc_slow and its hooks. */
 static ALWAYS_INLINE void set_current(heap_t *h, size_t cls, page_t *pg) {
@@ -255,6 +258,12 @@ static void page_retire(heap_t *h, page_t *pg, bool keep_last) {
 /* ---- slow paths ------------------------------------------------------- */
 
 void *page_malloc_slow(heap_t *h, size_t cls, size_t size) {
+  void *p = page_malloc_slow_inner(h, cls, size);
+  if (unlikely(!p)) errno = ENOMEM;
+  return p;
+}
+
+static void *page_malloc_slow_inner(heap_t *h, size_t cls, size_t size) {
   if (unlikely(h == &empty_heap)) {
     h = heap_init_thread();
     if (!h) return NULL;
