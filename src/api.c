@@ -116,7 +116,9 @@ static NOINLINE void free_big(segment_t *s, void *p, const char *fn) {
 static ALWAYS_INLINE bool small_valid(page_t *pg, const void *p) {
   uintptr_t off = (uintptr_t)p & (PAGE_SIZE - 1);
   uint32_t idx = (uint32_t)((off * pg->recip) >> 32);
-  return likely(idx * (uintptr_t)pg->bsize == off && idx < pg->capacity &&
+  /* capacity may grow under the owner while another thread frees */
+  return likely(idx * (uintptr_t)pg->bsize == off &&
+                idx < __atomic_load_n(&pg->capacity, __ATOMIC_RELAXED) &&
                 ((const block_t *)p)->mark != free_mark(p));
 }
 
@@ -188,9 +190,9 @@ static size_t usable_size(const void *p, const char *fn) {
     return pg->bsize;
   }
   if (s->kind == SEG_MEDIUM) {
-    heap_t *h = atomic_load_explicit(&s->heap, memory_order_acquire);
-    if (!chunk_is_live(&h->chunks, p)) fault(fn, "invalid or freed pointer", p);
-    return chunk_usable_size(p);
+    size_t u = medium_live_size(s, p);
+    if (u == SIZE_MAX) fault(fn, "invalid or freed pointer", p);
+    return u;
   }
   if (s->kind == SEG_LARGE) {
     if (p != (uint8_t *)s + s->large_offset ||
@@ -367,8 +369,7 @@ EXPORT int allot_owns(const void *p) {
   if (!segmap_has(s)) return 0;
   if (s->kind == SEG_SMALL) return small_valid(small_page(s, p), p);
   if (s->kind == SEG_MEDIUM) {
-    heap_t *h = atomic_load_explicit(&s->heap, memory_order_acquire);
-    return chunk_is_live(&h->chunks, p) &&
+    return medium_live_size(s, p) != SIZE_MAX &&
            !(g.slow_mode && checked_quarantined(p)); /* freed, waiting */
   }
   if (s->kind == SEG_LARGE)

@@ -102,7 +102,7 @@ static heap_t *heap_acquire(void) {
   }
   if (h) {
     h->next_free = NULL;
-    h->state = HEAP_ACTIVE;
+    __atomic_store_n(&h->state, HEAP_ACTIVE, __ATOMIC_RELAXED);
   }
   os_unlock(&heaps_lock);
   return h;
@@ -112,7 +112,8 @@ heap_t *heap_init_thread(void) {
   allot_process_init();
   heap_t *h = heap_acquire();
   if (!h) return NULL;
-  h->owner = thread_uid();
+  /* atomic: allot_check and the statistics read it from other threads */
+  __atomic_store_n(&h->owner, thread_uid(), __ATOMIC_RELAXED);
   tls_heap = h;
   pthread_setspecific(thread_key, h);
   if (atomic_load_explicit(&init_state, memory_order_acquire) < 2)
@@ -126,14 +127,15 @@ heap_t *heap_new_detached(void) {
   allot_process_init();
   os_lock(&heaps_lock);
   heap_t *h = heap_new_struct();
-  if (h) h->state = HEAP_ACTIVE;
+  if (h) __atomic_store_n(&h->state, HEAP_ACTIVE, __ATOMIC_RELAXED);
   os_unlock(&heaps_lock);
   return h;
 }
 
 static void heap_release(heap_t *h) {
   os_lock(&heaps_lock);
-  h->state = h->segs ? HEAP_ABANDONED : HEAP_POOLED;
+  __atomic_store_n(&h->state, h->segs ? HEAP_ABANDONED : HEAP_POOLED,
+                   __ATOMIC_RELAXED);
   if (h->segs) {
     h->next_free = abandoned;
     abandoned = h;
@@ -149,6 +151,7 @@ static void heap_release(heap_t *h) {
 static void thread_done(void *arg) {
   heap_t *h = arg;
   if (!h || h == &empty_heap) return;
+  if (unlikely(g.slow_mode)) checked_thread_exit(h); /* empty its quarantine */
   tls_heap = &empty_heap;
   heap_collect_pages(h, true);
   segment_purge_heap(h, true);
@@ -158,6 +161,9 @@ static void thread_done(void *arg) {
 /* Called from a running thread's slow path when it is about to ask for a
  * fresh page: adopt the pages of one abandoned heap instead. */
 bool heap_absorb_abandoned(heap_t *h) {
+  /* never into a first-class heap: allot_heap_destroy would free the exited
+   * thread's live blocks with it (test/hostile/pstress.c) */
+  if (h->first_class) return false;
   if (!atomic_load_explicit(&abandoned_count, memory_order_relaxed)) return false;
   os_lock(&heaps_lock);
   heap_t *from = abandoned;
@@ -205,6 +211,7 @@ static void fork_parent(void) {
 static void fork_child(void) {
   segments_reset_locks();
   large_reset_lock();
+  if (unlikely(g.slow_mode)) checked_fork_child(); /* before states change */
   for (heap_t *h = all_heaps; h; h = h->next_all) {
     os_lock_init(&h->medium_lock);
     os_lock_init(&h->seg_lock);

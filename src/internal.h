@@ -76,7 +76,8 @@ typedef struct page {
 _Static_assert(sizeof(page_t) == 128, "page descriptors are found by a shift");
 enum { Q_NONE, Q_AVAIL, Q_FULL };
 enum { SEG_SMALL = 1, SEG_MEDIUM = 2, SEG_LARGE = 3, SEG_ZERO = 4 };
-enum { LARGE_LIVE = 1, LARGE_CACHED = 2 };
+/* LARGE_QUARANTINED: freed, waiting in checked mode's quarantine */
+enum { LARGE_LIVE = 1, LARGE_CACHED = 2, LARGE_QUARANTINED = 3 };
 
 typedef struct segment {
   uint64_t cookie; /* secret ^ address: a header we wrote */
@@ -169,7 +170,8 @@ typedef struct allot_globals {
   int stats;      /* statistics mode: exact counters, slow path */
   int show_stats; /* print statistics at exit: 1 text, 2 JSON */
   int verbose;
-  int huge_pages; /* 0 system default, 1 every segment, 2 large mappings */
+  int huge_pages; /* 0 off (MADV_NOHUGEPAGE), 1 on (MADV_HUGEPAGE), 2 auto */
+  int purge_madv_free; /* ALLOT_PURGE_MADV: purge with MADV_FREE */
 } allot_globals_t;
 
 extern INTERNAL allot_globals_t g;
@@ -208,6 +210,7 @@ INTERNAL void os_init(void);
 
 typedef struct os_stats {
   _Atomic size_t mmaps, munmaps, purges, remaps;
+  _Atomic uint64_t ns;        /* time in those calls (statistics mode) */
   _Atomic size_t mapped;      /* bytes currently mapped */
   _Atomic size_t mapped_peak; /* their peak */
 } os_stats_t;
@@ -234,6 +237,7 @@ INTERNAL void *medium_malloc(heap_t *h, size_t size, size_t align);
 INTERNAL void chunk_fault_malloc(const char *what, const void *addr);
 INTERNAL void medium_free(segment_t *s, void *p, const char *fn);
 INTERNAL bool medium_resize(segment_t *s, void *p, size_t size);
+INTERNAL size_t medium_live_size(segment_t *s, const void *p);
 INTERNAL void *zero_alloc(void);
 INTERNAL void zero_free(segment_t *s, void *p, const char *fn);
 INTERNAL bool zero_live(segment_t *s, const void *p);
@@ -285,6 +289,8 @@ INTERNAL void checked_free(void *p, const char *fn);
 INTERNAL bool checked_quarantined(const void *p);
 INTERNAL const char *checked_verify(const void **where);
 INTERNAL void checked_configure(void); /* end of option parsing */
+INTERNAL void checked_thread_exit(heap_t *h); /* h: the exiting thread's */
+INTERNAL void checked_fork_child(void); /* other threads' heaps orphaned */
 /* secure mode's hooks into the layers (secure.c) */
 INTERNAL void secure_segment_init(segment_t *s);
 INTERNAL void secure_page_extend(page_t *pg);

@@ -111,7 +111,7 @@ size_t page_block_index_fault(page_t *pg, const void *p) {
 static void page_init(heap_t *h, page_t *pg, size_t cls) {
   pg->free = NULL;
   pg->used = 0;
-  pg->capacity = 0;
+  __atomic_store_n(&pg->capacity, 0, __ATOMIC_RELAXED);
   pg->bsize = class_size[cls];
   /* secure mode: the page's last OS page is a guard (see secure.c) */
   pg->reserved = (uint32_t)((PAGE_SIZE - (g.secure ? OS_PAGE : 0)) / pg->bsize);
@@ -140,7 +140,7 @@ static void page_extend(page_t *pg) {
     next = b;
   }
   pg->free = next;
-  pg->capacity += (uint32_t)n;
+  __atomic_store_n(&pg->capacity, pg->capacity + (uint32_t)n, __ATOMIC_RELAXED);
 }
 
 /* Check a block taken from a list against its page: a link that leads out of

@@ -8,11 +8,13 @@
  * Canaries, the quarantine and zeroing are per block and live in checked.c.
  *
  * Guards cost address space and mappings, not memory: a small segment gets
- * a PROT_NONE tail on page 0 (below the first page of blocks) and on each of
- * its 63 pages, so a linear overflow or underflow out of any page faults;
- * each page loses one OS page of blocks to it. A medium segment's region
- * ends one OS page early, before a guard. A large block sits between two
- * reserved, never committed regions of GUARD bytes. */
+ * a PROT_NONE tail on page 0 (below the first page of blocks) and on each
+ * page in use, so a linear overflow or underflow out of a page faults; each
+ * page loses one OS page of blocks to it. A medium segment's region ends one
+ * OS page early, before a guard. A large block sits between two reserved,
+ * never committed regions of GUARD bytes. Each guard is a kernel mapping:
+ * the kernel's limit (vm.max_map_count, 65530 by default) caps a secure
+ * heap at about 2 GiB of small pages in use; past it guards are skipped. */
 #include "internal.h"
 
 #include <sys/mman.h>
@@ -46,27 +48,26 @@ uint32_t secure_random_below(uint32_t n) {
   return rng_below(n);
 }
 
-/* Restoring access needs no stats: the memory stays counted as mapped. */
+/* Guards are best effort: the kernel's limit on mappings (vm.max_map_count)
+ * can refuse them, and a missing guard is weaker, not wrong. Restoring
+ * access is not optional, and needs no stats: the memory stays counted as
+ * mapped. */
 static void protect_rw(void *p, size_t size) {
   if (mprotect(p, size, PROT_READ | PROT_WRITE) != 0)
-    fault("malloc", "cannot unprotect a guard page", p);
-}
-static void protect_none(void *p, size_t size) {
-  if (!os_protect_none(p, size))
-    fault("malloc", "cannot protect a guard page", p);
+    fault("malloc", "cannot make a guard page accessible again", p);
 }
 
 /* A segment fresh from the OS or from the segment cache, where it may have
- * served the other kind: set its guards for the kind it now has. */
+ * served the other kind. Page 0's tail guards the first page of blocks from
+ * below; each page of a small segment gets its own guard when it is carved
+ * (secure_page_extend), so only pages in use cost mappings; a medium region
+ * ends one OS page early, before a guard. */
 void secure_segment_init(segment_t *s) {
   uint8_t *base = (uint8_t *)s;
-  protect_none(base + HEADER_SPAN, PAGE_SIZE - HEADER_SPAN);
-  if (s->kind == SEG_SMALL) {
-    for (size_t i = 1; i < PAGES_PER_SEG; i++)
-      protect_none(base + (i + 1) * PAGE_SIZE - OS_PAGE, OS_PAGE);
-  } else if (s->kind == SEG_MEDIUM) {
+  os_protect_none(base + HEADER_SPAN, PAGE_SIZE - HEADER_SPAN);
+  if (s->kind == SEG_MEDIUM) {
     protect_rw(base + PAGE_SIZE, SEG_SIZE - PAGE_SIZE - OS_PAGE);
-    protect_none(base + SEG_SIZE - OS_PAGE, OS_PAGE);
+    os_protect_none(base + SEG_SIZE - OS_PAGE, OS_PAGE);
     s->region_size = SEG_SIZE - PAGE_SIZE - OS_PAGE;
   }
 }
@@ -111,19 +112,27 @@ static uint32_t perm_at(const perm_t *pm, uint32_t x) {
   return x;
 }
 
-/* Carve every block the page can still hold into its free list in random
- * order, so neighbours in memory are not neighbours in time. Called for a
- * fresh page: it is carved whole, never extended later. */
+/* Carve the page's next blocks into its free list, about one OS page of
+ * them at a time as page.c does (memory becomes resident only as it is
+ * used), in random order, so neighbours in memory are not neighbours in
+ * time. The first carving also sets the page's guard: its last OS page,
+ * which page_init left out of the blocks. */
 void secure_page_extend(page_t *pg) {
   uint32_t n = pg->reserved - pg->capacity;
+  uint32_t step = OS_PAGE / pg->bsize;
+  if (step < 8) step = 8;
+  if (n > step) n = step;
   if (n == 0) return;
-  perm_t pm;
-  perm_init(&pm, n);
   segment_t *s = segment_of(pg);
-  uint8_t *first = page_start(s, pg) + (size_t)pg->capacity * pg->bsize;
+  uint8_t *start = page_start(s, pg);
+  if (pg->capacity == 0)
+    os_protect_none(start + PAGE_SIZE - OS_PAGE, OS_PAGE); /* best effort */
+  uint8_t *first = start + (size_t)pg->capacity * pg->bsize;
   /* free blocks are zero in secure mode (checked.c relies on it); the page
    * may have held another class */
   memset(first, 0, (size_t)n * pg->bsize);
+  perm_t pm;
+  perm_init(&pm, n);
   block_t *next = pg->free;
   for (uint32_t i = n; i-- > 0;) {
     block_t *b = (block_t *)(first + (size_t)perm_at(&pm, i) * pg->bsize);
@@ -132,7 +141,7 @@ void secure_page_extend(page_t *pg) {
     next = b;
   }
   pg->free = next;
-  pg->capacity += n;
+  __atomic_store_n(&pg->capacity, pg->capacity + n, __ATOMIC_RELAXED);
 }
 
 /* A large block's mapping with GUARD bytes reserved before and after it.

@@ -389,7 +389,8 @@ void medium_free(segment_t *s, void *p, const char *fn) {
     atomic_fetch_add_explicit(&h->stats.xfrees, 1, memory_order_relaxed);
   segment_t *release = NULL;
   if (chunk_region_empty(&h->chunks, s->region, s->region_size) &&
-      (s->hnext || s->hprev || h->state != HEAP_ACTIVE)) {
+      (s->hnext || s->hprev ||
+       __atomic_load_n(&h->state, __ATOMIC_RELAXED) != HEAP_ACTIVE)) {
     chunk_remove_region(&h->chunks, s->region, s->region_size);
     release = s;
     segment_free(s);
@@ -397,6 +398,15 @@ void medium_free(segment_t *s, void *p, const char *fn) {
   os_unlock(&h->medium_lock);
   if (!release) medium_mark_dirty(h);
   purge_poll();
+}
+
+/* Usable size of a live medium block, SIZE_MAX if p is not one. Under the
+ * owner's lock: a neighbour being freed rewrites the tags it reads. */
+size_t medium_live_size(segment_t *s, const void *p) {
+  heap_t *h = medium_lock_owner(s);
+  size_t u = chunk_is_live(&h->chunks, p) ? chunk_usable_size(p) : SIZE_MAX;
+  os_unlock(&h->medium_lock);
+  return u;
 }
 
 bool medium_resize(segment_t *s, void *p, size_t size) {

@@ -138,6 +138,7 @@ git_test() {
         f=$(printf 'd%02d/file%04d.txt' $((i % 37)) "$i")
         echo "changed $i" >>"$f"
       done
+      # shellcheck disable=SC2046 # one word per path
       run $mode "$log" git rm -q -- $(for i in 1 2 3 4 5 6 8 9 10 11; do
         printf 'd%02d/file%04d.txt\n' "$i" "$i"
       done) || exit 1

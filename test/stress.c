@@ -322,11 +322,13 @@ static void *ring_worker(void *arg) {
 static int run_rings(int threads, long ops) {
   nthreads = threads;
   ops_per_thread = ops;
-  rings = calloc((size_t)threads * threads, sizeof *rings);
-  if (!rings) {
-    fail("calloc of the rings failed");
+  size_t bytes = (size_t)threads * threads * sizeof *rings;
+  void *mem = NULL;
+  if (posix_memalign(&mem, _Alignof(ring_t), bytes) != 0) {
+    fail("allocating the rings failed");
     return 1;
   }
+  rings = memset(mem, 0, bytes);
   pthread_t tid[MAXT];
   for (int i = 0; i < threads; i++)
     if (pthread_create(&tid[i], NULL, ring_worker, (void *)(intptr_t)i)) {
