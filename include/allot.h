@@ -81,6 +81,7 @@ typedef enum allot_option {
   ALLOT_OPTION_SEGMENT_SIZE, /* ALLOT_SEGMENT_SIZE: fixed, 4194304 */
   ALLOT_OPTION_STATS,        /* ALLOT_STATS: statistics mode, 0..1 */
   ALLOT_OPTION_DEBUG,        /* ALLOT_DEBUG: 0..1, start-up only */
+  ALLOT_OPTION_PURGE_MADV,   /* ALLOT_PURGE_MADV: 0 dontneed, 1 free */
   ALLOT_OPTION_COUNT
 } allot_option_t;
 
@@ -167,6 +168,7 @@ typedef struct allot_stats {
   size_t xfrees;              /* frees by a thread other than the owner */
   size_t os_maps, os_unmaps;  /* process-wide mmap / munmap calls */
   size_t os_purges, os_remaps; /* madvise(DONTNEED) / mremap calls */
+  size_t os_time_ns;          /* [stats mode] time in all allot's OS calls */
   size_t heaps;               /* heaps summed here */
   int stats_mode;             /* statistics mode on */
   allot_class_stats_t rows[ALLOT_STATS_ROWS];

@@ -220,7 +220,8 @@ EXPORT int allot_fixed_check(allot_fixed_t *f, char *buf, size_t len) {
     size_t n = 0;
     const char *parts[3] = {check_what, " at ", hex};
     for (int i = 0; i < 3; i++)
-      for (const char *s = parts[i]; *s && n + 1 < len; s++) buf[n++] = *s;
+      for (const char *s = parts[i]; *s && n + 1 < len; s++)
+        buf[n++] = *s;
     buf[n] = 0;
   }
   return 1;

@@ -26,7 +26,8 @@ static _Atomic uint64_t next_uid;
 uint64_t thread_uid(void) {
   uint64_t u = my_uid;
   if (unlikely(!u))
-    my_uid = u = atomic_fetch_add_explicit(&next_uid, 1, memory_order_relaxed) + 1;
+    my_uid = u =
+        atomic_fetch_add_explicit(&next_uid, 1, memory_order_relaxed) + 1;
   return u;
 }
 
@@ -38,7 +39,7 @@ static heap_t *spare;
 static heap_t *heap_own(allot_heap_t *heap, const char *fn) {
   heap_t *h = (heap_t *)heap;
   if (!h) fault(fn, "NULL heap", NULL);
-  if (h->owner != thread_uid())
+  if (__atomic_load_n(&h->owner, __ATOMIC_RELAXED) != thread_uid())
     fault(fn, "heap used by a thread other than its owner, or destroyed", h);
   return h;
 }
@@ -93,7 +94,8 @@ static void *adopt(heap_t *h, void *p) {
   return p;
 }
 
-/* ---- allocation ------------------------------------------------------------ */
+/* ---- allocation ------------------------------------------------------------
+ */
 
 /* The fast path of api.c's small_alloc, on a given heap. */
 static ALWAYS_INLINE void *small_from(heap_t *h, size_t cls, size_t size) {
@@ -131,9 +133,12 @@ static void *heap_alloc(heap_t *h, size_t size, size_t align, bool zero) {
     return adopt(h, p);
   }
   if (size <= SMALL_MAX && align <= SMALL_MAX) {
-    size_t cls = align <= 16 ? size_class(size) : aligned_class(size, align);
-    if (cls || size == 0) {
-      p = small_from(h, cls, cls ? class_size[cls] : 0);
+    /* size 0: a 16-byte block of this heap (malloc(0)'s blocks are
+     * process-wide, and destroy would not release them) */
+    size_t cls =
+        align <= 16 ? size_class(size ? size : 1) : aligned_class(size, align);
+    if (cls) {
+      p = small_from(h, cls, size ? size : 1);
       if (p && zero) memset(p, 0, size);
       if (!p) goto fail;
       return p;
@@ -164,9 +169,9 @@ EXPORT allot_heap_t *allot_heap_new(void) {
   }
   h->next_free = NULL;
   h->large_segs = NULL;
-  h->first_class = 1;
-  atomic_thread_fence(memory_order_release);
-  h->owner = thread_uid();
+  /* statistics and the check read these from other threads */
+  __atomic_store_n(&h->first_class, 1, __ATOMIC_RELAXED);
+  __atomic_store_n(&h->owner, thread_uid(), __ATOMIC_RELEASE);
   return (allot_heap_t *)h;
 }
 
@@ -237,13 +242,14 @@ EXPORT void *allot_heap_realloc(allot_heap_t *heap, void *p, size_t size) {
   return q;
 }
 
-/* ---- destroy and delete ------------------------------------------------------ */
+/* ---- destroy and delete
+ * ------------------------------------------------------ */
 
 /* The heap goes back to the spare list; its statistics to the process's. */
 static void recycle(heap_t *h) {
   stats_heap_retire(h);
-  h->first_class = 0;
-  h->owner = 0;
+  __atomic_store_n(&h->first_class, 0, __ATOMIC_RELAXED);
+  __atomic_store_n(&h->owner, 0, __ATOMIC_RELEASE);
   os_lock(&spare_lock);
   h->next_free = spare;
   spare = h;
@@ -272,7 +278,8 @@ static segment_t *take_large(heap_t *h) {
 static void destroy_now(heap_t *h) {
   os_lock(&h->medium_lock);
   segment_t *large = take_large(h);
-  while (h->medium_segs) segment_free(h->medium_segs);
+  while (h->medium_segs)
+    segment_free(h->medium_segs);
   chunk_heap_init(&h->chunks, g.key);
   chunk_set_fault(&h->chunks, chunk_fault_malloc);
   atomic_store_explicit(&h->medium_dirty_at, 0, memory_order_relaxed);
@@ -366,15 +373,9 @@ static heap_t *default_heap(void) {
   return d;
 }
 
-typedef struct free_ctx {
-  bool large; /* free large blocks too */
-} free_ctx_t;
-
 static int free_live(const allot_walk_info_t *w, void *arg) {
-  free_ctx_t *c = arg;
-  if (w->type == ALLOT_WALK_BLOCK && w->in_use &&
-      (w->kind != ALLOT_KIND_LARGE || c->large))
-    allot_free(w->addr);
+  (void)arg;
+  if (w->type == ALLOT_WALK_BLOCK && w->in_use) allot_free(w->addr);
   return 0;
 }
 
@@ -383,11 +384,9 @@ EXPORT void allot_heap_destroy(allot_heap_t *heap) {
   if (unlikely(g.slow_mode)) {
     /* Checked mode: free every live block through the checked path (so its
      * canaries are checked, statistics counted, and a block may wait in a
-     * quarantine), then hand what remains to the default heap. Large blocks
-     * may sit in checked.c's quarantine, inaccessible: they are freed only
-     * in statistics mode, where there is no quarantine. */
-    free_ctx_t c = {.large = !(g.debug || g.secure || g.valgrind)};
-    allot_heap_walk(heap, free_live, &c);
+     * quarantine; the walk shows quarantined blocks as free), then hand what
+     * remains to the default heap. */
+    allot_heap_walk(heap, free_live, NULL);
     delete_into(h, default_heap());
   } else {
     destroy_now(h);

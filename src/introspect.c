@@ -19,14 +19,17 @@
 #include <malloc.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
-#include <stdio.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
+/* plain fields another thread may be writing, and _Atomic counters */
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define ALOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
-/* ---- text output into a bounded buffer ------------------------------------ */
+/* ---- text output into a bounded buffer ------------------------------------
+ */
 
 typedef struct out {
   char *buf;
@@ -45,7 +48,8 @@ static void put_num(out_t *o, size_t v) {
 static void put_pad(out_t *o, size_t v, int width) {
   char t[24];
   os_fmt_dec(t, v);
-  for (int n = (int)strlen(t); n < width; n++) put(o, " ");
+  for (int n = (int)strlen(t); n < width; n++)
+    put(o, " ");
   put(o, t);
 }
 static void put_hex(out_t *o, uintptr_t v) {
@@ -69,7 +73,8 @@ static int write_all(int fd, const char *s, size_t n) {
   return 0;
 }
 
-/* ---- statistics-mode counters --------------------------------------------- */
+/* ---- statistics-mode counters ---------------------------------------------
+ */
 
 static heap_stats_t retired; /* counters of destroyed and deleted heaps */
 static heap_stats_t unowned; /* large blocks of thread heaps (process-wide) */
@@ -78,9 +83,9 @@ static _Atomic size_t committed_peak;
 
 static void raise_peak(_Atomic size_t *peak, size_t now) {
   size_t old = atomic_load_explicit(peak, memory_order_relaxed);
-  while (now > old && !atomic_compare_exchange_weak_explicit(
-                          peak, &old, now, memory_order_relaxed,
-                          memory_order_relaxed)) {
+  while (now > old &&
+         !atomic_compare_exchange_weak_explicit(
+             peak, &old, now, memory_order_relaxed, memory_order_relaxed)) {
   }
 }
 
@@ -153,7 +158,8 @@ void stats_heap_retire(heap_t *h) {
   atomic_store(&h->stats.in_use_peak, 0);
 }
 
-/* ---- gathering -------------------------------------------------------------- */
+/* ---- gathering --------------------------------------------------------------
+ */
 
 typedef struct tally {
   size_t blocks[STATS_ROWS], bytes[STATS_ROWS], pages[STATS_ROWS];
@@ -179,7 +185,8 @@ static size_t resident(const void *p, size_t len) {
     if (n > sizeof vec * ps) n = sizeof vec * ps;
     n = (n + ps - 1) & ~(ps - 1);
     if (mincore((void *)a, n, vec) == 0)
-      for (size_t i = 0; i < n / ps; i++) total += (vec[i] & 1) * ps;
+      for (size_t i = 0; i < n / ps; i++)
+        total += (vec[i] & 1) * ps;
     a += n;
   }
   return total;
@@ -251,11 +258,15 @@ static void gather_heap(heap_t *h, tally_t *t, bool own, bool with_large) {
   if (with_large) {
     for (segment_t *s = h->large_segs; s; s = s->hnext) {
       t->seg_large++;
+      t->reserved += s->map_size;
+      t->committed += resident(s, s->map_size);
+      if (atomic_load(&s->large_state) != LARGE_LIVE) {
+        t->cached += s->map_size; /* in checked mode's quarantine */
+        continue;
+      }
       t->blocks[STATS_LARGE]++;
       t->bytes[STATS_LARGE] += s->large_size;
-      t->reserved += s->map_size;
       t->large_mapped += s->map_size;
-      t->committed += resident(s, s->map_size);
     }
   }
   os_unlock(&h->medium_lock);
@@ -273,6 +284,9 @@ static void gather_global(segment_t *s, void *arg) {
       t->blocks[STATS_LARGE]++;
       t->bytes[STATS_LARGE] += s->large_size;
       t->large_mapped += s->map_size;
+    } else if (st == LARGE_QUARANTINED) { /* freed; checked mode holds it */
+      t->seg_large++;
+      t->cached += s->map_size;
     } else {
       t->seg_cached++;
       t->cached += s->map_size;
@@ -289,14 +303,15 @@ static void gather_global(segment_t *s, void *arg) {
 }
 
 static bool heap_counts(const heap_t *h) {
-  return h->state == HEAP_ABANDONED ||
-         (h->state == HEAP_ACTIVE && (h->owner || h->first_class));
+  int state = LOAD(h->state);
+  return state == HEAP_ABANDONED ||
+         (state == HEAP_ACTIVE && (LOAD(h->owner) || LOAD(h->first_class)));
 }
 
 static void gather_all(tally_t *t) {
   uint64_t me = thread_uid();
   for (heap_t *h = heaps_first(); h; h = h->next_all) {
-    gather_heap(h, t, h->owner == me, false);
+    gather_heap(h, t, LOAD(h->owner) == me, false);
     if (heap_counts(h)) t->heaps++;
   }
   segments_visit(gather_global, t);
@@ -304,11 +319,11 @@ static void gather_all(tally_t *t) {
 
 static void sum_counters(heap_stats_t *into, heap_stats_t *from) {
   for (size_t r = 0; r < STATS_ROWS; r++) {
-    add(&into->mallocs[r], LOAD(from->mallocs[r]));
-    add(&into->frees[r], LOAD(from->frees[r]));
+    add(&into->mallocs[r], ALOAD(from->mallocs[r]));
+    add(&into->frees[r], ALOAD(from->frees[r]));
   }
-  add(&into->requested, LOAD(from->requested));
-  add(&into->xfrees, LOAD(from->xfrees));
+  add(&into->requested, ALOAD(from->requested));
+  add(&into->xfrees, ALOAD(from->xfrees));
 }
 
 static void fill(allot_stats_t *st, const tally_t *t, heap_stats_t *c) {
@@ -319,14 +334,14 @@ static void fill(allot_stats_t *st, const tally_t *t, heap_stats_t *c) {
     row->blocks = t->blocks[r];
     row->bytes = t->bytes[r];
     row->pages = t->pages[r];
-    row->mallocs = LOAD(c->mallocs[r]);
-    row->frees = LOAD(c->frees[r]);
+    row->mallocs = ALOAD(c->mallocs[r]);
+    row->frees = ALOAD(c->frees[r]);
     st->in_use += t->bytes[r];
     st->mallocs += row->mallocs;
     st->frees += row->frees;
   }
-  st->requested = LOAD(c->requested);
-  st->xfrees = LOAD(c->xfrees);
+  st->requested = ALOAD(c->requested);
+  st->xfrees = ALOAD(c->xfrees);
   st->committed = t->committed;
   st->reserved = t->reserved;
   st->free_small = t->free_small;
@@ -345,6 +360,7 @@ static void fill(allot_stats_t *st, const tally_t *t, heap_stats_t *c) {
   st->os_unmaps = atomic_load(&os_stats.munmaps);
   st->os_purges = atomic_load(&os_stats.purges);
   st->os_remaps = atomic_load(&os_stats.remaps);
+  st->os_time_ns = atomic_load(&os_stats.ns);
 }
 
 EXPORT int allot_stats_get(allot_stats_t *out) {
@@ -373,12 +389,12 @@ EXPORT int allot_heap_stats(allot_heap_t *heap, allot_stats_t *out) {
   if (!h || !out) return EINVAL;
   tally_t t;
   memset(&t, 0, sizeof t);
-  gather_heap(h, &t, h->owner == thread_uid(), true);
+  gather_heap(h, &t, LOAD(h->owner) == thread_uid(), true);
   t.heaps = 1;
   fill(out, &t, &h->stats);
   out->reserved_peak = out->reserved;
   out->committed_peak = out->committed;
-  out->in_use_peak = g.stats ? LOAD(h->stats.in_use_peak) : 0;
+  out->in_use_peak = g.stats ? ALOAD(h->stats.in_use_peak) : 0;
   return 0;
 }
 
@@ -391,16 +407,18 @@ void stats_mode_start(void) {
   for (heap_t *h = heaps_first(); h; h = h->next_all) {
     tally_t t;
     memset(&t, 0, sizeof t);
-    gather_heap(h, &t, h->owner == me, true);
+    gather_heap(h, &t, LOAD(h->owner) == me, true);
     size_t in_use = 0;
-    for (size_t r = 0; r < STATS_ROWS; r++) in_use += t.bytes[r];
+    for (size_t r = 0; r < STATS_ROWS; r++)
+      in_use += t.bytes[r];
     atomic_store(&h->stats.in_use, in_use);
     atomic_store(&h->stats.in_use_peak, in_use);
   }
   tally_t t;
   memset(&t, 0, sizeof t);
   gather_all(&t);
-  for (size_t r = 0; r < STATS_ROWS; r++) total += t.bytes[r];
+  for (size_t r = 0; r < STATS_ROWS; r++)
+    total += t.bytes[r];
   size_t own_large = 0;
   for (heap_t *h = heaps_first(); h; h = h->next_all)
     if (h->first_class) {
@@ -432,10 +450,14 @@ EXPORT void allot_stats_reset(void) {
   atomic_store(&committed_peak, 0);
 }
 
-/* ---- formatting --------------------------------------------------------------- */
+/* ---- formatting
+ * --------------------------------------------------------------- */
 
 static const char *row_name(size_t r) {
-  return r == 0 ? "zero" : r == STATS_MEDIUM ? "medium" : r == STATS_LARGE ? "large" : NULL;
+  return r == 0              ? "zero"
+         : r == STATS_MEDIUM ? "medium"
+         : r == STATS_LARGE  ? "large"
+                             : NULL;
 }
 
 static void json_field(out_t *o, const char *name, size_t v, bool comma) {
@@ -472,6 +494,7 @@ static void format_json(out_t *o, const allot_stats_t *st) {
   json_field(o, "os_unmaps", st->os_unmaps, true);
   json_field(o, "os_purges", st->os_purges, true);
   json_field(o, "os_remaps", st->os_remaps, true);
+  json_field(o, "os_time_ns", st->os_time_ns, true);
   json_field(o, "heaps", st->heaps, true);
   put(o, st->stats_mode ? "\"stats_mode\":true," : "\"stats_mode\":false,");
   put(o, "\"classes\":[");
@@ -503,7 +526,8 @@ static void format_json(out_t *o, const allot_stats_t *st) {
 static void text_line(out_t *o, const char *label, size_t v, const char *unit) {
   put(o, "  ");
   put(o, label);
-  for (size_t n = strlen(label); n < 16; n++) put(o, " ");
+  for (size_t n = strlen(label); n < 16; n++)
+    put(o, " ");
   put_pad(o, v, 14);
   put(o, unit);
   put(o, "\n");
@@ -540,6 +564,7 @@ static void format_text(out_t *o, const allot_stats_t *st) {
   text_line(o, "os munmap", st->os_unmaps, " calls");
   text_line(o, "os purge", st->os_purges, " calls");
   text_line(o, "os mremap", st->os_remaps, " calls");
+  if (st->stats_mode) text_line(o, "os time", st->os_time_ns, " ns in them");
   put(o, "  class    size      blocks         bytes   pages     mallocs       "
          "frees\n");
   for (size_t r = 0; r < ALLOT_STATS_ROWS; r++) {
@@ -548,7 +573,8 @@ static void format_text(out_t *o, const allot_stats_t *st) {
     put(o, "  ");
     if (row_name(r)) {
       put(o, row_name(r));
-      for (size_t n = strlen(row_name(r)); n < 14; n++) put(o, " ");
+      for (size_t n = strlen(row_name(r)); n < 14; n++)
+        put(o, " ");
     } else {
       put_pad(o, r, 5);
       put_pad(o, c->block_size, 9);
@@ -588,7 +614,9 @@ static int print_stats(int fd, int json) {
   return write_all(fd, buf, n);
 }
 
-EXPORT int allot_stats_print(int fd) { return print_stats(fd, 0); }
+EXPORT int allot_stats_print(int fd) {
+  return print_stats(fd, 0);
+}
 
 /* ALLOT_SHOW_STATS: a destructor, so it runs after the program's atexit
  * handlers and needs no registration from inside malloc. */
@@ -597,7 +625,8 @@ static __attribute__((destructor)) void show_stats_at_exit(void) {
   print_stats(2, g.show_stats == 2);
 }
 
-/* ---- glibc's interfaces ------------------------------------------------------- */
+/* ---- glibc's interfaces
+ * ------------------------------------------------------- */
 
 EXPORT struct allot_mallinfo2 allot_mallinfo2(void) {
   allot_stats_t st;
@@ -609,8 +638,9 @@ EXPORT struct allot_mallinfo2 allot_mallinfo2(void) {
   memset(&t, 0, sizeof t);
   uint64_t me = thread_uid();
   for (heap_t *h = heaps_first(); h; h = h->next_all)
-    gather_heap(h, &t, h->owner == me, false);
-  for (size_t r = 1; r < NCLASSES; r++) free_small_blocks += t.free_blocks[r];
+    gather_heap(h, &t, LOAD(h->owner) == me, false);
+  for (size_t r = 1; r < NCLASSES; r++)
+    free_small_blocks += t.free_blocks[r];
   m.arena = (st.segments_small + st.segments_medium) * SEG_SIZE;
   m.ordblks = st.free_chunks;
   m.smblks = free_small_blocks;
@@ -632,10 +662,11 @@ EXPORT void allot_malloc_stats(void) {
   for (heap_t *h = heaps_first(); h; h = h->next_all) {
     tally_t t;
     memset(&t, 0, sizeof t);
-    gather_heap(h, &t, h->owner == me, true);
+    gather_heap(h, &t, LOAD(h->owner) == me, true);
     if (!t.reserved) continue;
     size_t in_use = 0;
-    for (size_t r = 0; r < STATS_ROWS; r++) in_use += t.bytes[r];
+    for (size_t r = 0; r < STATS_ROWS; r++)
+      in_use += t.bytes[r];
     put(&o, "Arena ");
     put_num(&o, nr++);
     put(&o, ":\nsystem bytes     = ");
@@ -684,22 +715,24 @@ EXPORT int allot_malloc_info(int options, FILE *f) {
   for (heap_t *h = heaps_first(); h; h = h->next_all) {
     tally_t t; /* gathered under locks; printed with none held */
     memset(&t, 0, sizeof t);
-    gather_heap(h, &t, h->owner == me, true);
+    gather_heap(h, &t, LOAD(h->owner) == me, true);
     if (!t.reserved) continue;
     fprintf(f, "<heap nr=\"%zu\">\n<sizes>\n", nr++);
     size_t hf_n = 0, hf_b = 0;
     for (size_t r = 1; r < NCLASSES; r++) {
       if (!t.free_blocks[r]) continue;
-      fprintf(f, "  <size from=\"%u\" to=\"%u\" total=\"%zu\" count=\"%zu\"/>\n",
+      fprintf(f,
+              "  <size from=\"%u\" to=\"%u\" total=\"%zu\" count=\"%zu\"/>\n",
               class_size[r - 1] + 1, class_size[r],
               t.free_blocks[r] * class_size[r], t.free_blocks[r]);
       hf_n += t.free_blocks[r];
       hf_b += t.free_blocks[r] * class_size[r];
     }
     if (t.free_chunks)
-      fprintf(f,
-              "  <unsorted from=\"%u\" to=\"%zu\" total=\"%zu\" count=\"%zu\"/>\n",
-              SMALL_MAX + 1, (size_t)MEDIUM_MAX, t.free_medium, t.free_chunks);
+      fprintf(
+          f,
+          "  <unsorted from=\"%u\" to=\"%zu\" total=\"%zu\" count=\"%zu\"/>\n",
+          SMALL_MAX + 1, (size_t)MEDIUM_MAX, t.free_medium, t.free_chunks);
     fputs("</sizes>\n", f);
     xml_total(f, "fast", hf_n, hf_b);
     xml_total(f, "rest", t.free_chunks, t.free_medium);
@@ -758,7 +791,8 @@ EXPORT int allot_mallopt(int param, int value) {
 
 EXPORT int allot_malloc_trim(size_t pad) {
   (void)pad;
-  size_t before = atomic_load(&os_stats.munmaps) + atomic_load(&os_stats.purges);
+  size_t before =
+      atomic_load(&os_stats.munmaps) + atomic_load(&os_stats.purges);
   allot_collect();
   return atomic_load(&os_stats.munmaps) + atomic_load(&os_stats.purges) !=
          before;
@@ -774,7 +808,9 @@ struct mallinfo2 mallinfo2(void) {
   return m;
 }
 
-static int clamp(size_t v) { return v > INT_MAX ? INT_MAX : (int)v; }
+static int clamp(size_t v) {
+  return v > INT_MAX ? INT_MAX : (int)v;
+}
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
@@ -796,18 +832,23 @@ struct mallinfo mallinfo(void) {
 }
 #pragma GCC diagnostic pop
 
-EXPORT void malloc_stats(void) { allot_malloc_stats(); }
+EXPORT void malloc_stats(void) {
+  allot_malloc_stats();
+}
 EXPORT int malloc_info(int options, FILE *f) {
   return allot_malloc_info(options, f);
 }
-EXPORT int mallopt(int param, int value) { return allot_mallopt(param, value); }
+EXPORT int mallopt(int param, int value) {
+  return allot_mallopt(param, value);
+}
 #endif
 
-/* ---- the walk ------------------------------------------------------------------
- * Each region is copied under its lock into a snapshot, then shown to the
- * visitor with no lock held. Segments of a heap are taken in address order,
- * one per round, so a visitor that allocates (and so reorders the heap's
- * lists) neither skips nor repeats one. */
+/* ---- the walk
+ * ------------------------------------------------------------------ Each
+ * region is copied under its lock into a snapshot, then shown to the visitor
+ * with no lock held. Segments of a heap are taken in address order, one per
+ * round, so a visitor that allocates (and so reorders the heap's lists) neither
+ * skips nor repeats one. */
 
 typedef struct page_snap {
   uint8_t *start;
@@ -859,14 +900,15 @@ static void snap_small(segment_t *s, small_snap_t *ss) {
     p->bsize = bsize;
     p->cls = cls;
     p->reserved = LOAD(pg->reserved);
-    if (p->reserved > PAGE_SIZE / bsize) p->reserved = (uint32_t)(PAGE_SIZE / bsize);
+    if (p->reserved > PAGE_SIZE / bsize)
+      p->reserved = (uint32_t)(PAGE_SIZE / bsize);
     p->capacity = LOAD(pg->capacity);
     if (p->capacity > p->reserved) p->capacity = p->reserved;
     memset(p->free_bits, 0, sizeof p->free_bits);
     uint32_t used = 0;
     for (uint32_t k = 0; k < p->reserved; k++) {
-      bool free = k >= p->capacity ||
-                  block_free_marked(p->start + (size_t)k * bsize);
+      bool free =
+          k >= p->capacity || block_free_marked(p->start + (size_t)k * bsize);
       if (free)
         p->free_bits[k / 64] |= (uint64_t)1 << (k % 64);
       else
@@ -906,15 +948,15 @@ static int emit_small(walker_t *w, heap_t *h, small_snap_t *ss) {
                             .heap = (allot_heap_t *)h};
     rc = emit(w, &pi);
     for (uint32_t k = 0; k < p->reserved && !rc; k++) {
-      allot_walk_info_t b = {
-          .type = ALLOT_WALK_BLOCK,
-          .kind = ALLOT_KIND_SMALL,
-          .addr = p->start + (size_t)k * p->bsize,
-          .size = p->bsize,
-          .in_use = !((p->free_bits[k / 64] >> (k % 64)) & 1),
-          .size_class = p->cls,
-          .block_size = p->bsize,
-          .heap = (allot_heap_t *)h};
+      allot_walk_info_t b = {.type = ALLOT_WALK_BLOCK,
+                             .kind = ALLOT_KIND_SMALL,
+                             .addr = p->start + (size_t)k * p->bsize,
+                             .size = p->bsize,
+                             .in_use =
+                                 !((p->free_bits[k / 64] >> (k % 64)) & 1),
+                             .size_class = p->cls,
+                             .block_size = p->bsize,
+                             .heap = (allot_heap_t *)h};
       rc = emit(w, &b);
     }
   }
@@ -974,7 +1016,8 @@ static int walk_medium(walker_t *w, heap_t *h) {
                            .size = region_size,
                            .blocks = m.count,
                            .heap = (allot_heap_t *)h};
-    for (size_t i = 0; i < m.count; i++) r.blocks_used += m.rec[i] & 1;
+    for (size_t i = 0; i < m.count; i++)
+      r.blocks_used += m.rec[i] & 1;
     int rc = emit(w, &r);
     for (size_t i = 0; i < m.count && !rc; i++) {
       allot_walk_info_t b = {.type = ALLOT_WALK_BLOCK,
@@ -1030,7 +1073,8 @@ static int walk_global(walker_t *w, heap_t *only) {
     if (gs.count <= gs.cap || tries == 4) break;
     if (gs.rec) os_unmap(gs.rec, bytes);
     gs.cap = gs.count + 64;
-    bytes = (gs.cap * sizeof(glob_rec_t) + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
+    bytes =
+        (gs.cap * sizeof(glob_rec_t) + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
     gs.rec = os_map(bytes);
     if (!gs.rec) {
       errno = ENOMEM;
@@ -1041,23 +1085,28 @@ static int walk_global(walker_t *w, heap_t *only) {
   int rc = 0;
   for (size_t i = 0; i < gs.count && !rc; i++) {
     glob_rec_t *r = &gs.rec[i];
-    bool live = r->kind == SEG_LARGE && r->state == LARGE_LIVE;
+    bool large = r->kind == SEG_LARGE &&
+                 (r->state == LARGE_LIVE || r->state == LARGE_QUARANTINED);
+    bool live = large && r->state == LARGE_LIVE;
     allot_walk_info_t ri = {.type = ALLOT_WALK_REGION,
                             .addr = r->s,
                             .size = r->map_size,
                             .heap = (allot_heap_t *)r->heap};
     ri.kind = r->kind == SEG_ZERO ? ALLOT_KIND_ZERO
-              : live              ? ALLOT_KIND_LARGE
+              : large             ? ALLOT_KIND_LARGE
                                   : ALLOT_KIND_CACHED;
-    if (live) ri.blocks = ri.blocks_used = 1;
+    if (large) {
+      ri.blocks = 1;
+      ri.blocks_used = live;
+    }
     rc = emit(w, &ri);
-    if (live && !rc) {
+    if (large && !rc) { /* a quarantined block (checked mode) is free */
       allot_walk_info_t b = {.type = ALLOT_WALK_BLOCK,
                              .kind = ALLOT_KIND_LARGE,
                              .addr = (uint8_t *)r->s + r->offset,
                              .size = r->usable,
                              .overhead = r->offset,
-                             .in_use = 1,
+                             .in_use = live,
                              .heap = (allot_heap_t *)r->heap};
       rc = emit(w, &b);
     }
@@ -1100,12 +1149,12 @@ EXPORT int allot_heap_walk(allot_heap_t *heap, allot_walk_fn visit, void *arg) {
   return walk((heap_t *)heap, visit, arg);
 }
 
-/* ---- the check -------------------------------------------------------------------
- * The calling thread's heaps (its default heap and the first-class heaps it
- * owns) are checked whole: nobody else changes their pages. For other heaps
- * only what their locks guard is checked: segment headers and lists, and
- * the medium chunk heap. Large blocks and the segment list are checked under
- * the list lock. */
+/* ---- the check
+ * ------------------------------------------------------------------- The
+ * calling thread's heaps (its default heap and the first-class heaps it owns)
+ * are checked whole: nobody else changes their pages. For other heaps only what
+ * their locks guard is checked: segment headers and lists, and the medium chunk
+ * heap. Large blocks and the segment list are checked under the list lock. */
 
 typedef struct chk {
   const char *what;
@@ -1194,30 +1243,37 @@ static void check_page(chk_t *c, heap_t *h, segment_t *s, page_t *pg) {
     return fail(c, "page in use but on no list", start);
   if ((pg->queue == Q_FULL) != (atomic_load(&pg->full) != 0))
     return fail(c, "page's full flag disagrees with its list", start);
-  size_t marked = 0;
   bool count_marks = !quarantine_possible();
-  if (count_marks)
-    for (size_t k = 0; k < pg->capacity; k++)
-      marked += block_free_marked(start + k * bsize);
   size_t nfree = check_list(c, pg, start, pg->free,
                             "free list link leads outside its page");
   if (c->what) return;
   if (nfree + pg->used != pg->capacity)
     return fail(c, "page's used count disagrees with its free list", start);
-  /* other threads push onto xfree meanwhile (mark, then push): a block
-   * marked but not yet pushed is given a moment to arrive */
+  /* Other threads free into the page meanwhile (mark the block, then push
+   * it): a freer preempted between the two leaves a block marked but on no
+   * list for a while, so a mismatch must persist (about a second) before it
+   * is reported. */
   for (int tries = 0;; tries++) {
+    size_t marked = 0;
+    if (count_marks)
+      for (size_t k = 0; k < pg->capacity; k++)
+        marked += block_free_marked(start + k * bsize);
     block_t *x =
         (block_t *)atomic_load_explicit(&pg->xfree, memory_order_acquire);
-    size_t nx = check_list(c, pg, start, x,
-                           "cross-thread free list link leads outside its page");
+    size_t nx = check_list(
+        c, pg, start, x, "cross-thread free list link leads outside its page");
     if (c->what) return;
     if (nx > pg->used)
       return fail(c, "more cross-thread frees than blocks in use", start);
     if (!count_marks || marked <= nfree + nx) return;
-    if (tries == 100)
-      { fprintf(stderr, "DBG marked %zu nfree %zu used %u cap %u\n", marked, nfree, pg->used, pg->capacity); return fail(c, "block marked free but on no free list", start); }
-    sched_yield();
+    if (tries == 1000)
+      return fail(c, "block marked free but on no free list", start);
+    if (tries < 10) {
+      sched_yield();
+    } else {
+      struct timespec ts = {0, 1000000};
+      nanosleep(&ts, NULL);
+    }
   }
 }
 
@@ -1254,7 +1310,8 @@ static void check_page_lists(chk_t *c, heap_t *h, size_t pages_in_use,
       listed += n;
     }
     if (!current_found)
-      return fail(c, "current page is not on its class's list", h->current[cls]);
+      return fail(c, "current page is not on its class's list",
+                  h->current[cls]);
   }
   if (!c->what && listed != pages_in_use)
     fail(c, "pages in use and pages on the heap's lists differ", h);
@@ -1305,7 +1362,8 @@ static void check_medium(chk_t *c, heap_t *h) {
   void **regions = small_regions;
   size_t *sizes = small_sizes, n = 0, cap = 64, mapped = 0;
   os_lock(&h->medium_lock);
-  for (segment_t *s = h->medium_segs; s; s = s->hnext) n++;
+  for (segment_t *s = h->medium_segs; s; s = s->hnext)
+    n++;
   if (n > cap) {
     mapped = (n * 2 * sizeof(size_t) + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
     regions = os_map(mapped);
@@ -1336,10 +1394,12 @@ static void check_medium(chk_t *c, heap_t *h) {
   if (!c->what && h->first_class) {
     size_t bound = (size_t)1 << 30;
     for (segment_t *s = h->large_segs; s && !c->what; s = s->hnext) {
-      if (!bound--) fail(c, "large block list loops", s);
+      if (!bound--)
+        fail(c, "large block list loops", s);
       else if (s->kind != SEG_LARGE || s->cookie != (g.key ^ (uintptr_t)s))
         fail(c, "heap's large block list holds a bad segment", s);
-      else if (atomic_load(&s->large_state) != LARGE_LIVE ||
+      else if ((atomic_load(&s->large_state) != LARGE_LIVE &&
+                atomic_load(&s->large_state) != LARGE_QUARANTINED) ||
                atomic_load(&s->heap) != h)
         fail(c, "heap's large block list holds a block it does not own", s);
     }
@@ -1356,12 +1416,13 @@ static void check_global(segment_t *s, void *arg) {
   if (s->kind > SEG_ZERO) return fail(c, "segment of no known kind", s);
   if (s->kind != SEG_LARGE) return;
   uint32_t st = atomic_load_explicit(&s->large_state, memory_order_acquire);
-  if (st > LARGE_CACHED) return fail(c, "large block in an unknown state", s);
+  if (st > LARGE_QUARANTINED)
+    return fail(c, "large block in an unknown state", s);
   size_t off = s->large_offset;
   if (st && (off < LARGE_OFFSET || off > SEG_SIZE || (off & (off - 1)) ||
              off + s->large_size > s->map_size))
     return fail(c, "large block header has bad bounds", s);
-  if (st == LARGE_LIVE && !segmap_has(s))
+  if ((st == LARGE_LIVE || st == LARGE_QUARANTINED) && !segmap_has(s))
     return fail(c, "live large block missing from the segment map", s);
   heap_t *h = atomic_load_explicit(&s->heap, memory_order_relaxed);
   if (h && !h->first_class)
@@ -1376,7 +1437,8 @@ static int check(char *buf, size_t len, bool to_stderr) {
   chk_t c = {NULL, NULL};
   uint64_t me = thread_uid();
   for (heap_t *h = heaps_first(); h && !c.what; h = h->next_all) {
-    check_small(&c, h, h->owner == me && h->state == HEAP_ACTIVE);
+    /* the caller's heaps: only its own thread changes their pages */
+    check_small(&c, h, LOAD(h->owner) == me);
     if (!c.what) check_medium(&c, h);
   }
   if (!c.what) segments_visit(check_global, &c);
@@ -1403,7 +1465,9 @@ static int check(char *buf, size_t len, bool to_stderr) {
   return 1;
 }
 
-EXPORT int allot_check(void) { return check(NULL, 0, true); }
+EXPORT int allot_check(void) {
+  return check(NULL, 0, true);
+}
 
 EXPORT int allot_check_report(char *buf, size_t len) {
   return check(buf, len, false);

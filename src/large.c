@@ -174,7 +174,11 @@ void large_free(segment_t *s, void *p, const char *fn) {
   /* a first-class heap's block leaves its list (heapapi.c) */
   if (unlikely(atomic_load_explicit(&s->heap, memory_order_relaxed) != NULL))
     heap_large_unlink(s);
-  if (s->large_offset == LARGE_OFFSET && s->map_size <= CACHE_MAX_ONE) {
+  /* secure mode never takes from the cache (cache_fit would move a mapping
+   * away from its guards), so its mappings go back at once: the quarantine
+   * already delays their reuse */
+  if (s->large_offset == LARGE_OFFSET && s->map_size <= CACHE_MAX_ONE &&
+      !g.secure) {
     s->cached_at = os_now_ms();
     segment_t *evict = NULL;
     os_lock(&large_lock);

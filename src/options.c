@@ -16,7 +16,7 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-enum { T_INT, T_BOOL, T_HUGE, T_SIZE, T_FORMAT };
+enum { T_INT, T_BOOL, T_HUGE, T_SIZE, T_FORMAT, T_MADV };
 
 typedef struct option_def {
   const char *env;
@@ -33,13 +33,14 @@ static const option_def_t defs[ALLOT_OPTION_COUNT] = {
                                   true},
     [ALLOT_OPTION_PURGE_THREAD] = {"ALLOT_PURGE_THREAD", T_BOOL, 1, 0, 1, true},
     [ALLOT_OPTION_USE_BRK] = {"ALLOT_USE_BRK", T_BOOL, 0, 0, 1, true},
-    [ALLOT_OPTION_HUGE_PAGES] = {"ALLOT_HUGE_PAGES", T_HUGE, 0, 0, 2, true},
+    [ALLOT_OPTION_HUGE_PAGES] = {"ALLOT_HUGE_PAGES", T_HUGE, 2, 0, 2, true},
     [ALLOT_OPTION_SECURE] = {"ALLOT_SECURE", T_BOOL, ALLOT_SECURE_DEFAULT, 0, 1,
                              false},
     [ALLOT_OPTION_SEGMENT_SIZE] = {"ALLOT_SEGMENT_SIZE", T_SIZE, (long)SEG_SIZE,
                                    (long)SEG_SIZE, (long)SEG_SIZE, false},
     [ALLOT_OPTION_STATS] = {"ALLOT_STATS", T_BOOL, 0, 0, 1, true},
     [ALLOT_OPTION_DEBUG] = {"ALLOT_DEBUG", T_BOOL, 0, 0, 1, false},
+    [ALLOT_OPTION_PURGE_MADV] = {"ALLOT_PURGE_MADV", T_MADV, 0, 0, 1, true},
 };
 
 static os_lock_t set_lock; /* serialises allot_option_set */
@@ -101,6 +102,10 @@ static bool parse_value(const option_def_t *d, const char *s, long *out) {
       return true;
     }
   }
+  if (d->type == T_MADV && (word_is(s, "dontneed") || word_is(s, "free"))) {
+    *out = word_is(s, "free");
+    return true;
+  }
   return parse_number(s, d->type == T_SIZE, out) && *out >= d->lo &&
          *out <= d->hi;
 }
@@ -112,7 +117,8 @@ typedef struct msg {
 } msg_t;
 
 static void msg_put(msg_t *m, const char *s) {
-  while (*s && m->n < sizeof m->buf - 2) m->buf[m->n++] = *s++;
+  while (*s && m->n < sizeof m->buf - 2)
+    m->buf[m->n++] = *s++;
 }
 static void msg_num(msg_t *m, long v) {
   char t[24];
@@ -154,36 +160,76 @@ static void warn_invalid(const option_def_t *d, const char *value) {
   msg_end(&m);
 }
 
-/* ---- values --------------------------------------------------------------- */
+/* ---- values ---------------------------------------------------------------
+ */
 
 static long get_value(allot_option_t o) {
   switch (o) {
-  case ALLOT_OPTION_SHOW_STATS: return g.show_stats;
-  case ALLOT_OPTION_VERBOSE: return g.verbose;
-  case ALLOT_OPTION_PURGE_DELAY: return g.purge_delay_ms;
-  case ALLOT_OPTION_PURGE_THREAD: return g.purge_thread;
-  case ALLOT_OPTION_USE_BRK: return g.use_brk;
-  case ALLOT_OPTION_HUGE_PAGES: return g.huge_pages;
-  case ALLOT_OPTION_SECURE: return g.secure;
-  case ALLOT_OPTION_SEGMENT_SIZE: return (long)SEG_SIZE;
-  case ALLOT_OPTION_STATS: return g.stats;
-  case ALLOT_OPTION_DEBUG: return g.debug;
-  default: return -1;
+  case ALLOT_OPTION_SHOW_STATS:
+    return g.show_stats;
+  case ALLOT_OPTION_VERBOSE:
+    return g.verbose;
+  case ALLOT_OPTION_PURGE_DELAY:
+    return g.purge_delay_ms;
+  case ALLOT_OPTION_PURGE_THREAD:
+    return g.purge_thread;
+  case ALLOT_OPTION_USE_BRK:
+    return g.use_brk;
+  case ALLOT_OPTION_HUGE_PAGES:
+    return g.huge_pages;
+  case ALLOT_OPTION_SECURE:
+    return g.secure;
+  case ALLOT_OPTION_SEGMENT_SIZE:
+    return (long)SEG_SIZE;
+  case ALLOT_OPTION_STATS:
+    return g.stats;
+  case ALLOT_OPTION_DEBUG:
+    return g.debug;
+  case ALLOT_OPTION_PURGE_MADV:
+    return g.purge_madv_free;
+  default:
+    return -1;
   }
 }
 
+/* Run-time changes race with the layers' plain reads of the same fields
+ * (aligned word stores: a reader sees the old or the new value). */
+#define SET(field, v) __atomic_store_n(&(field), (v), __ATOMIC_RELAXED)
+
 static void put_value(allot_option_t o, long v) {
   switch (o) {
-  case ALLOT_OPTION_SHOW_STATS: g.show_stats = (int)v; break;
-  case ALLOT_OPTION_VERBOSE: g.verbose = (int)v; break;
-  case ALLOT_OPTION_PURGE_DELAY: g.purge_delay_ms = v; break;
-  case ALLOT_OPTION_PURGE_THREAD: g.purge_thread = (int)v; break;
-  case ALLOT_OPTION_USE_BRK: g.use_brk = (int)v; break;
-  case ALLOT_OPTION_HUGE_PAGES: g.huge_pages = (int)v; break;
-  case ALLOT_OPTION_SECURE: g.secure = (int)v; break;
-  case ALLOT_OPTION_STATS: g.stats = (int)v; break;
-  case ALLOT_OPTION_DEBUG: g.debug = (int)v; break;
-  default: break;
+  case ALLOT_OPTION_SHOW_STATS:
+    SET(g.show_stats, (int)v);
+    break;
+  case ALLOT_OPTION_VERBOSE:
+    SET(g.verbose, (int)v);
+    break;
+  case ALLOT_OPTION_PURGE_DELAY:
+    SET(g.purge_delay_ms, v);
+    break;
+  case ALLOT_OPTION_PURGE_THREAD:
+    SET(g.purge_thread, (int)v);
+    break;
+  case ALLOT_OPTION_USE_BRK:
+    SET(g.use_brk, (int)v);
+    break;
+  case ALLOT_OPTION_HUGE_PAGES:
+    SET(g.huge_pages, (int)v);
+    break;
+  case ALLOT_OPTION_SECURE:
+    SET(g.secure, (int)v);
+    break;
+  case ALLOT_OPTION_STATS:
+    SET(g.stats, (int)v);
+    break;
+  case ALLOT_OPTION_DEBUG:
+    SET(g.debug, (int)v);
+    break;
+  case ALLOT_OPTION_PURGE_MADV:
+    SET(g.purge_madv_free, (int)v);
+    break;
+  default:
+    break;
   }
 }
 
@@ -220,7 +266,8 @@ void options_init(void) {
   checked_configure();
 }
 
-/* ---- statistics mode at run time ------------------------------------------ */
+/* ---- statistics mode at run time ------------------------------------------
+ */
 
 /* No page stays current, so every small malloc of every heap reaches the
  * checked path. Other threads' heaps are written without their owners'
@@ -242,7 +289,8 @@ static bool meta_modes(void) {
 #endif
 }
 
-/* ---- the API -------------------------------------------------------------- */
+/* ---- the API --------------------------------------------------------------
+ */
 
 EXPORT long allot_option_get(allot_option_t option) {
   if ((unsigned)option >= ALLOT_OPTION_COUNT) {
@@ -264,13 +312,13 @@ EXPORT int allot_option_set(allot_option_t option, long value) {
   if (option == ALLOT_OPTION_STATS) {
     if (value) {
       stats_mode_start();
-      g.stats = 1;
+      SET(g.stats, 1);
       atomic_thread_fence(memory_order_seq_cst);
-      g.slow_mode = 1;
+      SET(g.slow_mode, 1);
       drop_current_pages();
     } else {
-      g.stats = 0;
-      if (!meta_modes()) g.slow_mode = 0;
+      SET(g.stats, 0);
+      if (!meta_modes()) SET(g.slow_mode, 0);
     }
   } else {
     put_value(option, value);

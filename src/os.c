@@ -51,6 +51,22 @@ static bool hook_fail(const char *site) {
 #define hook_fail(site) false
 #endif
 
+/* Statistics mode: the time spent in the kernel calls below (allot run
+ * --stats reports it). Two vDSO clock reads per call, and only then. */
+static uint64_t os_clock(void) {
+  if (likely(!g.stats)) return 0;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void os_clocked(uint64_t t0) {
+  if (likely(!t0)) return;
+  uint64_t t1 = os_clock();
+  if (t1 > t0)
+    atomic_fetch_add_explicit(&os_stats.ns, t1 - t0, memory_order_relaxed);
+}
+
 static void stat_mapped(ptrdiff_t delta) {
   size_t now = atomic_fetch_add_explicit(&os_stats.mapped, (size_t)delta,
                                          memory_order_relaxed) +
@@ -70,6 +86,7 @@ static uintptr_t brk_lo, brk_hi;
 
 static void *brk_alloc(size_t size, size_t align) {
   os_lock(&brk_lock);
+  uint64_t t0 = os_clock();
   void *cur = sbrk(0);
   void *res = NULL;
   if (cur != (void *)-1 && !hook_fail("sbrk")) {
@@ -81,6 +98,7 @@ static void *brk_alloc(size_t size, size_t align) {
       brk_hi = start + size;
     }
   }
+  os_clocked(t0);
   os_unlock(&brk_lock);
   return res;
 }
@@ -91,8 +109,10 @@ static bool is_brk(const void *p) {
 
 void *os_map(size_t size) {
   if (hook_fail("mmap")) return NULL;
+  uint64_t t0 = os_clock();
   void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  os_clocked(t0);
   atomic_fetch_add_explicit(&os_stats.mmaps, 1, memory_order_relaxed);
   if (p == MAP_FAILED) return NULL;
   stat_mapped((ptrdiff_t)size);
@@ -106,15 +126,20 @@ static void *map_aligned(size_t size, size_t align, int prot) {
   if (over < size) return NULL;
   if (hook_fail(prot == PROT_NONE ? "mmap_reserve" : "mmap_aligned"))
     return NULL;
+  uint64_t t0 = os_clock();
   void *p = mmap(NULL, over, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                  -1, 0);
   atomic_fetch_add_explicit(&os_stats.mmaps, 1, memory_order_relaxed);
-  if (p == MAP_FAILED) return NULL;
+  if (p == MAP_FAILED) {
+    os_clocked(t0);
+    return NULL;
+  }
   uintptr_t start = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
   size_t head = start - (uintptr_t)p;
   size_t tail = over - head - size;
   if (head) munmap(p, head);
   if (tail) munmap((void *)(start + size), tail);
+  os_clocked(t0);
   return (void *)start;
 }
 
@@ -128,12 +153,14 @@ void *os_map_aligned(size_t size, size_t align) {
   }
   void *p = map_aligned(size, align, PROT_READ | PROT_WRITE);
   if (p) stat_mapped((ptrdiff_t)size);
-  /* ALLOT_HUGE_PAGES: 1 every segment; 2 (auto) only the mappings of large
-   * blocks (segments of the other kinds are exactly SEG_SIZE), whose memory
-   * is used whole rather than purged 64 KiB at a time */
-  if (p && g.huge_pages &&
-      (g.huge_pages == 1 || (size != SEG_SIZE && size >= ((size_t)2 << 20))))
-    madvise(p, size, MADV_HUGEPAGE);
+  /* ALLOT_HUGE_PAGES (docs/memory.md): 1 (on) asks for transparent huge
+   * pages on every segment and large mapping, 0 (off) refuses them even where
+   * the system gives them unasked; 2 (auto) leaves the system's policy. */
+  if (p && g.huge_pages != 2) {
+    uint64_t t0 = os_clock();
+    madvise(p, size, g.huge_pages == 1 ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+    os_clocked(t0);
+  }
   return p;
 }
 
@@ -149,7 +176,9 @@ void os_unmap(void *p, size_t size) {
     return;
   }
   atomic_fetch_add_explicit(&os_stats.munmaps, 1, memory_order_relaxed);
+  uint64_t t0 = os_clock();
   munmap(p, size);
+  os_clocked(t0);
 }
 
 void os_purge(void *p, size_t size) {
@@ -157,22 +186,38 @@ void os_purge(void *p, size_t size) {
   uintptr_t hi = ((uintptr_t)p + size) & ~(uintptr_t)(OS_PAGE - 1);
   if (hi <= lo) return;
   atomic_fetch_add_explicit(&os_stats.purges, 1, memory_order_relaxed);
-  madvise((void *)lo, hi - lo, MADV_DONTNEED);
+  uint64_t t0 = os_clock();
+  /* ALLOT_PURGE_MADV=free: the kernel takes the pages only under memory
+   * pressure (cheaper to reuse, but they stay in RSS until then). Not in
+   * debug or secure mode, whose checks rely on purged memory reading zero. */
+  if (!g.purge_madv_free || g.debug || g.secure ||
+      madvise((void *)lo, hi - lo, MADV_FREE) != 0)
+    madvise((void *)lo, hi - lo, MADV_DONTNEED);
+  os_clocked(t0);
 }
 
 bool os_protect_none(void *p, size_t size) {
   if (hook_fail("mprotect")) return false;
-  return mprotect(p, size, PROT_NONE) == 0;
+  uint64_t t0 = os_clock();
+  bool ok = mprotect(p, size, PROT_NONE) == 0;
+  os_clocked(t0);
+  return ok;
 }
 
 bool os_commit(void *p, size_t size) {
-  if (mprotect(p, size, PROT_READ | PROT_WRITE) != 0) return false;
+  uint64_t t0 = os_clock();
+  bool ok = mprotect(p, size, PROT_READ | PROT_WRITE) == 0;
+  os_clocked(t0);
+  if (!ok) return false;
   stat_mapped((ptrdiff_t)size);
   return true;
 }
 
 void os_unreserve(void *p, size_t size) {
-  if (p && size) munmap(p, size);
+  if (!p || !size) return;
+  uint64_t t0 = os_clock();
+  munmap(p, size);
+  os_clocked(t0);
 }
 
 /* Move a mapping to target (a reservation made by os_reserve_aligned) without
@@ -181,8 +226,10 @@ void *os_remap_fixed(void *old, size_t old_size, size_t new_size,
                      void *target) {
   if (hook_fail("mremap_fixed")) return NULL;
   atomic_fetch_add_explicit(&os_stats.remaps, 1, memory_order_relaxed);
+  uint64_t t0 = os_clock();
   void *p = mremap(old, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED,
                    target);
+  os_clocked(t0);
   if (p == MAP_FAILED) return NULL;
   stat_mapped((ptrdiff_t)new_size - (ptrdiff_t)old_size);
   return p;
@@ -191,7 +238,9 @@ void *os_remap_fixed(void *old, size_t old_size, size_t new_size,
 bool os_remap_inplace(void *old, size_t old_size, size_t new_size) {
   if (is_brk(old) || hook_fail("mremap_inplace")) return false;
   atomic_fetch_add_explicit(&os_stats.remaps, 1, memory_order_relaxed);
+  uint64_t t0 = os_clock();
   void *p = mremap(old, old_size, new_size, 0);
+  os_clocked(t0);
   if (p == MAP_FAILED) return false;
   stat_mapped((ptrdiff_t)new_size - (ptrdiff_t)old_size);
   return true;

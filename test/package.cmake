@@ -65,8 +65,11 @@ target_compile_options(test_cxx_mallinfo PRIVATE ${ALLOT_WARNINGS}
   -fsized-deallocation)
 target_link_libraries(test_cxx_mallinfo PRIVATE ${CMAKE_DL_LIBS})
 add_test(NAME cxx_mallinfo_preload COMMAND test_cxx_mallinfo)
+# The test compares uordblks before and after exact amounts; the purge
+# thread, should it start between the two readings, allocates its own TLS
+# (about 320 bytes) and blurs the difference, so it stays off here.
 set_tests_properties(cxx_mallinfo_preload PROPERTIES
-  ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:allot>")
+  ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:allot>;ALLOT_PURGE_THREAD=0")
 
 # Linking liballot.a replaces malloc in the program.
 add_executable(test_static_override test_static_override.c)
