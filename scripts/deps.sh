@@ -4,7 +4,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake python3 git sqlite3 gcc g++ clang libclang-rt-14-dev time
       pkg-config valgrind redis-server redis-tools
-      libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4)
+      libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4
+      libpython3.11-testsuite bc binutils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
