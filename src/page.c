@@ -328,6 +328,9 @@ void page_free_slow(heap_t *h, page_t *pg) {
 
 /* A free from a thread that does not own the page. */
 void page_xfree(page_t *pg, block_t *b) {
+  /* Read the class while the block keeps the page in use: once pushed, the
+   * owner may collect it, empty the page and hand it to another class. */
+  uint64_t bit = (uint64_t)1 << pg->cls;
   b->mark = free_mark(b);
   uintptr_t head = atomic_load_explicit(&pg->xfree, memory_order_relaxed);
   do {
@@ -337,8 +340,8 @@ void page_xfree(page_t *pg, block_t *b) {
       memory_order_relaxed));
   if (unlikely(atomic_load_explicit(&pg->full, memory_order_seq_cst))) {
     heap_t *h = atomic_load_explicit(&pg->heap, memory_order_acquire);
-    atomic_fetch_or_explicit(&h->xwake, (uint64_t)1 << pg->cls,
-                             memory_order_seq_cst);
+    if (h) /* NULL: retired meanwhile, nobody to wake */
+      atomic_fetch_or_explicit(&h->xwake, bit, memory_order_seq_cst);
   }
 }
 

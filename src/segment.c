@@ -227,7 +227,16 @@ void segment_page_free(heap_t *h, page_t *pg) {
   os_lock(&h->seg_lock);
   segment_t *s = segment_of(pg);
   size_t i = (size_t)(pg - s->pages);
-  memset(pg, 0, sizeof *pg);
+  /* Field by field: a thread that just pushed a block here (and whose push
+   * the owner has already collected) may still read `full` and `heap`. */
+  pg->free = NULL;
+  pg->used = pg->reserved = pg->bsize = pg->recip = 0;
+  __atomic_store_n(&pg->capacity, 0, __ATOMIC_RELAXED);
+  pg->cls = pg->queue = 0;
+  pg->next = pg->prev = NULL;
+  atomic_store_explicit(&pg->full, 0, memory_order_relaxed);
+  atomic_store_explicit(&pg->xfree, 0, memory_order_relaxed);
+  atomic_store_explicit(&pg->heap, NULL, memory_order_release);
   pg->dirty = 1;
   pg->freed_at = os_now_ms();
   bool first = h->dirty_pages == 0;
