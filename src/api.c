@@ -37,8 +37,10 @@ static heap_t *heap_get(void) {
 
 /* Sizes above SMALL_MAX, and aligned requests that small pages cannot serve. */
 static NOINLINE void *alloc_big(size_t size, size_t align, bool zero) {
-  allot_process_init(); /* g.slow_mode is known from here on */
-  if (unlikely(g.slow_mode)) return checked_alloc(size, align, zero);
+  if (unlikely(g.slow_mode)) { /* also set until start-up (heap.c) */
+    allot_process_init();
+    if (g.slow_mode) return checked_alloc(size, align, zero);
+  }
   void *p = NULL;
   if (size <= MEDIUM_MAX && align <= MEDIUM_MAX / 4) {
     heap_t *h = heap_get();
@@ -74,8 +76,10 @@ static size_t aligned_class(size_t size, size_t align) {
 
 static void *alloc_aligned(size_t align, size_t size) {
   if (align <= 16) return alloc(size);
-  allot_process_init();
-  if (unlikely(g.slow_mode)) return checked_alloc(size, align, false);
+  if (unlikely(g.slow_mode)) { /* also set until start-up (heap.c) */
+    allot_process_init();
+    if (g.slow_mode) return checked_alloc(size, align, false);
+  }
   if (size > PTRDIFF_MAX) {
     errno = ENOMEM;
     return NULL;

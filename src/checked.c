@@ -29,6 +29,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <link.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <unwind.h>
 
@@ -64,13 +65,19 @@
 
 #define FILL_NEW 0xA5
 #define FILL_FREED 0xDD
-#define NFRAMES 5      /* return addresses kept per block (debug) */
-#define CANARY_MAX 256 /* canary bytes checked at most */
+#define NFRAMES 5 /* return addresses kept per block (debug) */
+#define CANARY_MAX                                                             \
+  16                   /* canary bytes past the end (a linear overflow         \
+                          crosses them first) */
 #define LEAD_CANARY 64 /* before a large block, in its header page */
 #define FIELD48 (((uint64_t)1 << 48) - 1)
 #define QCAP 256                 /* quarantine: blocks per heap */
 #define QBYTES ((size_t)4 << 20) /* quarantine: bytes per heap */
-#define LQCAP 16                 /* quarantine: large blocks, process-wide */
+#define LQCAP 16                 /* quarantine: large blocks per heap */
+/* secure mode: freed blocks from this size up are zeroed by giving their
+ * pages back (no memory held in the quarantine); smaller ones by memset,
+ * which costs less than faulting the pages in again */
+#define SCRUB_PURGE ((size_t)256 << 10)
 
 /* What checked mode does, fixed by checked_configure. */
 static struct {
@@ -121,14 +128,21 @@ static uint64_t size_word(const void *p, size_t size) {
 static uint64_t canary_of(const void *p) {
   return mix((uintptr_t)p * 0x9E3779B97F4A7C15ull ^ cf.ckey);
 }
+/* The canary byte at an address: keyed, but always 0x80..0xfe, so that the
+ * commonest overflows (a string's NUL, text, small integers, -1) can never
+ * write the very byte that was there and go unnoticed. */
+static uint8_t canary_byte(const uint8_t *at, uint64_t c) {
+  uint8_t b = (uint8_t)(0x80 | (c >> (((uintptr_t)at & 7) * 8)));
+  return b == 0xff ? 0xfe : b;
+}
 static void canary_fill(uint8_t *at, size_t n, uint64_t c) {
   for (size_t i = 0; i < n; i++)
-    at[i] = (uint8_t)(c >> (((uintptr_t)&at[i] & 7) * 8));
+    at[i] = canary_byte(&at[i], c);
 }
 static bool canary_ok(const uint8_t *at, size_t n, uint64_t c) {
   uint8_t bad = 0;
   for (size_t i = 0; i < n; i++)
-    bad |= at[i] ^ (uint8_t)(c >> (((uintptr_t)&at[i] & 7) * 8));
+    bad |= at[i] ^ canary_byte(&at[i], c);
   return bad == 0;
 }
 static size_t canary_len(size_t size, size_t u) {
@@ -175,6 +189,12 @@ static uint8_t *lead_canary(void *p) {
 static uintptr_t self_lo, self_hi; /* allot's own code: frames to skip */
 static _Atomic int self_known;
 static __thread int in_unwind;
+/* Set once the C library is up (constructors run): in a static program the
+ * unwinder cannot run during the C library's own start-up mallocs. */
+static _Atomic int unwind_ready;
+static __attribute__((constructor)) void checked_ready(void) {
+  atomic_store_explicit(&unwind_ready, 1, memory_order_release);
+}
 
 static int find_self(struct dl_phdr_info *info, size_t size, void *arg) {
   uintptr_t me = (uintptr_t)arg;
@@ -194,28 +214,33 @@ static int find_self(struct dl_phdr_info *info, size_t size, void *arg) {
 
 typedef struct unwind_buf {
   uintptr_t ip[24];
-  int n;
+  int n, outside; /* frames, and how many of them are not allot's */
 } unwind_buf_t;
 
+/* Each frame costs the unwinder a table search: stop as soon as enough of
+ * the caller's frames are in. */
 static _Unwind_Reason_Code unwind_step(struct _Unwind_Context *ctx, void *arg) {
   unwind_buf_t *b = arg;
   uintptr_t ip = _Unwind_GetIP(ctx);
   if (!ip || b->n == 24) return _URC_END_OF_STACK;
   b->ip[b->n++] = ip;
+  if (!(ip >= self_lo && ip < self_hi) && ++b->outside == NFRAMES)
+    return _URC_END_OF_STACK;
   return _URC_NO_REASON;
 }
 
 /* The caller's return addresses, allot's own frames left out. */
 static NOINLINE void capture_frames(uintptr_t *out) {
   memset(out, 0, NFRAMES * sizeof *out);
-  if (in_unwind) return; /* the unwinder allocated: no site for that block */
+  if (in_unwind || !atomic_load_explicit(&unwind_ready, memory_order_acquire))
+    return; /* the unwinder allocated, or cannot run yet: no site */
   in_unwind = 1;
   if (!atomic_load_explicit(&self_known, memory_order_acquire)) {
     dl_iterate_phdr(find_self, (void *)(uintptr_t)&capture_frames);
     atomic_store_explicit(&self_known, 1, memory_order_release);
   }
   unwind_buf_t b;
-  b.n = 0;
+  b.n = b.outside = 0;
   _Unwind_Backtrace(unwind_step, &b);
   int i = 0;
   while (i < b.n && b.ip[i] >= self_lo && b.ip[i] < self_hi)
@@ -314,8 +339,13 @@ static void *prepare(void *p, size_t size, size_t u, bool zero) {
   return p;
 }
 
-static void *alloc_in(heap_t *h, size_t size, size_t align, bool zero) {
-  size_t extra = cf.trailer ? cf.tsize + 1 : 0;
+static bool quarantine_flush(void);
+static void mark_preparing(void *p);
+
+/* A block for size bytes, with room for `room` more (realloc's growth). */
+static void *alloc_in(heap_t *h, size_t size, size_t room, size_t align,
+                      bool zero) {
+  size_t extra = (cf.trailer ? cf.tsize + 1 : 0) + room;
   if (size > PTRDIFF_MAX - extra - SEG_SIZE) {
     errno = ENOMEM;
     return NULL;
@@ -324,7 +354,13 @@ static void *alloc_in(heap_t *h, size_t size, size_t align, bool zero) {
   VG(VALGRIND_DISABLE_ERROR_REPORTING);
   size_t u = 0;
   void *p = raw_alloc(h, size + extra, align, zero || cf.zero, &u);
-  if (p) p = prepare(p, size, u, zero);
+  if (!p && cf.quarantine && quarantine_flush())
+    p = raw_alloc(h, size + extra, align, zero || cf.zero, &u);
+  if (p) {
+    mark_preparing(p);
+    p = prepare(p, size, u, zero);
+    mark_preparing(NULL);
+  }
   VG(VALGRIND_ENABLE_ERROR_REPORTING);
   if (!p) {
     errno = ENOMEM;
@@ -335,44 +371,78 @@ static void *alloc_in(heap_t *h, size_t size, size_t align, bool zero) {
 }
 
 void *checked_alloc(size_t size, size_t align, bool zero) {
-  return alloc_in(alloc_heap(), size, align, zero);
+  return alloc_in(alloc_heap(), size, 0, align, zero);
 }
 
 void *checked_malloc(heap_t *h, size_t cls, size_t size) {
   (void)cls;
-  return alloc_in(h, size, 16, false);
+  return alloc_in(h, size, 0, 16, false);
 }
 
 /* ---- quarantine ------------------------------------------------------------
  */
 
 typedef struct quarantine {
-  size_t head, count, bytes;
+  size_t head, count, bytes; /* small and medium blocks */
   void *block[QCAP];
   uint32_t usable[QCAP];
+  size_t lhead, lcount; /* large blocks: inaccessible, they cost address
+                           space only */
+  void *large[LQCAP];
+  bool orphan;     /* another thread's heap when the process forked: its blocks
+                      may be half made, the heap check leaves them alone */
+  void *preparing; /* the block this heap's thread is making (see orphan) */
 } quarantine_t;
 
-/* Large blocks wait process-wide, inaccessible: they cost address space. */
-static os_lock_t lq_lock;
-static void *lq_block[LQCAP];
-static size_t lq_head, lq_count;
+static __thread bool thread_exiting; /* its heap was given up */
 
-static bool lq_has(const void *p) {
-  bool found = false;
-  os_lock(&lq_lock);
-  for (size_t i = 0; i < LQCAP; i++)
-    if (lq_block[i] == p) found = true;
-  os_unlock(&lq_lock);
-  return found;
+/* The quarantine of the thread's heap (owner-only, so no lock). A thread
+ * that only ever freed gets a heap for it; one whose heap was given up at
+ * exit (later destructors free too) frees at once. */
+static quarantine_t *my_quarantine(void) {
+  if (thread_exiting && tls_heap == &empty_heap) return NULL;
+  heap_t *h = my_heap();
+  if (!h) return NULL;
+  if (!h->checked) h->checked = os_map(sizeof(quarantine_t));
+  return h->checked;
+}
+
+/* A fork can catch another thread half way through making a block (a
+ * large block's debug fill takes a while); the child's heap check must not
+ * take that for damage, so each thread says which block it is making. */
+static void mark_preparing(void *p) {
+  if (!cf.frames) return; /* only debug mode checks the heap at exit */
+  quarantine_t *q = my_quarantine();
+  if (q) q->preparing = p;
+}
+
+static bool large_quarantined(const void *p) {
+  segment_t *s = segment_of(p);
+  return p == (uint8_t *)s + s->large_offset &&
+         atomic_load_explicit(&s->large_state, memory_order_acquire) ==
+             LARGE_QUARANTINED;
 }
 
 static uint64_t fill_word(void) {
   return cf.zero ? 0 : 0x0101010101010101ull * FILL_FREED;
 }
 
-/* Fill a freed block and mark it free (word 1), as the layers would. */
+/* Fill a freed block and mark it free (word 1), as the layers would. In
+ * secure mode the whole pages inside a big block are given back instead of
+ * zeroed: they read as zero, and a quarantine of big blocks costs no
+ * memory. */
 static void scrub(void *p, size_t u) {
-  memset(p, cf.zero ? 0 : FILL_FREED, u);
+  uint8_t *b = p;
+  if (cf.zero && u >= SCRUB_PURGE) {
+    uint8_t *lo =
+        (uint8_t *)(((uintptr_t)b + OS_PAGE - 1) & ~(uintptr_t)(OS_PAGE - 1));
+    uint8_t *hi = (uint8_t *)(((uintptr_t)b + u) & ~(uintptr_t)(OS_PAGE - 1));
+    memset(b, 0, (size_t)(lo - b));
+    memset(hi, 0, (size_t)(b + u - hi));
+    os_purge(lo, (size_t)(hi - lo));
+  } else {
+    memset(b, cf.zero ? 0 : FILL_FREED, u);
+  }
   ((block_t *)p)->mark = free_mark(p);
 }
 
@@ -410,16 +480,22 @@ static void release(void *p, size_t u) {
   if (!scrub_intact(p, u))
     fault("free", "write after free (block changed in quarantine)", p);
   ((block_t *)p)->mark = 0; /* live again for the layers' own checks */
+  /* the layers' memory again: their links and headers go in there */
+  VG(VALGRIND_MAKE_MEM_DEFINED(p, u));
+  free_unchecked(p, "free");
+}
+
+static void release_large(void *p) {
+  segment_t *s = segment_of(p);
+  /* it was made inaccessible (or stayed accessible if that failed) */
+  mprotect(p, s->large_size, PROT_READ | PROT_WRITE);
+  atomic_store_explicit(&s->large_state, LARGE_LIVE, memory_order_release);
+  VG(VALGRIND_MAKE_MEM_DEFINED(p, s->large_size));
   free_unchecked(p, "free");
 }
 
 static void quarantine_put(void *p, size_t u) {
-  heap_t *h = my_heap();
-  quarantine_t *q = h ? h->checked : NULL;
-  if (h && !q) {
-    q = os_map(sizeof(quarantine_t));
-    h->checked = q;
-  }
+  quarantine_t *q = my_quarantine();
   UNPOISON(p, u);
   scrub(p, u);
   if (!q) { /* no memory for a quarantine: free at once */
@@ -443,28 +519,74 @@ static void quarantine_put(void *p, size_t u) {
   }
 }
 
-static void large_quarantine_put(void *p, size_t u) {
-  os_purge(p, u); /* zero, and no longer resident */
-  if (!os_protect_none(p, u)) {
-    free_unchecked(p, "free");
+/* A large block waits with its pages given back and inaccessible; its state
+ * says so, which is how a second free (from any thread) is recognised. */
+static void large_quarantine_put(void *p, size_t u, const char *fn) {
+  segment_t *s = segment_of(p);
+  uint32_t live = LARGE_LIVE;
+  if (!atomic_compare_exchange_strong(&s->large_state, &live,
+                                      LARGE_QUARANTINED))
+    fault(fn, "double free", p);
+  quarantine_t *q = my_quarantine();
+  if (!q) {
+    atomic_store(&s->large_state, LARGE_LIVE);
+    free_unchecked(p, fn);
     return;
   }
-  void *evict = NULL;
-  os_lock(&lq_lock);
-  if (lq_count == LQCAP) {
-    evict = lq_block[lq_head];
-    lq_block[lq_head] = NULL;
-    lq_head = (lq_head + 1) % LQCAP;
-    lq_count--;
+  os_purge(p, u); /* zero, and no longer resident */
+  /* best effort: mappings can run out; memcheck reports the access itself */
+  if (!g.valgrind) os_protect_none(p, u);
+  if (q->lcount == LQCAP) {
+    void *old = q->large[q->lhead];
+    q->lhead = (q->lhead + 1) % LQCAP;
+    q->lcount--;
+    release_large(old);
   }
-  lq_block[(lq_head + lq_count) % LQCAP] = p;
-  lq_count++;
-  os_unlock(&lq_lock);
-  if (evict) {
-    segment_t *s = segment_of(evict);
-    mprotect(evict, s->large_size, PROT_READ | PROT_WRITE);
-    free_unchecked(evict, "free");
+  q->large[(q->lhead + q->lcount) % LQCAP] = p;
+  q->lcount++;
+}
+
+/* Give back everything heap h's quarantine holds (an allocation failed:
+ * the memory may be needed; or its thread exits: nobody else may touch it,
+ * and blocks left in it would keep its pages). Returns false if it held
+ * nothing. h is the calling thread's heap. */
+static bool quarantine_flush_heap(heap_t *h) {
+  quarantine_t *q = h != &empty_heap ? h->checked : NULL;
+  if (!q || (!q->count && !q->lcount)) return false;
+  while (q->count) {
+    void *old = q->block[q->head];
+    size_t ou = q->usable[q->head];
+    q->head = (q->head + 1) % QCAP;
+    q->count--;
+    q->bytes -= ou;
+    release(old, ou);
   }
+  while (q->lcount) {
+    void *old = q->large[q->lhead];
+    q->lhead = (q->lhead + 1) % LQCAP;
+    q->lcount--;
+    release_large(old);
+  }
+  return true;
+}
+
+static bool quarantine_flush(void) {
+  return quarantine_flush_heap(tls_heap);
+}
+
+void checked_fork_child(void) {
+  for (heap_t *h = heaps_first(); h; h = h->next_all) {
+    if (h == tls_heap || h->state != HEAP_ACTIVE) continue;
+    if (!h->checked) h->checked = os_map(sizeof(quarantine_t));
+    if (h->checked) ((quarantine_t *)h->checked)->orphan = true;
+  }
+}
+
+void checked_thread_exit(heap_t *h) {
+  thread_exiting = true;
+  VG(VALGRIND_DISABLE_ERROR_REPORTING);
+  if (cf.quarantine) quarantine_flush_heap(h);
+  VG(VALGRIND_ENABLE_ERROR_REPORTING);
 }
 
 /* A block that is free to the program but waits in a quarantine (heap
@@ -472,7 +594,7 @@ static void large_quarantine_put(void *p, size_t u) {
 bool checked_quarantined(const void *p) {
   if (!cf.quarantine) return false;
   segment_t *s = segment_of(p);
-  if (s->kind == SEG_LARGE) return lq_has(p);
+  if (s->kind == SEG_LARGE) return large_quarantined(p);
   return ((const block_t *)p)->mark == free_mark(p);
 }
 
@@ -483,7 +605,7 @@ bool checked_quarantined(const void *p) {
  * the quarantine's (medium and large blocks there are live to the layers). */
 static size_t live_usable(void *p, const char *fn, bool freeing) {
   segment_t *s = segment_of(p);
-  if (segmap_has(s) && s->kind == SEG_LARGE && lq_has(p))
+  if (segmap_has(s) && s->kind == SEG_LARGE && large_quarantined(p))
     fault(fn, freeing ? "double free" : "pointer already freed", p);
   size_t u = block_usable_size(p, fn);
   if (u && cf.quarantine && s->kind == SEG_MEDIUM &&
@@ -527,7 +649,7 @@ void checked_free(void *p, const char *fn) {
   if (g.stats) stats_free(p, u);
   VG(VALGRIND_FREELIKE_BLOCK(p, 0));
   if (cf.quarantine && s->kind == SEG_LARGE) {
-    large_quarantine_put(p, u);
+    large_quarantine_put(p, u, fn);
   } else if (cf.quarantine) {
     quarantine_put(p, u);
   } else {
@@ -563,13 +685,56 @@ void checked_free_sized(void *p, size_t align, size_t size, const char *fn) {
   checked_free(p, fn);
 }
 
+/* Resize live block p (usable u, holding old bytes) to size in place: its
+ * new bytes are made as malloc makes them, its canary and size word move. */
+static void resize_in_place(void *p, size_t old, size_t size, size_t u) {
+  uint8_t *b = p;
+  UNPOISON(p, u);
+  if (size > old)
+    memset(b + old, cf.zero ? 0 : cf.fill ? FILL_NEW : 0, size - old);
+  else
+    memset(b + size, 0, old - size);
+  canary_fill(b + size, canary_len(size, u), canary_of(p));
+  *trailer_word(p, u) = size_word(p, size);
+  VG(VALGRIND_RESIZEINPLACE_BLOCK(p, old, size, 0));
+  VG(VALGRIND_MAKE_MEM_NOACCESS(b + size, u - size));
+  poison_slack(p, size, u);
+}
+
+/* realloc keeps the block where the layers would (the size still fits and
+ * uses more than half of it, or a medium chunk grows into its free
+ * neighbour) and otherwise moves it, leaving room to grow by a quarter so
+ * that a block grown a little at a time is not copied every time. */
 void *checked_realloc(void *p, size_t size) {
   if (size == 0) { /* glibc: free and return NULL */
     checked_free(p, "realloc");
     return NULL;
   }
   size_t old = checked_usable(p, "realloc");
-  void *q = checked_alloc(size, 16, false);
+  segment_t *s = segment_of(p);
+  if (cf.trailer && s->kind != SEG_ZERO && size <= PTRDIFF_MAX / 2) {
+    VG(VALGRIND_DISABLE_ERROR_REPORTING);
+    size_t u = block_usable_size(p, "realloc");
+    size_t extra = cf.tsize + 1;
+    bool fits = size + extra <= u && (size > old / 2 || u <= 64);
+    if (!fits && s->kind == SEG_MEDIUM && size > old &&
+        size + extra <= MEDIUM_MAX && medium_resize(s, p, size + extra)) {
+      size_t nu = chunk_usable_size(p);
+      /* the chunk grew: its trailer goes to the new end */
+      memmove(trailer_frames(p, nu), trailer_frames(p, u), cf.tsize - 8);
+      u = nu;
+      fits = true;
+    }
+    if (fits) {
+      if (g.stats) stats_free(p, u);
+      resize_in_place(p, old, size, u);
+      if (g.stats) stats_alloc(p, size);
+    }
+    VG(VALGRIND_ENABLE_ERROR_REPORTING);
+    if (fits) return p;
+  }
+  size_t room = size > old && cf.trailer ? size / 4 : 0;
+  void *q = alloc_in(alloc_heap(), size, room, 16, false);
   if (!q) return NULL;
   size_t n = old < size ? old : size;
   VG(VALGRIND_DISABLE_ERROR_REPORTING);
@@ -598,10 +763,13 @@ typedef struct walk {
   size_t leaks, leak_bytes, skipped_heaps;
   site_t *sites; /* NULL: no leak accounting */
   size_t nsites, dropped;
+  void *half_made[64]; /* blocks orphaned threads were making at fork */
+  size_t nhalf;
 } walk_t;
 
 static bool examine_heap(const heap_t *h) {
-  return h == tls_heap || h->state != HEAP_ACTIVE;
+  const quarantine_t *q = h->checked;
+  return h == tls_heap || (h->state != HEAP_ACTIVE && !(q && q->orphan));
 }
 
 static void problem(walk_t *w, const char *what, const void *where) {
@@ -612,6 +780,8 @@ static void problem(walk_t *w, const char *what, const void *where) {
 }
 
 static void leak(walk_t *w, void *p, size_t u) {
+  for (size_t i = 0; i < w->nhalf; i++)
+    if (w->half_made[i] == p) return;
   UNPOISON(p, u);
   size_t size = cf.trailer ? requested(p, u) : u;
   if (size != SIZE_MAX) poison_slack(p, size, u);
@@ -728,11 +898,15 @@ static void walk_large(segment_t *s, void *arg) {
   if (s->kind != SEG_LARGE ||
       atomic_load_explicit(&s->large_state, memory_order_relaxed) != LARGE_LIVE)
     return;
-  void *p = (uint8_t *)s + s->large_offset;
-  if (!lq_has(p)) leak(w, p, s->large_size);
+  leak(w, (uint8_t *)s + s->large_offset, s->large_size);
 }
 
 static void walk_heaps(walk_t *w) {
+  for (heap_t *h = heaps_first(); h; h = h->next_all) {
+    quarantine_t *q = h->checked;
+    if (q && q->orphan && q->preparing && w->nhalf < 64)
+      w->half_made[w->nhalf++] = q->preparing;
+  }
   for (heap_t *h = heaps_first(); h; h = h->next_all) {
     if (!examine_heap(h)) {
       w->skipped_heaps++;
@@ -852,11 +1026,28 @@ static void report_leaks(walk_t *w) {
   }
 }
 
+/* Debug mode at exit: the whole heap checked (allot_check, which includes
+ * checked_verify below), then the leak report. */
 static __attribute__((destructor)) void checked_at_exit(void) {
   if (!g.debug || !g.slow_mode) return;
+  char line[256];
+  VG(VALGRIND_DISABLE_ERROR_REPORTING);
+  int bad = allot_check_report(line, sizeof line);
+  VG(VALGRIND_ENABLE_ERROR_REPORTING);
+  if (bad) { /* "allot: check: WHAT at ADDR", said as every fault is */
+    const char *what = line;
+    for (const char *c = line; *c; c++)
+      if (c[0] == ':' && c[1] == ' ') what = c + 2; /* past the last ": " */
+    os_write_err("allot: exit(): ");
+    os_write_err(what);
+    os_write_err("\n");
+    abort();
+  }
   walk_t w = {0};
   w.sites = os_map(NSITES * sizeof(site_t));
+  VG(VALGRIND_DISABLE_ERROR_REPORTING);
   walk_heaps(&w);
+  VG(VALGRIND_ENABLE_ERROR_REPORTING);
   if (w.what) fault("exit", w.what, w.where);
   if (w.sites) {
     report_leaks(&w);
@@ -870,7 +1061,9 @@ static __attribute__((destructor)) void checked_at_exit(void) {
 const char *checked_verify(const void **where) {
   if (!g.slow_mode || !cf.trailer) return NULL;
   walk_t w = {0};
+  VG(VALGRIND_DISABLE_ERROR_REPORTING);
   walk_heaps(&w);
+  VG(VALGRIND_ENABLE_ERROR_REPORTING);
   if (where) *where = w.where;
   return w.what;
 }

@@ -14,7 +14,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-INTERNAL allot_globals_t g;
+/* slow_mode until start-up has read the modes (checked_configure), so that
+ * api.c's aligned and big paths learn of them with the one test they make */
+INTERNAL allot_globals_t g = {.slow_mode = 1};
 INTERNAL heap_t empty_heap = {.current = {[0 ... NCLASSES - 1] = &empty_page}};
 INTERNAL __thread heap_t *tls_heap = &empty_heap;
 

@@ -115,8 +115,8 @@ static uint32_t perm_at(const perm_t *pm, uint32_t x) {
 /* Carve the page's next blocks into its free list, about one OS page of
  * them at a time as page.c does (memory becomes resident only as it is
  * used), in random order, so neighbours in memory are not neighbours in
- * time. The first carving also sets the page's guard: its last OS page,
- * which page_init left out of the blocks. */
+ * time. The first carving also sets the page's guards: its last OS page,
+ * which page_init left out of the blocks, and the one below it. */
 void secure_page_extend(page_t *pg) {
   uint32_t n = pg->reserved - pg->capacity;
   uint32_t step = OS_PAGE / pg->bsize;
@@ -125,8 +125,12 @@ void secure_page_extend(page_t *pg) {
   if (n == 0) return;
   segment_t *s = segment_of(pg);
   uint8_t *start = page_start(s, pg);
-  if (pg->capacity == 0)
-    os_protect_none(start + PAGE_SIZE - OS_PAGE, OS_PAGE); /* best effort */
+  if (pg->capacity == 0) {
+    /* best effort. The page below may be unused: its last OS page is never
+     * a block in secure mode, so it can be the guard under this one now. */
+    os_protect_none(start + PAGE_SIZE - OS_PAGE, OS_PAGE);
+    if (pg != &s->pages[1]) os_protect_none(start - OS_PAGE, OS_PAGE);
+  }
   uint8_t *first = start + (size_t)pg->capacity * pg->bsize;
   /* free blocks are zero in secure mode (checked.c relies on it); the page
    * may have held another class */
@@ -181,7 +185,7 @@ void secure_large_unmap(segment_t *s) {
 /* Pick a random block among the first few of its page's free list instead
  * of b (just popped from that page), so the order of allocation does not
  * follow the order of frees either. The caller owns the page. */
-#define PICK_WINDOW 8
+#define PICK_WINDOW 4
 void *secure_pick(void *bp) {
   block_t *b = bp;
   segment_t *s = segment_of(b);
