@@ -30,4 +30,4 @@ echo "== sqlite3, 100 000 rows, glibc malloc"
 run env
 echo
 echo "== the same on allot: build/allot run --stats -- sqlite3 ..."
-run build/allot run -e ALLOT_STATS=1 -e ALLOT_SHOW_STATS=1 --
+run build/allot run --stats --
