@@ -14,19 +14,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 static ALWAYS_INLINE void *small_alloc(heap_t *h, size_t size) {
-  size_t cls = size_class(size);
-  page_t *pg = h->current[cls];
-  block_t *b = pg->free;
-  if (likely(b != NULL)) {
-    block_t *next = link_decode(b->next, b);
-    if (unlikely((((uintptr_t)next ^ (uintptr_t)b) >> PAGE_SHIFT) && next))
-      fault("malloc", "corrupted free list", b);
-    pg->free = next;
-    pg->used++;
-    b->mark = 0;
-    return b;
-  }
-  return page_malloc_slow(h, cls, size);
+  return heap_alloc_class(h, size_class(size), size, "malloc");
 }
 
 static heap_t *heap_get(void) {
@@ -62,16 +50,6 @@ static NOINLINE void *alloc_big(size_t size, size_t align, bool zero) {
 static ALWAYS_INLINE void *alloc(size_t size) {
   if (likely(size <= SMALL_MAX)) return small_alloc(tls_heap, size);
   return alloc_big(size, 16, false);
-}
-
-/* Small class whose block size is a multiple of align (align <= 8192), so
- * every block of its pages is aligned: pages are 64 KiB-aligned. */
-static size_t aligned_class(size_t size, size_t align) {
-  size_t need = (size + align - 1) & ~(align - 1);
-  if (need > SMALL_MAX) return 0;
-  for (size_t cls = size_class(need ? need : 1); cls < NCLASSES; cls++)
-    if ((class_size[cls] & (align - 1)) == 0) return cls;
-  return 0;
 }
 
 static void *alloc_aligned(size_t align, size_t size) {

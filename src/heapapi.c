@@ -97,30 +97,8 @@ static void *adopt(heap_t *h, void *p) {
 /* ---- allocation ------------------------------------------------------------
  */
 
-/* The fast path of api.c's small_alloc, on a given heap. */
 static ALWAYS_INLINE void *small_from(heap_t *h, size_t cls, size_t size) {
-  page_t *pg = h->current[cls];
-  block_t *b = pg->free;
-  if (likely(b != NULL)) {
-    block_t *next = link_decode(b->next, b);
-    if (unlikely((((uintptr_t)next ^ (uintptr_t)b) >> PAGE_SHIFT) && next))
-      fault("heap_malloc", "corrupted free list", b);
-    pg->free = next;
-    pg->used++;
-    b->mark = 0;
-    return b;
-  }
-  return page_malloc_slow(h, cls, size);
-}
-
-/* Small class whose every block is align-aligned (pages are 64 KiB-aligned),
- * or 0. */
-static size_t aligned_class(size_t size, size_t align) {
-  size_t need = (size + align - 1) & ~(align - 1);
-  if (need > SMALL_MAX) return 0;
-  for (size_t cls = size_class(need ? need : 1); cls < NCLASSES; cls++)
-    if ((class_size[cls] & (align - 1)) == 0) return cls;
-  return 0;
+  return heap_alloc_class(h, cls, size, "heap_malloc");
 }
 
 static void *heap_alloc(heap_t *h, size_t size, size_t align, bool zero) {

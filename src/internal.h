@@ -356,4 +356,33 @@ static ALWAYS_INLINE page_t *page_of(const segment_t *s, const void *p) {
   return (page_t *)&s->pages[((uintptr_t)p - (uintptr_t)s) >> PAGE_SHIFT];
 }
 
+/* The malloc fast path: pop a block of class cls from the heap's current
+ * page, checking that the decoded link stays in the page. */
+static ALWAYS_INLINE void *heap_alloc_class(heap_t *h, size_t cls, size_t size,
+                                            const char *fn) {
+  page_t *pg = h->current[cls];
+  block_t *b = pg->free;
+  if (likely(b != NULL)) {
+    block_t *next = link_decode(b->next, b);
+    if (unlikely((((uintptr_t)next ^ (uintptr_t)b) >> PAGE_SHIFT) && next))
+      fault(fn, "corrupted free list", b);
+    pg->free = next;
+    pg->used++;
+    b->mark = 0;
+    return b;
+  }
+  return page_malloc_slow(h, cls, size);
+}
+
+/* Small class whose every block is align-aligned (align <= SMALL_MAX; pages
+ * are 64 KiB-aligned, so a block size that is a multiple of align does it),
+ * or 0 when none fits. */
+static inline size_t aligned_class(size_t size, size_t align) {
+  size_t need = (size + align - 1) & ~(align - 1);
+  if (need > SMALL_MAX) return 0;
+  for (size_t cls = size_class(need ? need : 1); cls < NCLASSES; cls++)
+    if ((class_size[cls] & (align - 1)) == 0) return cls;
+  return 0;
+}
+
 #endif
