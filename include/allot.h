@@ -17,9 +17,11 @@ extern "C" {
 #define ALLOT_VERSION_MAJOR 0
 #define ALLOT_VERSION_MINOR 1
 #define ALLOT_VERSION_PATCH 0
-/* One integer that grows with every release: major*10000 + minor*100 + patch. */
+/* One integer that grows with every release: major*10000 + minor*100 + patch.
+ */
 #define ALLOT_VERSION                                                          \
-  (ALLOT_VERSION_MAJOR * 10000 + ALLOT_VERSION_MINOR * 100 + ALLOT_VERSION_PATCH)
+  (ALLOT_VERSION_MAJOR * 10000 + ALLOT_VERSION_MINOR * 100 +                   \
+   ALLOT_VERSION_PATCH)
 
 #if defined(__GNUC__)
 /* nothrow: C++ callers (operator delete above all) need no unwind tables. */
@@ -39,21 +41,27 @@ ALLOT_EXPORT int allot_version(void);
 
 /* ---- The standard functions, prefixed ------------------------------------
  * Same contracts as the C, POSIX and glibc functions of the same name. */
-ALLOT_EXPORT void *allot_malloc(size_t size) ALLOT_MALLOC_ATTR ALLOT_ALLOC_SIZE(1);
-ALLOT_EXPORT void *allot_calloc(size_t count, size_t size)
-    ALLOT_MALLOC_ATTR ALLOT_ALLOC_SIZE2(1, 2);
+ALLOT_EXPORT void *allot_malloc(size_t size) ALLOT_MALLOC_ATTR
+    ALLOT_ALLOC_SIZE(1);
+ALLOT_EXPORT void *allot_calloc(size_t count, size_t size) ALLOT_MALLOC_ATTR
+    ALLOT_ALLOC_SIZE2(1, 2);
 ALLOT_EXPORT void *allot_realloc(void *p, size_t size) ALLOT_ALLOC_SIZE(2);
 ALLOT_EXPORT void *allot_reallocarray(void *p, size_t count, size_t size)
     ALLOT_ALLOC_SIZE2(2, 3);
 ALLOT_EXPORT void allot_free(void *p);
 ALLOT_EXPORT void allot_free_sized(void *p, size_t size);
-ALLOT_EXPORT void allot_free_aligned_sized(void *p, size_t alignment, size_t size);
-ALLOT_EXPORT void *allot_aligned_alloc(size_t alignment, size_t size)
-    ALLOT_MALLOC_ATTR ALLOT_ALLOC_SIZE(2);
-ALLOT_EXPORT int allot_posix_memalign(void **out, size_t alignment, size_t size);
-ALLOT_EXPORT void *allot_memalign(size_t alignment, size_t size)
-    ALLOT_MALLOC_ATTR ALLOT_ALLOC_SIZE(2);
-ALLOT_EXPORT void *allot_valloc(size_t size) ALLOT_MALLOC_ATTR ALLOT_ALLOC_SIZE(1);
+ALLOT_EXPORT void allot_free_aligned_sized(void *p, size_t alignment,
+                                           size_t size);
+ALLOT_EXPORT void *allot_aligned_alloc(size_t alignment,
+                                       size_t size) ALLOT_MALLOC_ATTR
+    ALLOT_ALLOC_SIZE(2);
+ALLOT_EXPORT int allot_posix_memalign(void **out, size_t alignment,
+                                      size_t size);
+ALLOT_EXPORT void *allot_memalign(size_t alignment,
+                                  size_t size) ALLOT_MALLOC_ATTR
+    ALLOT_ALLOC_SIZE(2);
+ALLOT_EXPORT void *allot_valloc(size_t size) ALLOT_MALLOC_ATTR
+    ALLOT_ALLOC_SIZE(1);
 ALLOT_EXPORT void *allot_pvalloc(size_t size) ALLOT_MALLOC_ATTR;
 ALLOT_EXPORT size_t allot_malloc_usable_size(const void *p);
 
@@ -105,16 +113,18 @@ typedef struct allot_heap allot_heap_t;
 
 /* A new, empty heap owned by the calling thread (NULL when out of memory). */
 ALLOT_EXPORT allot_heap_t *allot_heap_new(void);
-ALLOT_EXPORT void *allot_heap_malloc(allot_heap_t *heap, size_t size)
-    ALLOT_MALLOC_ATTR ALLOT_ALLOC_SIZE(2);
+ALLOT_EXPORT void *allot_heap_malloc(allot_heap_t *heap,
+                                     size_t size) ALLOT_MALLOC_ATTR
+    ALLOT_ALLOC_SIZE(2);
 ALLOT_EXPORT void *allot_heap_calloc(allot_heap_t *heap, size_t count,
                                      size_t size) ALLOT_MALLOC_ATTR
     ALLOT_ALLOC_SIZE2(2, 3);
 ALLOT_EXPORT void *allot_heap_realloc(allot_heap_t *heap, void *p, size_t size)
     ALLOT_ALLOC_SIZE(3);
 ALLOT_EXPORT void *allot_heap_aligned_alloc(allot_heap_t *heap,
-                                            size_t alignment, size_t size)
-    ALLOT_MALLOC_ATTR ALLOT_ALLOC_SIZE(3);
+                                            size_t alignment,
+                                            size_t size) ALLOT_MALLOC_ATTR
+    ALLOT_ALLOC_SIZE(3);
 /* Release every block of the heap at once, and the heap. Blocks other threads
  * still hold become invalid: they must not be used or freed afterwards. */
 ALLOT_EXPORT void allot_heap_destroy(allot_heap_t *heap);
@@ -136,7 +146,8 @@ ALLOT_EXPORT allot_heap_t *allot_heap_of(const void *p);
  * malloc and free fast paths. Fields marked [stats mode] are exact counters
  * kept only in statistics mode (ALLOT_STATS=1 or allot_option_set), in which
  * every call takes the slower checked path; otherwise they are 0. */
-#define ALLOT_STATS_ROWS 59 /* 0 zero-size, 1..56 small classes, medium, large */
+#define ALLOT_STATS_ROWS                                                       \
+  59 /* 0 zero-size, 1..56 small classes, medium, large */
 #define ALLOT_STATS_MEDIUM 57
 #define ALLOT_STATS_LARGE 58
 
@@ -164,13 +175,13 @@ typedef struct allot_stats {
   size_t free_chunks;    /* number of free medium chunks */
   size_t cached;         /* bytes in cached segments and large mappings */
   size_t segments_small, segments_medium, segments_large, segments_cached;
-  size_t pages_in_use;        /* small pages in use */
-  size_t xfrees;              /* frees by a thread other than the owner */
-  size_t os_maps, os_unmaps;  /* process-wide mmap / munmap calls */
+  size_t pages_in_use;         /* small pages in use */
+  size_t xfrees;               /* frees by a thread other than the owner */
+  size_t os_maps, os_unmaps;   /* process-wide mmap / munmap calls */
   size_t os_purges, os_remaps; /* madvise(DONTNEED) / mremap calls */
-  size_t os_time_ns;          /* [stats mode] time in all allot's OS calls */
-  size_t heaps;               /* heaps summed here */
-  int stats_mode;             /* statistics mode on */
+  size_t os_time_ns;           /* [stats mode] time in all allot's OS calls */
+  size_t heaps;                /* heaps summed here */
+  int stats_mode;              /* statistics mode on */
   allot_class_stats_t rows[ALLOT_STATS_ROWS];
 } allot_stats_t;
 
@@ -203,7 +214,8 @@ ALLOT_EXPORT int allot_malloc_info(int options, FILE *stream);
 ALLOT_EXPORT int allot_mallopt(int param, int value);
 ALLOT_EXPORT int allot_malloc_trim(size_t pad);
 
-/* ---- Walking and checking ------------------------------------------------- */
+/* ---- Walking and checking -------------------------------------------------
+ */
 enum { ALLOT_WALK_REGION = 1, ALLOT_WALK_PAGE = 2, ALLOT_WALK_BLOCK = 3 };
 enum {
   ALLOT_KIND_SMALL = 1,  /* blocks up to 8 KiB in 64 KiB pages */
@@ -215,12 +227,12 @@ enum {
 };
 
 typedef struct allot_walk_info {
-  int type;         /* ALLOT_WALK_REGION, _PAGE or _BLOCK */
-  int kind;         /* ALLOT_KIND_* */
-  void *addr;       /* region or page start; a block's user address */
-  size_t size;      /* region or page bytes; a block's usable bytes */
-  size_t overhead;  /* block: allot's bytes just before addr (chunk header) */
-  int in_use;       /* block: 1 live, 0 free */
+  int type;        /* ALLOT_WALK_REGION, _PAGE or _BLOCK */
+  int kind;        /* ALLOT_KIND_* */
+  void *addr;      /* region or page start; a block's user address */
+  size_t size;     /* region or page bytes; a block's usable bytes */
+  size_t overhead; /* block: allot's bytes just before addr (chunk header) */
+  int in_use;      /* block: 1 live, 0 free */
   unsigned size_class; /* small pages and blocks: class 1..56 */
   size_t block_size;   /* page: its block size */
   size_t blocks;       /* page: blocks it holds; region: blocks in it */
@@ -261,13 +273,13 @@ ALLOT_EXPORT int allot_check_report(char *buf, size_t len);
 typedef struct allot_fixed allot_fixed_t;
 
 typedef struct allot_fixed_stats {
-  size_t size;          /* the buffer */
-  size_t overhead;      /* heap header and region sentinels */
-  size_t in_use;        /* usable bytes of live blocks */
-  size_t in_use_peak;   /* highest in_use */
-  size_t blocks;        /* live blocks */
-  size_t free;          /* bytes in free chunks, headers included */
-  size_t largest_free;  /* a request this large is sure to succeed */
+  size_t size;         /* the buffer */
+  size_t overhead;     /* heap header and region sentinels */
+  size_t in_use;       /* usable bytes of live blocks */
+  size_t in_use_peak;  /* highest in_use */
+  size_t blocks;       /* live blocks */
+  size_t free;         /* bytes in free chunks, headers included */
+  size_t largest_free; /* a request this large is sure to succeed */
   size_t mallocs, frees, failures;
 } allot_fixed_stats_t;
 

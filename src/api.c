@@ -152,7 +152,9 @@ static ALWAYS_INLINE void dealloc_block(void *p, size_t size, const char *fn) {
   free_big(s, p, fn);
 }
 
-void free_unchecked(void *p, const char *fn) { dealloc_block(p, SIZE_MAX, fn); }
+void free_unchecked(void *p, const char *fn) {
+  dealloc_block(p, SIZE_MAX, fn);
+}
 
 static ALWAYS_INLINE void dealloc(void *p, const char *fn) {
   if (unlikely(g.slow_mode)) {
@@ -193,11 +195,17 @@ static size_t usable_size(const void *p, const char *fn) {
 
 /* ---- the API ----------------------------------------------------------- */
 
-EXPORT int allot_version(void) { return ALLOT_VERSION; }
+EXPORT int allot_version(void) {
+  return ALLOT_VERSION;
+}
 
-EXPORT void *allot_malloc(size_t size) { return alloc(size); }
+EXPORT void *allot_malloc(size_t size) {
+  return alloc(size);
+}
 
-EXPORT void allot_free(void *p) { dealloc(p, "free"); }
+EXPORT void allot_free(void *p) {
+  dealloc(p, "free");
+}
 
 EXPORT void *allot_calloc(size_t n, size_t size) {
   size_t total;
@@ -285,7 +293,9 @@ EXPORT void allot_free_aligned_sized(void *p, size_t align, size_t size) {
   dealloc(p, "free_aligned_sized");
 }
 
-static bool power_of_two(size_t x) { return x && !(x & (x - 1)); }
+static bool power_of_two(size_t x) {
+  return x && !(x & (x - 1));
+}
 
 EXPORT void *allot_aligned_alloc(size_t align, size_t size) {
   if (!power_of_two(align)) {
@@ -315,7 +325,8 @@ EXPORT void *allot_memalign(size_t align, size_t size) {
       return NULL;
     }
     size_t a = 16;
-    while (a < align) a <<= 1;
+    while (a < align)
+      a <<= 1;
     align = a;
   }
   return alloc_aligned(align, size);

@@ -40,7 +40,9 @@ static void fork_child(void);
 
 /* The ALLOT_* environment (not read in set-user-ID programs), defaults for
  * the rest, then checked_configure: options.c holds the table. */
-static void read_options(void) { options_init(); }
+static void read_options(void) {
+  options_init();
+}
 
 /* The part of start-up that makes allocation possible. It calls nothing that
  * could allocate. */
@@ -80,7 +82,8 @@ static heap_t *heap_new_struct(void) {
   heap_t *h = (heap_t *)meta_next;
   meta_next += sz;
   memset(h, 0, sizeof *h);
-  for (size_t i = 0; i < NCLASSES; i++) h->current[i] = &empty_page;
+  for (size_t i = 0; i < NCLASSES; i++)
+    h->current[i] = &empty_page;
   chunk_heap_init(&h->chunks, g.key);
   chunk_set_fault(&h->chunks, chunk_fault_malloc);
   os_lock_init(&h->medium_lock);
@@ -166,7 +169,8 @@ bool heap_absorb_abandoned(heap_t *h) {
   /* never into a first-class heap: allot_heap_destroy would free the exited
    * thread's live blocks with it (test/hostile/pstress.c) */
   if (h->first_class) return false;
-  if (!atomic_load_explicit(&abandoned_count, memory_order_relaxed)) return false;
+  if (!atomic_load_explicit(&abandoned_count, memory_order_relaxed))
+    return false;
   os_lock(&heaps_lock);
   heap_t *from = abandoned;
   if (from) {

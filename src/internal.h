@@ -59,14 +59,14 @@ struct heap;
 typedef struct page {
   block_t *free; /* blocks for malloc, and the owner's frees (owner only) */
   _Atomic(struct heap *) heap; /* owner */
-  uint32_t used;     /* blocks handed out, not yet seen back */
-  uint32_t capacity; /* blocks carved so far */
-  uint32_t reserved; /* blocks the page can hold */
-  uint32_t bsize;    /* block size; 0 when the page is not in use */
-  uint32_t recip;    /* ceil(2^32 / bsize): block index by multiply */
+  uint32_t used;               /* blocks handed out, not yet seen back */
+  uint32_t capacity;           /* blocks carved so far */
+  uint32_t reserved;           /* blocks the page can hold */
+  uint32_t bsize;              /* block size; 0 when the page is not in use */
+  uint32_t recip;              /* ceil(2^32 / bsize): block index by multiply */
   uint8_t cls;
-  uint8_t queue;             /* which heap list holds it: Q_AVAIL, Q_FULL */
-  uint8_t dirty;             /* free, but memory not yet given back */
+  uint8_t queue; /* which heap list holds it: Q_AVAIL, Q_FULL */
+  uint8_t dirty; /* free, but memory not yet given back */
   _Alignas(64) _Atomic uintptr_t xfree; /* blocks freed by other threads */
   _Atomic uint8_t full;                 /* set while in the full list */
   struct page *next, *prev; /* in the owner's list for its class (cold) */
@@ -83,9 +83,9 @@ typedef struct segment {
   uint64_t cookie; /* secret ^ address: a header we wrote */
   uint8_t kind;
   _Atomic uint32_t large_state;
-  _Atomic(struct heap *) heap; /* owner of small and medium segments */
-  size_t map_size;             /* bytes mapped from the segment start */
-  struct segment *next, *prev; /* global list of every segment */
+  _Atomic(struct heap *) heap;   /* owner of small and medium segments */
+  size_t map_size;               /* bytes mapped from the segment start */
+  struct segment *next, *prev;   /* global list of every segment */
   struct segment *hnext, *hprev; /* owner heap's list of its segments */
   /* small */
   uint64_t free_pages; /* bit i: page i not in use */
@@ -122,7 +122,7 @@ enum { HEAP_ACTIVE = 1, HEAP_ABANDONED = 2, HEAP_POOLED = 3 };
 typedef struct heap_stats {
   _Atomic size_t xfrees; /* small and medium blocks other threads freed */
   _Atomic size_t mallocs[STATS_ROWS], frees[STATS_ROWS];
-  _Atomic size_t requested; /* bytes asked for */
+  _Atomic size_t requested;           /* bytes asked for */
   _Atomic size_t in_use, in_use_peak; /* usable bytes of live blocks */
 } heap_stats_t;
 
@@ -136,7 +136,7 @@ typedef struct heap {
   os_lock_t medium_lock; /* medium frees from other threads take it */
   chunk_heap_t chunks;
   int state;
-  struct heap *next_all; /* every heap ever made (never freed) */
+  struct heap *next_all;  /* every heap ever made (never freed) */
   struct heap *next_free; /* abandoned or pooled list */
   /* Guards segs, the free pages of its segments and dirty_pages: taken by
    * the owner per page (not per block) and by the purge thread. */
@@ -183,7 +183,7 @@ extern INTERNAL const uint32_t class_size[NCLASSES];
 extern INTERNAL const uint8_t class_of_small[SMALL_MAX / 16 + 1];
 
 /* ---- os.c ------------------------------------------------------------- */
-INTERNAL void *os_map(size_t size);                 /* NULL on failure */
+INTERNAL void *os_map(size_t size); /* NULL on failure */
 INTERNAL void *os_map_aligned(size_t size, size_t align);
 INTERNAL void *os_reserve_aligned(size_t size, size_t align); /* PROT_NONE */
 INTERNAL void os_unmap(void *p, size_t size);
@@ -228,8 +228,7 @@ INTERNAL uint64_t segment_purge_heap(heap_t *h, bool force);
 INTERNAL uint64_t medium_purge_heap(heap_t *h, bool force);
 INTERNAL void segment_collect_cache(bool force);
 INTERNAL void segmap_set(const void *seg, size_t size, bool on);
-INTERNAL void segments_visit(void (*visit)(segment_t *s, void *arg),
-                             void *arg);
+INTERNAL void segments_visit(void (*visit)(segment_t *s, void *arg), void *arg);
 INTERNAL void segments_lock_all(void);
 INTERNAL void segments_unlock_all(void);
 INTERNAL void segments_reset_locks(void);
@@ -268,9 +267,8 @@ extern INTERNAL _Atomic int purge_start_wanted;
 /* Start the purge thread if it is wanted; call only where allot holds no
  * lock, since pthread_create allocates. */
 static inline void purge_poll(void) {
-  if (__builtin_expect(atomic_load_explicit(&purge_start_wanted,
-                                            memory_order_relaxed),
-                       0))
+  if (__builtin_expect(
+          atomic_load_explicit(&purge_start_wanted, memory_order_relaxed), 0))
     purge_maybe_start();
 }
 INTERNAL heap_t *heaps_first(void);
@@ -288,7 +286,7 @@ INTERNAL void checked_free(void *p, const char *fn);
  * finds in the heap (canaries, writes after free), or NULL */
 INTERNAL bool checked_quarantined(const void *p);
 INTERNAL const char *checked_verify(const void **where);
-INTERNAL void checked_configure(void); /* end of option parsing */
+INTERNAL void checked_configure(void);        /* end of option parsing */
 INTERNAL void checked_thread_exit(heap_t *h); /* h: the exiting thread's */
 INTERNAL void checked_fork_child(void); /* other threads' heaps orphaned */
 /* secure mode's hooks into the layers (secure.c) */

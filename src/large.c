@@ -18,7 +18,6 @@ static os_lock_t large_lock;
 static segment_t *cache[CACHE_SLOTS];
 static _Atomic size_t cache_bytes; /* read without the lock as a hint */
 
-
 static size_t offset_for(size_t align) {
   if (align <= LARGE_OFFSET) return LARGE_OFFSET;
   if (align >= SEG_SIZE) return SEG_SIZE;
@@ -53,7 +52,8 @@ uint64_t large_collect(bool force) {
     }
   }
   os_unlock(&large_lock);
-  for (size_t i = 0; i < n; i++) cache_unmap(drop[i]);
+  for (size_t i = 0; i < n; i++)
+    cache_unmap(drop[i]);
   return next;
 }
 
@@ -223,7 +223,8 @@ void *large_realloc(segment_t *s, void *p, size_t size) {
   if (size <= s->large_size && size >= s->large_size / 2) return p;
   if (s->large_offset != LARGE_OFFSET || size <= MEDIUM_MAX) return NULL;
   if (size > PTRDIFF_MAX - SEG_SIZE) return NULL;
-  size_t map_size = (LARGE_OFFSET + size + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
+  size_t map_size =
+      (LARGE_OFFSET + size + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
   if (map_size < s->map_size) {
     /* shrinking: the tail goes back to the OS at once */
     if (!os_remap_inplace(s, s->map_size, map_size)) return NULL;
@@ -255,6 +256,12 @@ void *large_realloc(segment_t *s, void *p, size_t size) {
   return (uint8_t *)n + LARGE_OFFSET;
 }
 
-void large_lock_all(void) { os_lock(&large_lock); }
-void large_unlock_all(void) { os_unlock(&large_lock); }
-void large_reset_lock(void) { os_lock_init(&large_lock); }
+void large_lock_all(void) {
+  os_lock(&large_lock);
+}
+void large_unlock_all(void) {
+  os_unlock(&large_lock);
+}
+void large_reset_lock(void) {
+  os_lock_init(&large_lock);
+}

@@ -71,7 +71,8 @@ static void stat_mapped(ptrdiff_t delta) {
   size_t now = atomic_fetch_add_explicit(&os_stats.mapped, (size_t)delta,
                                          memory_order_relaxed) +
                (size_t)delta;
-  size_t peak = atomic_load_explicit(&os_stats.mapped_peak, memory_order_relaxed);
+  size_t peak =
+      atomic_load_explicit(&os_stats.mapped_peak, memory_order_relaxed);
   while (now > peak && !atomic_compare_exchange_weak_explicit(
                            &os_stats.mapped_peak, &peak, now,
                            memory_order_relaxed, memory_order_relaxed)) {
@@ -227,8 +228,8 @@ void *os_remap_fixed(void *old, size_t old_size, size_t new_size,
   if (hook_fail("mremap_fixed")) return NULL;
   atomic_fetch_add_explicit(&os_stats.remaps, 1, memory_order_relaxed);
   uint64_t t0 = os_clock();
-  void *p = mremap(old, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED,
-                   target);
+  void *p =
+      mremap(old, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED, target);
   os_clocked(t0);
   if (p == MAP_FAILED) return NULL;
   stat_mapped((ptrdiff_t)new_size - (ptrdiff_t)old_size);
@@ -277,7 +278,9 @@ uint64_t os_random_seed(void) {
 
 /* A three-state futex lock (0 free, 1 taken, 2 taken with waiters): no
  * dependency on libpthread's initialisation, trivially reset after fork. */
-void os_lock_init(os_lock_t *l) { atomic_store(&l->state, 0); }
+void os_lock_init(os_lock_t *l) {
+  atomic_store(&l->state, 0);
+}
 
 void os_lock(os_lock_t *l) {
   int c = 0;
@@ -287,9 +290,8 @@ void os_lock(os_lock_t *l) {
   for (int spin = 0; spin < 64; spin++) {
     c = 0;
     if (atomic_load_explicit(&l->state, memory_order_relaxed) == 0 &&
-        atomic_compare_exchange_weak_explicit(&l->state, &c, 1,
-                                              memory_order_acquire,
-                                              memory_order_relaxed))
+        atomic_compare_exchange_weak_explicit(
+            &l->state, &c, 1, memory_order_acquire, memory_order_relaxed))
       return;
 #if defined(__x86_64__)
     __builtin_ia32_pause();
@@ -330,7 +332,8 @@ void os_fmt_hex(char *out, uintptr_t v) {
   } while (v);
   *out++ = '0';
   *out++ = 'x';
-  while (n) *out++ = tmp[--n];
+  while (n)
+    *out++ = tmp[--n];
   *out = 0;
 }
 
@@ -341,7 +344,8 @@ void os_fmt_dec(char *out, size_t v) {
     tmp[n++] = (char)('0' + v % 10);
     v /= 10;
   } while (v);
-  while (n) *out++ = tmp[--n];
+  while (n)
+    *out++ = tmp[--n];
   *out = 0;
 }
 
@@ -362,4 +366,6 @@ void fault(const char *fn, const char *what, const void *addr) {
   abort();
 }
 
-void os_init(void) { os_lock_init(&brk_lock); }
+void os_init(void) {
+  os_lock_init(&brk_lock);
+}

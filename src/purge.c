@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 INTERNAL _Atomic int purge_start_wanted;
-static _Atomic int state;        /* 0 none, 1 starting, 2 running */
+static _Atomic int state;         /* 0 none, 1 starting, 2 running */
 static _Atomic uint32_t wake_seq; /* futex word: bumped by every notify */
 
 void purge_notify(void) {
@@ -56,7 +56,8 @@ static void *purge_main(void *arg) {
     uint64_t next = purge_pass();
     if (next == UINT64_MAX && !idle) {
       idle = true;
-      struct timespec ts = {IDLE_EXIT_MS / 1000, (IDLE_EXIT_MS % 1000) * 1000000L};
+      struct timespec ts = {IDLE_EXIT_MS / 1000,
+                            (IDLE_EXIT_MS % 1000) * 1000000L};
       syscall(SYS_futex, &wake_seq, FUTEX_WAIT_PRIVATE, seq, &ts, NULL, 0);
       continue;
     }

@@ -189,7 +189,8 @@ page_t *segment_page_alloc(heap_t *h) {
 
 static page_t *segment_page_alloc_locked(heap_t *h) {
   segment_t *s = h->segs;
-  while (s && !s->free_pages) s = s->hnext;
+  while (s && !s->free_pages)
+    s = s->hnext;
   if (!s) {
     s = segment_alloc(h, SEG_SMALL);
     if (!s) return NULL;
@@ -276,15 +277,17 @@ uint64_t segment_purge_heap(heap_t *h, bool force) {
       if (force || now >= pg->freed_at + (uint64_t)g.purge_delay_ms) {
         /* extend over the following dirty free pages */
         unsigned j = i + 1;
-        while (j < PAGES_PER_SEG && ((mask >> j) & 1) && s->pages[j].dirty &&
-               (force || now >= s->pages[j].freed_at + (uint64_t)g.purge_delay_ms))
+        while (
+            j < PAGES_PER_SEG && ((mask >> j) & 1) && s->pages[j].dirty &&
+            (force || now >= s->pages[j].freed_at + (uint64_t)g.purge_delay_ms))
           j++;
         for (unsigned k = i; k < j; k++) {
           s->pages[k].dirty = 0;
           h->dirty_pages--;
           mask &= ~((uint64_t)1 << k);
         }
-        os_purge((uint8_t *)s + (size_t)i * PAGE_SIZE, (size_t)(j - i) * PAGE_SIZE);
+        os_purge((uint8_t *)s + (size_t)i * PAGE_SIZE,
+                 (size_t)(j - i) * PAGE_SIZE);
       } else if (pg->freed_at + (uint64_t)g.purge_delay_ms < next_due) {
         next_due = pg->freed_at + (uint64_t)g.purge_delay_ms;
       }
@@ -306,7 +309,8 @@ uint64_t segment_purge_heap(heap_t *h, bool force) {
  * report) under the list lock: visit must not allocate or free. */
 void segments_visit(void (*visit)(segment_t *s, void *arg), void *arg) {
   os_lock(&seg_list_lock);
-  for (segment_t *s = all_segs; s; s = s->next) visit(s, arg);
+  for (segment_t *s = all_segs; s; s = s->next)
+    visit(s, arg);
   os_unlock(&seg_list_lock);
 }
 
@@ -361,7 +365,8 @@ static void medium_mark_dirty(heap_t *h) {
 
 static int purge_free_chunk(void *payload, size_t size, bool used, void *arg) {
   /* the first bytes of a free chunk's payload hold its bin links */
-  if (!used && size >= 16 * OS_PAGE) os_purge((uint8_t *)payload + 64, size - 64);
+  if (!used && size >= 16 * OS_PAGE)
+    os_purge((uint8_t *)payload + 64, size - 64);
   (void)arg;
   return 0;
 }
@@ -444,7 +449,8 @@ void *zero_alloc(void) {
   void *res = NULL;
   os_lock(&zero_lock);
   zero_seg_t *z = zero_segs;
-  while (z && z->used == ZERO_SLOTS) z = (zero_seg_t *)z->hdr.hnext;
+  while (z && z->used == ZERO_SLOTS)
+    z = (zero_seg_t *)z->hdr.hnext;
   if (!z) {
     z = os_map_aligned(SEG_SIZE, SEG_SIZE);
     if (z && !os_protect_none((uint8_t *)z + PAGE_SIZE, SEG_SIZE - PAGE_SIZE)) {
@@ -459,7 +465,8 @@ void *zero_alloc(void) {
   }
   if (z) {
     size_t w = z->hint;
-    while (z->bits[w] == UINT64_MAX) w = (w + 1) % (ZERO_SLOTS / 64);
+    while (z->bits[w] == UINT64_MAX)
+      w = (w + 1) % (ZERO_SLOTS / 64);
     unsigned b = (unsigned)__builtin_ctzll(~z->bits[w]);
     z->bits[w] |= (uint64_t)1 << b;
     z->used++;
