@@ -440,11 +440,18 @@ static void of1_leaked(size_t n) {
 /* ---- use after free
  * ------------------------------------------------------------ */
 
+/* A use after free as programs make them: a pointer-sized field written in
+ * the middle of the block. */
+static void uaf_store(char *p, size_t n) {
+  char *at = (char *)misuse_launder(p) + ((n / 2) & ~(size_t)7);
+  *(volatile uint64_t *)at = 0x7575757575757575ull;
+}
+
 static void uaf_write(size_t n) {
   char *p = xmalloc(n);
   free(p);
   misuse_begin();
-  ((volatile char *)misuse_launder(p))[n / 2] = 'u';
+  uaf_store(p, n);
   misuse_wrote();
   misuse_end();
   churn(n, churn_rounds(n));
@@ -455,7 +462,7 @@ static void uaf_write_reuse(size_t n) {
   free(p);
   char *q = xmalloc(n);
   misuse_begin();
-  ((volatile char *)misuse_launder(p))[n / 2] = 'u';
+  uaf_store(p, n);
   misuse_wrote();
   misuse_end();
   free(q);
@@ -702,7 +709,7 @@ static const misuse_case_t c_cases[] = {
      case_uf1m_write},
     {"uf1m_memcpy", "underflow", "1 MiB before the start, memcpy", SIZED,
      case_uf1m_memcpy},
-    {"uaf_write", "use after free", "write", SIZED, uaf_write},
+    {"uaf_write", "use after free", "write (8 bytes)", SIZED, uaf_write},
     {"uaf_write_reuse", "use after free",
      "write after the size was allocated again", SIZED, uaf_write_reuse},
     {"zero_read", "zero-size block", "read from malloc(0)", 0, zero_read},
