@@ -121,8 +121,14 @@ static ALWAYS_INLINE uint64_t mix(uint64_t x) {
   x *= 0x94D049BB133111EBull;
   return x ^ (x >> 32);
 }
+/* The size word: the size, and a keyed tag of it and of the address in the
+ * top 16 bits. The top byte is the block's last byte, the one an underflow
+ * of the block above hits first: like canary bytes it is kept in 0x80..0xfe
+ * so that text, NULs and small integers always change it. */
 static uint64_t size_word(const void *p, size_t size) {
   uint64_t tag = mix((uintptr_t)p ^ cf.ckey ^ ((uint64_t)size << 17)) >> 48;
+  tag |= 0x8000;
+  if ((tag >> 8) == 0xff) tag ^= 0x100;
   return (uint64_t)size | tag << 48;
 }
 static uint64_t canary_of(const void *p) {
