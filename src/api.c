@@ -134,16 +134,20 @@ static ALWAYS_INLINE void dealloc_block(void *p, size_t size, const char *fn) {
     block_t *b = p;
     heap_t *h = tls_heap;
     if (likely(atomic_load_explicit(&pg->heap, memory_order_relaxed) == h)) {
+      /* a full page goes back to the available list, under the page lock */
+      if (unlikely(pg->queue == Q_FULL)) {
+        page_free_full(h, pg, b);
+        return;
+      }
       b->mark = free_mark(b);
       b->next = link_encode(pg->free, b);
       pg->free = b;
       /* an emptied page may go back to its segment (not the last of its
-       * class); a full one goes back to the available list */
-      if (unlikely(--pg->used == 0 || pg->queue == Q_FULL) &&
-          (pg->queue == Q_FULL || h->avail[pg->cls].count > 1))
+       * class) */
+      if (unlikely(--pg->used == 0) && h->avail[pg->cls].count > 1)
         page_free_slow(h, pg);
-    } else {
-      page_xfree(pg, b);
+    } else if (unlikely(page_xfree(pg, b))) {
+      purge_poll();
     }
     return;
   }

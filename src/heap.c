@@ -88,6 +88,7 @@ static heap_t *heap_new_struct(void) {
   chunk_set_fault(&h->chunks, chunk_fault_malloc);
   os_lock_init(&h->medium_lock);
   os_lock_init(&h->seg_lock);
+  os_lock_init(&h->page_lock);
   h->next_all = all_heaps;
   /* published for the purge thread, which walks the list without a lock */
   __atomic_store_n(&all_heaps, h, __ATOMIC_RELEASE);
@@ -97,6 +98,7 @@ static heap_t *heap_new_struct(void) {
 static heap_t *heap_acquire(void) {
   os_lock(&heaps_lock);
   heap_t *h = abandoned;
+  bool adopt = h != NULL;
   if (h) {
     abandoned = h->next_free;
     atomic_fetch_sub(&abandoned_count, 1);
@@ -110,6 +112,7 @@ static heap_t *heap_acquire(void) {
     __atomic_store_n(&h->state, HEAP_ACTIVE, __ATOMIC_RELAXED);
   }
   os_unlock(&heaps_lock);
+  if (adopt) heap_adopt_pages(h);
   return h;
 }
 
@@ -180,7 +183,14 @@ bool heap_absorb_abandoned(heap_t *h) {
   }
   os_unlock(&heaps_lock);
   if (!from) return false;
+  /* The caller holds its own page lock; waiting for from's here could
+   * deadlock with fork_prepare, which takes them in list order. */
+  if (!os_trylock(&from->page_lock)) {
+    heap_release(from);
+    return false;
+  }
   heap_absorb(h, from);
+  os_unlock(&from->page_lock);
   heap_release(from);
   return true;
 }
@@ -195,7 +205,18 @@ heap_t *heaps_first(void) {
 }
 
 static void fork_prepare(void) {
-  os_lock(&heaps_lock);
+  /* Page locks first, since an owner holding its own may wait for
+   * heaps_lock (heap_absorb_abandoned); again if a heap was made meanwhile. */
+  for (;;) {
+    heap_t *snap = heaps_first();
+    for (heap_t *h = snap; h; h = h->next_all)
+      os_lock(&h->page_lock);
+    os_lock(&heaps_lock);
+    if (all_heaps == snap) break;
+    os_unlock(&heaps_lock);
+    for (heap_t *h = snap; h; h = h->next_all)
+      os_unlock(&h->page_lock);
+  }
   for (heap_t *h = all_heaps; h; h = h->next_all) {
     os_lock(&h->medium_lock);
     os_lock(&h->seg_lock);
@@ -211,6 +232,8 @@ static void fork_parent(void) {
     os_unlock(&h->seg_lock);
     os_unlock(&h->medium_lock);
   }
+  for (heap_t *h = all_heaps; h; h = h->next_all)
+    os_unlock(&h->page_lock);
   os_unlock(&heaps_lock);
 }
 
@@ -221,6 +244,7 @@ static void fork_child(void) {
   for (heap_t *h = all_heaps; h; h = h->next_all) {
     os_lock_init(&h->medium_lock);
     os_lock_init(&h->seg_lock);
+    os_lock_init(&h->page_lock);
     if (h->state == HEAP_ACTIVE && h != tls_heap) h->state = HEAP_ABANDONED;
   }
   os_lock_init(&heaps_lock);

@@ -268,6 +268,7 @@ static void destroy_now(heap_t *h) {
     large_free(large, (uint8_t *)large + large->large_offset, "heap_destroy");
     large = next;
   }
+  os_lock(&h->page_lock); /* the purge thread may be looking at its pages */
   os_lock(&h->seg_lock);
   while (h->segs) {
     segment_t *s = h->segs;
@@ -284,27 +285,34 @@ static void destroy_now(heap_t *h) {
   h->purge_due = 0;
   os_unlock(&h->seg_lock);
   reset_lists(h);
+  os_unlock(&h->page_lock);
 }
 
 /* Lock two heaps' medium locks in the order fork_prepare takes them (the
  * order of the all-heaps list, newest first). */
+static heap_t *lock_order_first(heap_t *a, heap_t *b) {
+  for (heap_t *x = heaps_first(); x; x = x->next_all)
+    if (x == a || x == b) return x;
+  return b;
+}
+
 static void lock_pair(heap_t *a, heap_t *b) {
-  heap_t *first = b;
-  for (heap_t *x = heaps_first(); x; x = x->next_all) {
-    if (x == a || x == b) {
-      first = x;
-      break;
-    }
-  }
+  heap_t *first = lock_order_first(a, b);
   heap_t *second = first == a ? b : a;
   os_lock(&first->medium_lock);
   os_lock(&second->medium_lock);
 }
 
 static void delete_into(heap_t *h, heap_t *d) {
-  /* small pages: as when a thread's heap is abandoned and absorbed */
+  /* small pages: as when a thread's heap is abandoned and absorbed (page
+   * locks in the order fork_prepare takes them) */
+  heap_t *first = lock_order_first(h, d);
+  os_lock(&first->page_lock);
+  os_lock(&(first == h ? d : h)->page_lock);
   heap_absorb(d, h);
   reset_lists(h);
+  os_unlock(&h->page_lock);
+  os_unlock(&d->page_lock);
   /* medium segments and their chunks */
   lock_pair(h, d);
   size_t large_bytes = 0;

@@ -141,6 +141,13 @@ typedef struct heap {
   /* Guards segs, the free pages of its segments and dirty_pages: taken by
    * the owner per page (not per block) and by the purge thread. */
   os_lock_t seg_lock;
+  /* Guards the page lists while pages sit in a full list: the owner takes it
+   * on its slow paths (not per block) and the purge thread to retire full
+   * pages whose every block came back through xfree while the owner was
+   * away (page_reclaim_heap). Taken before seg_lock. */
+  os_lock_t page_lock;
+  _Atomic uint64_t xstrand;   /* classes with xfrees the purge thread left */
+  uint64_t xwake_since;       /* purge thread: when it first saw xwake set */
   _Atomic uint64_t purge_due; /* ms after which dirty pages should go back */
   _Atomic size_t dirty_pages;
   _Atomic uint64_t medium_dirty_at; /* ms of the first unpurged medium free */
@@ -199,6 +206,7 @@ INTERNAL bool os_remap_inplace(void *old, size_t old_size, size_t new_size);
 INTERNAL uint64_t os_now_ms(void);
 INTERNAL uint64_t os_random_seed(void);
 INTERNAL void os_lock(os_lock_t *l);
+INTERNAL bool os_trylock(os_lock_t *l);
 INTERNAL void os_unlock(os_lock_t *l);
 INTERNAL void os_lock_init(os_lock_t *l);
 INTERNAL void os_write_err(const char *s);
@@ -240,14 +248,26 @@ INTERNAL size_t medium_live_size(segment_t *s, const void *p);
 INTERNAL void *zero_alloc(void);
 INTERNAL void zero_free(segment_t *s, void *p, const char *fn);
 INTERNAL bool zero_live(segment_t *s, const void *p);
+/* the walk: a zero segment's bitmap, ZERO_WORDS words, bit i the block at
+ * zero_block(s, i); returns the live blocks */
+#define ZERO_WORDS ((SEG_SIZE - PAGE_SIZE) / 16 / 64)
+INTERNAL size_t zero_snapshot(segment_t *s, uint64_t *bits);
+static inline void *zero_block(segment_t *s, size_t i) {
+  return (uint8_t *)s + PAGE_SIZE + i * 16;
+}
 
 /* ---- page.c ----------------------------------------------------------- */
 INTERNAL void *page_malloc_slow(heap_t *h, size_t cls, size_t size);
 INTERNAL void *page_alloc_block(heap_t *h, size_t cls);
 INTERNAL void page_free_slow(heap_t *h, page_t *pg);
-INTERNAL void page_xfree(page_t *pg, block_t *b);
+INTERNAL void page_free_full(heap_t *h, page_t *pg, block_t *b);
+INTERNAL bool page_xfree(page_t *pg, block_t *b);
 INTERNAL void heap_collect_pages(heap_t *h, bool abandoning);
+/* both heaps' page locks held by the caller */
 INTERNAL void heap_absorb(heap_t *into, heap_t *from);
+INTERNAL void heap_adopt_pages(heap_t *h);
+INTERNAL uint64_t page_reclaim_heap(heap_t *h, uint64_t now);
+INTERNAL void page_reclaim_locked(heap_t *h);
 INTERNAL size_t page_block_index_fault(page_t *pg, const void *p);
 
 /* ---- large.c ---------------------------------------------------------- */
@@ -261,6 +281,7 @@ INTERNAL void large_reset_lock(void);
 
 /* ---- purge.c ---------------------------------------------------------- */
 INTERNAL void purge_notify(void);
+INTERNAL void purge_notify_xwake(void);
 INTERNAL void purge_maybe_start(void);
 INTERNAL void purge_after_fork_child(void);
 extern INTERNAL _Atomic int purge_start_wanted;

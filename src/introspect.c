@@ -1353,7 +1353,11 @@ static void check_small(chk_t *c, heap_t *h, bool whole) {
   if (!c->what && dirty != h->dirty_pages)
     fail(c, "heap's count of unpurged free pages is wrong", h);
   os_unlock(&h->seg_lock);
-  if (!c->what && whole) check_page_lists(c, h, pages_in_use, nsegs);
+  if (!c->what && whole) {
+    os_lock(&h->page_lock); /* the purge thread may be retiring full pages */
+    check_page_lists(c, h, pages_in_use, nsegs);
+    os_unlock(&h->page_lock);
+  }
 }
 
 static void check_medium(chk_t *c, heap_t *h) {

@@ -304,6 +304,12 @@ void os_lock(os_lock_t *l) {
     syscall(SYS_futex, &l->state, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
 }
 
+bool os_trylock(os_lock_t *l) {
+  int c = 0;
+  return atomic_compare_exchange_strong_explicit(
+      &l->state, &c, 1, memory_order_acquire, memory_order_relaxed);
+}
+
 void os_unlock(os_lock_t *l) {
   if (atomic_exchange_explicit(&l->state, 0, memory_order_release) == 2)
     syscall(SYS_futex, &l->state, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);

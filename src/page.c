@@ -215,11 +215,17 @@ static void page_from_full(heap_t *h, page_t *pg) {
   pg->queue = Q_AVAIL;
 }
 
-/* Pages of class cls that other threads freed into while they were full. */
+/* Pages of class cls that other threads freed into while they were full
+ * (or that the purge thread looked at and had to leave). */
 static void heap_wake_full(heap_t *h, size_t cls) {
   uint64_t bit = (uint64_t)1 << cls;
-  if (!(atomic_load_explicit(&h->xwake, memory_order_relaxed) & bit)) return;
+  if (!((atomic_load_explicit(&h->xwake, memory_order_relaxed) |
+         atomic_load_explicit(&h->xstrand, memory_order_relaxed)) &
+        bit))
+    return;
   atomic_fetch_and_explicit(&h->xwake, ~bit, memory_order_seq_cst);
+  if (atomic_load_explicit(&h->xstrand, memory_order_relaxed) & bit)
+    atomic_fetch_and_explicit(&h->xstrand, ~bit, memory_order_relaxed);
   page_t *pg = h->full[cls].first;
   while (pg) {
     page_t *next = pg->next;
@@ -272,11 +278,28 @@ static void *page_malloc_slow_inner(heap_t *h, size_t cls, size_t size) {
   return page_alloc_block(h, cls);
 }
 
+static void *page_alloc_locked(heap_t *h, size_t cls);
+
 /* A block of class cls from the heap's pages: the current page's free list,
  * then the other pages of the class, then pages freed into while full, then
  * an abandoned heap's pages, then a fresh page. */
 void *page_alloc_block(heap_t *h, size_t cls) {
+  /* Refilling the current page needs no lock: only the owner touches pages
+   * outside the full lists. */
+  page_t *cur = h->current[cls];
+  if (cur != &empty_page) {
+    page_collect(cur);
+    if (cur->free) return page_pop(cur);
+  }
   if (h->dirty_pages) segment_purge_heap(h, false);
+  os_lock(&h->page_lock);
+  void *p = page_alloc_locked(h, cls);
+  os_unlock(&h->page_lock);
+  purge_poll();
+  return p;
+}
+
+static void *page_alloc_locked(heap_t *h, size_t cls) {
   for (int round = 0; round < 3; round++) {
     page_t *pg = h->avail[cls].first;
     while (pg) {
@@ -298,7 +321,6 @@ void *page_alloc_block(heap_t *h, size_t cls) {
     if (round == 0 && heap_absorb_abandoned(h) && h->avail[cls].first) continue;
     break;
   }
-  purge_poll();
   page_t *pg = segment_page_alloc(h);
   if (!pg) {
     set_current(h, cls,
@@ -316,15 +338,31 @@ void *page_alloc_block(heap_t *h, size_t cls) {
   return page_pop(pg);
 }
 
-/* After a local free that emptied the page or hit a full one. */
+/* After a local free that emptied a page outside the full lists. */
 void page_free_slow(heap_t *h, page_t *pg) {
-  if (pg->queue == Q_FULL) page_from_full(h, pg);
   if (pg->used == 0) page_retire(h, pg, true);
   purge_poll();
 }
 
-/* A free from a thread that does not own the page. */
-void page_xfree(page_t *pg, block_t *b) {
+/* The owner frees into a full page: under the page lock, since the purge
+ * thread may be looking at the full list. */
+void page_free_full(heap_t *h, page_t *pg, block_t *b) {
+  os_lock(&h->page_lock);
+  b->mark = free_mark(b);
+  b->next = link_encode(pg->free, b);
+  pg->free = b;
+  pg->used--;
+  page_from_full(h, pg);
+  if (pg->used == 0) page_retire(h, pg, true);
+  os_unlock(&h->page_lock);
+  purge_poll();
+}
+
+/* A free from a thread that does not own the page. Returns true when it
+ * flagged the page's class for the owner for the first time: the caller
+ * then lets the purge thread know (at a point where it holds no lock), in
+ * case the owner never comes back for it. */
+bool page_xfree(page_t *pg, block_t *b) {
   /* Read the class while the block keeps the page in use: once pushed, the
    * owner may collect it, empty the page and hand it to another class. */
   uint64_t bit = (uint64_t)1 << pg->cls;
@@ -337,15 +375,23 @@ void page_xfree(page_t *pg, block_t *b) {
       memory_order_relaxed));
   if (unlikely(atomic_load_explicit(&pg->full, memory_order_seq_cst))) {
     heap_t *h = atomic_load_explicit(&pg->heap, memory_order_acquire);
-    if (h) /* NULL: retired meanwhile, nobody to wake */
-      atomic_fetch_or_explicit(&h->xwake, bit, memory_order_seq_cst);
+    /* NULL: retired meanwhile, nobody to wake */
+    if (h && !(atomic_load_explicit(&h->xwake, memory_order_relaxed) & bit) &&
+        !(atomic_fetch_or_explicit(&h->xwake, bit, memory_order_seq_cst) &
+          bit)) {
+      purge_notify_xwake();
+      return true;
+    }
   }
+  return false;
 }
 
-/* Collect every page of the heap and give back the empty ones. Before a heap
- * is abandoned its full pages also move back to the available lists, so no
- * later free into them needs to wake anyone. */
+/* Collect every page of the heap and give back the empty ones. A heap about
+ * to be abandoned keeps its pages with live blocks in the full lists, so
+ * that frees into them from other threads flag the purge thread, which
+ * retires each page once its last block is back. */
 void heap_collect_pages(heap_t *h, bool abandoning) {
+  os_lock(&h->page_lock);
   for (size_t cls = 1; cls < NCLASSES; cls++) {
     page_t *pg = h->full[cls].first;
     while (pg) {
@@ -357,13 +403,99 @@ void heap_collect_pages(heap_t *h, bool abandoning) {
     pg = h->avail[cls].first;
     while (pg) {
       page_t *next = pg->next;
-      page_collect(pg);
+      page_collect_xfree(pg);
       if (pg->used == 0) page_retire(h, pg, !abandoning);
       pg = next;
     }
-    if (abandoning) h->current[cls] = &empty_page;
+    if (abandoning) {
+      h->current[cls] = &empty_page;
+      while ((pg = h->avail[cls].first)) {
+        if (page_to_full(h, pg)) continue;
+        /* a block arrived meanwhile: collect it and look again */
+        page_collect_xfree(pg);
+        if (pg->used == 0) page_retire(h, pg, false);
+      }
+    }
   }
   atomic_store_explicit(&h->xwake, 0, memory_order_relaxed);
+  atomic_store_explicit(&h->xstrand, 0, memory_order_relaxed);
+  os_unlock(&h->page_lock);
+}
+
+/* A thread takes over an abandoned heap whole: its pages go back to the
+ * available lists, where the owner's slow path finds their free blocks. */
+void heap_adopt_pages(heap_t *h) {
+  os_lock(&h->page_lock);
+  for (size_t cls = 1; cls < NCLASSES; cls++)
+    while (h->full[cls].first)
+      page_from_full(h, h->full[cls].first);
+  atomic_store_explicit(&h->xwake, 0, memory_order_relaxed);
+  atomic_store_explicit(&h->xstrand, 0, memory_order_relaxed);
+  os_unlock(&h->page_lock);
+}
+
+/* The purge thread: full pages into which other threads have freed while the
+ * owner stayed away (idle, blocked, or exited) for a purge delay. A page
+ * whose every block came back is retired to its segment, which gives its
+ * memory back after the delay; the owner, if it returns, finds the rest via
+ * xstrand. Only full pages are touched: the owner uses the others without a
+ * lock, and frees into full ones under the page lock (page_free_full).
+ * Returns when to look again. */
+uint64_t page_reclaim_heap(heap_t *h, uint64_t now) {
+  if (!atomic_load_explicit(&h->xwake, memory_order_relaxed)) {
+    h->xwake_since = 0;
+    return UINT64_MAX;
+  }
+  uint64_t delay = (uint64_t)g.purge_delay_ms;
+  if (!h->xwake_since) h->xwake_since = now;
+  if (now < h->xwake_since + delay) return h->xwake_since + delay;
+  if (!os_trylock(&h->page_lock)) return now + delay;
+  h->xwake_since = 0;
+  page_reclaim_locked(h);
+  os_unlock(&h->page_lock);
+  return UINT64_MAX;
+}
+
+/* The work of page_reclaim_heap, with h's page lock held: also done by a
+ * thread that is about to map a new segment (segment_steal). */
+void page_reclaim_locked(heap_t *h) {
+  uint64_t wake = atomic_exchange_explicit(&h->xwake, 0, memory_order_seq_cst),
+           left = 0;
+  while (wake) {
+    size_t cls = (size_t)__builtin_ctzll(wake);
+    wake &= wake - 1;
+    page_t *pg = h->full[cls].first;
+    while (pg) {
+      page_t *next = pg->next;
+      uintptr_t head =
+          atomic_exchange_explicit(&pg->xfree, 0, memory_order_acquire);
+      if (head) {
+        block_t *b = (block_t *)head, *last = NULL;
+        size_t n = 0;
+        for (; b; last = b, b = link_decode(b->next, b)) {
+          check_block(pg, b, "corrupted cross-thread free list");
+          if (++n > pg->used) fault("free", "double free (cross-thread)", b);
+        }
+        if (n == pg->used) {
+          atomic_fetch_add_explicit(&h->stats.xfrees, n, memory_order_relaxed);
+          plist_remove(&h->full[cls], pg);
+          segment_page_free(h, pg);
+        } else {
+          /* blocks still live: put the list back for the owner */
+          uintptr_t cur =
+              atomic_load_explicit(&pg->xfree, memory_order_relaxed);
+          do {
+            last->next = link_encode((block_t *)cur, last);
+          } while (!atomic_compare_exchange_weak_explicit(
+              &pg->xfree, &cur, head, memory_order_release,
+              memory_order_relaxed));
+          left |= (uint64_t)1 << cls;
+        }
+      }
+      pg = next;
+    }
+  }
+  if (left) atomic_fetch_or_explicit(&h->xstrand, left, memory_order_relaxed);
 }
 
 /* Take over the small pages of an abandoned heap. */
@@ -403,7 +535,7 @@ void heap_absorb(heap_t *into, heap_t *from) {
         atomic_store_explicit(&pg->full, 0, memory_order_seq_cst);
         plist_push_back(&into->avail[cls], pg);
         pg->queue = Q_AVAIL;
-        page_collect(pg);
+        page_collect_xfree(pg);
         if (pg->used == 0) page_retire(into, pg, true);
       }
     }

@@ -31,9 +31,26 @@ void purge_notify(void) {
     atomic_store_explicit(&purge_start_wanted, 1, memory_order_relaxed);
 }
 
+/* Other threads freed into full pages of a heap whose owner may never come
+ * back for them (page_xfree): start the thread if none runs. No wake-up: a
+ * running thread sees the flags in its next pass, and one about to end
+ * looks for them once more after it has said so (purge_main). */
+void purge_notify_xwake(void) {
+  if (g.purge_thread && atomic_load_explicit(&state, memory_order_seq_cst) == 0)
+    atomic_store_explicit(&purge_start_wanted, 1, memory_order_relaxed);
+}
+
+static bool xwake_pending(void) {
+  for (heap_t *h = heaps_first(); h; h = h->next_all)
+    if (atomic_load_explicit(&h->xwake, memory_order_seq_cst)) return true;
+  return false;
+}
+
 static uint64_t purge_pass(void) {
-  uint64_t next = UINT64_MAX, due;
+  uint64_t next = UINT64_MAX, due, now = os_now_ms();
   for (heap_t *h = heaps_first(); h; h = h->next_all) {
+    due = page_reclaim_heap(h, now);
+    if (due < next) next = due;
     due = segment_purge_heap(h, false);
     if (due < next) next = due;
     due = medium_purge_heap(h, false);
@@ -69,7 +86,8 @@ static void *purge_main(void *arg) {
       idle = false;
       atomic_store_explicit(&state, 0, memory_order_seq_cst);
       int running = 0;
-      if (atomic_load_explicit(&wake_seq, memory_order_seq_cst) != seq &&
+      if ((atomic_load_explicit(&wake_seq, memory_order_seq_cst) != seq ||
+           xwake_pending()) &&
           atomic_compare_exchange_strong(&state, &running, 2))
         continue;
       return NULL;

@@ -14,7 +14,7 @@ static os_lock_t seg_list_lock; /* guards all_segs and the cache */
 static os_lock_t zero_lock;     /* guards the zero-size blocks */
 static segment_t *all_segs;
 static segment_t *seg_cache;
-static size_t seg_cache_count;
+static _Atomic size_t seg_cache_count;
 #define SEG_CACHE_MAX 8
 
 void segmap_set(const void *seg, size_t size, bool on) {
@@ -145,8 +145,10 @@ void segment_free(segment_t *s) {
     heap_seg_remove(&h->medium_segs, s);
     os_purge(s->region, s->region_size);
   }
-  s->kind = 0; /* frees into a cached segment are invalid frees */
   os_lock(&seg_list_lock);
+  /* frees into a cached segment are invalid frees; under the list lock, as
+   * allot_check reads kinds while it walks the list */
+  s->kind = 0;
   if (seg_cache_count < SEG_CACHE_MAX) {
     s->hnext = seg_cache;
     seg_cache = s;
@@ -178,20 +180,73 @@ void segment_collect_cache(bool force) {
   }
 }
 
-static page_t *segment_page_alloc_locked(heap_t *h);
+static page_t *segment_page_alloc_locked(heap_t *h, bool may_map);
+
+/* An empty small segment of another heap, taken over by h, or NULL. Memory
+ * other threads freed into the pages of a heap whose owner stays away (or
+ * has exited) is reused here rather than mapped anew: the pages whose every
+ * block came back are retired first (page_reclaim_locked), then a segment
+ * left with no page in use changes hands, its memory still resident. Only
+ * try-locks: the caller holds its own page lock. */
+static segment_t *segment_steal(heap_t *h, size_t *dirty_out) {
+  for (heap_t *x = heaps_first(); x; x = x->next_all) {
+    if (x == h) continue;
+    if (atomic_load_explicit(&x->xwake, memory_order_relaxed) &&
+        os_trylock(&x->page_lock)) {
+      page_reclaim_locked(x);
+      os_unlock(&x->page_lock);
+    }
+    if (!os_trylock(&x->seg_lock)) continue;
+    /* the heap keeps its first segment, where its latest free page is */
+    segment_t *s = x->segs ? x->segs->hnext : NULL;
+    while (s && s->pages_used)
+      s = s->hnext;
+    if (s) {
+      heap_seg_remove(&x->segs, s);
+      size_t dirty = 0;
+      for (size_t i = 1; i < PAGES_PER_SEG; i++)
+        dirty += s->pages[i].dirty;
+      x->dirty_pages -= dirty;
+      *dirty_out = dirty;
+    }
+    os_unlock(&x->seg_lock);
+    if (s) return s;
+  }
+  return NULL;
+}
 
 page_t *segment_page_alloc(heap_t *h) {
   os_lock(&h->seg_lock);
-  page_t *pg = segment_page_alloc_locked(h);
+  page_t *pg = segment_page_alloc_locked(h, false);
+  os_unlock(&h->seg_lock);
+  if (pg) return pg;
+  /* a new segment: from the cache, another heap, or the OS */
+  size_t dirty = 0;
+  segment_t *stolen =
+      atomic_load_explicit(&seg_cache_count, memory_order_relaxed)
+          ? NULL
+          : segment_steal(h, &dirty);
+  os_lock(&h->seg_lock);
+  if (stolen) {
+    atomic_store_explicit(&stolen->heap, h, memory_order_release);
+    heap_seg_push(&h->segs, stolen);
+    if (dirty) {
+      if (!h->dirty_pages)
+        h->purge_due = os_now_ms() + (uint64_t)g.purge_delay_ms;
+      h->dirty_pages += dirty;
+    }
+  }
+  pg = segment_page_alloc_locked(h, true);
   os_unlock(&h->seg_lock);
   return pg;
 }
 
-static page_t *segment_page_alloc_locked(heap_t *h) {
+static page_t *segment_page_alloc_locked(heap_t *h, bool may_map) {
   segment_t *s = h->segs;
   while (s && !s->free_pages)
     s = s->hnext;
   if (!s) {
+    if (!may_map) return NULL;
     s = segment_alloc(h, SEG_SMALL);
     if (!s) return NULL;
   } else if (s != h->segs) {

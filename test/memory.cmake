@@ -56,18 +56,14 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   # freed by one thread, reused by another
   allot_mem_add(mem.reuse_exit 60 "" mem_return reuse-exit)
 
-  # Known gaps (docs/memory.md): small blocks freed by another thread wait in
-  # their page's cross-thread list until the owner's slow path collects them.
-  # An owner alive but idle never does (xthread, reuse: RSS stays, or 2 N;
-  # glibc passes both); nor does anyone for an exited owner's heap when the
-  # freeing thread never reaches a slow path (xthread_small_exit; glibc fails
-  # it too). Disabled until the allocator can: enable them then.
+  # small blocks freed by another thread while their owner stays alive and
+  # idle (the purge thread retires the owner's full pages once every block
+  # came back), or after it exited, with the freeing thread never reaching
+  # a slow path of its own; and memory freed that way reused by a third
   allot_mem_add(mem.return.xthread 60 "" mem_return xthread)
   allot_mem_add(mem.return.xthread_small_exit 60 ""
     mem_return xthread-small-exit)
   allot_mem_add(mem.reuse 60 "" mem_return reuse)
-  set_tests_properties(mem.return.xthread mem.return.xthread_small_exit
-    mem.reuse PROPERTIES DISABLED TRUE)
 
   # ALLOT_PURGE_MADV=free: purged memory is lazily freed, and reusable
   allot_mem_add(mem.madv_free 60 ALLOT_PURGE_MADV=free mem_return lazyfree)
