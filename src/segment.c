@@ -435,8 +435,17 @@ uint64_t medium_purge_heap(heap_t *h, bool force) {
   if (!force && os_now_ms() < due) return due;
   os_lock(&h->medium_lock);
   atomic_store_explicit(&h->medium_dirty_at, 0, memory_order_relaxed);
-  for (segment_t *s = h->medium_segs; s; s = s->hnext)
-    chunk_walk_region(s->region, s->region_size, purge_free_chunk, NULL);
+  for (segment_t *s = h->medium_segs, *next; s; s = next) {
+    next = s->hnext;
+    /* an empty region goes back whole, unless it is the heap's last */
+    if ((s->hnext || s->hprev) &&
+        chunk_region_empty(&h->chunks, s->region, s->region_size)) {
+      chunk_remove_region(&h->chunks, s->region, s->region_size);
+      segment_free(s);
+    } else {
+      chunk_walk_region(s->region, s->region_size, purge_free_chunk, NULL);
+    }
+  }
   os_unlock(&h->medium_lock);
   return UINT64_MAX;
 }
@@ -456,10 +465,13 @@ void medium_free(segment_t *s, void *p, const char *fn) {
   chunk_free(&h->chunks, p, chunk_fault_free);
   if (h != tls_heap) /* statistics: a free from another thread */
     atomic_fetch_add_explicit(&h->stats.xfrees, 1, memory_order_relaxed);
+  /* An empty region stays until the purge delay has passed
+   * (medium_purge_heap), so a program that frees a phase of blocks and then
+   * allocates another finds the memory resident instead of faulting it in
+   * anew; only a heap no thread uses gives it back at once. */
   segment_t *release = NULL;
-  if (chunk_region_empty(&h->chunks, s->region, s->region_size) &&
-      (s->hnext || s->hprev ||
-       __atomic_load_n(&h->state, __ATOMIC_RELAXED) != HEAP_ACTIVE)) {
+  if (__atomic_load_n(&h->state, __ATOMIC_RELAXED) != HEAP_ACTIVE &&
+      chunk_region_empty(&h->chunks, s->region, s->region_size)) {
     chunk_remove_region(&h->chunks, s->region, s->region_size);
     release = s;
     segment_free(s);
