@@ -148,6 +148,7 @@ typedef struct heap {
   os_lock_t page_lock;
   _Atomic uint64_t xstrand;   /* classes with xfrees the purge thread left */
   uint64_t xwake_since;       /* purge thread: when it first saw xwake set */
+  uint64_t abandoned_at;      /* ms when its thread exited (heap.c) */
   _Atomic uint64_t purge_due; /* ms after which dirty pages should go back */
   _Atomic size_t dirty_pages;
   _Atomic uint64_t medium_dirty_at; /* ms of the first unpurged medium free */
