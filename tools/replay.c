@@ -887,7 +887,14 @@ static void trace_damaged(void) {
   atomic_store(&stop_all, 1);
 }
 
+static uint64_t progress_sum(void);
+
+/* A thread waiting for another's call. If no thread has made progress for
+ * 10 s, every thread is waiting (or has ended, or is not started yet): a
+ * damaged trace whose awaited calls will never come, so stop, rather than
+ * hang. */
 static bool keep_waiting(int spins) {
+  static __thread uint64_t seen, since;
   if (atomic_load_explicit(&stop_all, memory_order_relaxed)) return false;
   if (spins < 200) {
 #if defined(__x86_64__)
@@ -897,6 +904,19 @@ static bool keep_waiting(int spins) {
 #endif
   } else {
     sched_yield();
+    if ((spins & 1023) == 0) {
+      struct timespec ts;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+      uint64_t sum = progress_sum();
+      if (spins == 1024 || sum != seen) {
+        seen = sum;
+        since = now;
+      } else if (now - since > 10000000000u) {
+        trace_damaged();
+        return false;
+      }
+    }
   }
   return true;
 }
@@ -1080,6 +1100,16 @@ static uint64_t nslots_total;
 static rthread_t **by_index; /* raw thread index -> thread */
 static uint32_t nindex;
 
+static rthread_t *all_threads; /* for the watchdog in keep_waiting */
+static uint32_t all_count;
+
+static uint64_t progress_sum(void) {
+  uint64_t sum = 0;
+  for (uint32_t i = 0; i < all_count; i++)
+    sum += atomic_load_explicit(&all_threads[i].progress, memory_order_relaxed);
+  return sum;
+}
+
 static void *replay_thread(void *arg) {
   rthread_t *rt = arg;
   reader_t r = {rt->info.offset, rt->info.offset + rt->info.bytes,
@@ -1249,6 +1279,8 @@ static int run(const char *path) {
   }
   size_t tt_bytes = h.threads * sizeof(rthread_t);
   rthread_t *th = map_anon(tt_bytes + 1);
+  all_threads = th;
+  all_count = h.threads;
   for (uint32_t i = 0; i < h.threads; i++)
     if (pread(trace_fd, &th[i].info, sizeof th[i].info,
               (off_t)(sizeof h + i * sizeof(trace_thread_t))) !=
