@@ -29,7 +29,8 @@ set(ALLOT_NEW_WEAK ${CMAKE_CURRENT_BINARY_DIR}/allot-new-weak.o)
 add_custom_command(OUTPUT ${ALLOT_NEW_WEAK}
   COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/cmake/weaken.sh
           $<TARGET_OBJECTS:allot-cxx-objects> ${ALLOT_NEW_WEAK}
-  DEPENDS allot-cxx-objects ${CMAKE_CURRENT_SOURCE_DIR}/cmake/weaken.sh
+  DEPENDS allot-cxx-objects $<TARGET_OBJECTS:allot-cxx-objects>
+          ${CMAKE_CURRENT_SOURCE_DIR}/cmake/weaken.sh
   COMMENT "Weakening the C++ runtime references of the operators"
   VERBATIM)
 set_source_files_properties(${ALLOT_NEW_WEAK} PROPERTIES

@@ -230,11 +230,13 @@ typedef struct allot_walk_info {
   int type;        /* ALLOT_WALK_REGION, _PAGE or _BLOCK */
   int kind;        /* ALLOT_KIND_* */
   void *addr;      /* region or page start; a block's user address */
-  size_t size;     /* region or page bytes; a block's usable bytes */
+  size_t size;     /* region or page bytes; a block: what malloc_usable_size
+                      says of it (0 for a malloc(0) block) */
   size_t overhead; /* block: allot's bytes just before addr (chunk header) */
   int in_use;      /* block: 1 live, 0 free */
   unsigned size_class; /* small pages and blocks: class 1..56 */
-  size_t block_size;   /* page: its block size */
+  size_t block_size;   /* page: its block size; block: the bytes the heap
+                          gave it (blocks' sizes tile pages and regions) */
   size_t blocks;       /* page: blocks it holds; region: blocks in it */
   size_t blocks_used;  /* page and region: blocks in use */
   allot_heap_t *heap;  /* owner (NULL for process-wide regions) */
@@ -268,8 +270,9 @@ ALLOT_EXPORT int allot_check_report(char *buf, size_t len);
  * OS, never grows beyond the buffer, and malloc, free, memalign and realloc
  * run in bounded O(1) time (two bit scans, a constant number of headers).
  * Exhaustion returns NULL. Not thread-safe: the caller serialises calls on
- * one heap. Per block: a 16-byte header and rounding to 16; per heap: the
- * header placed at the start of the buffer (allot_fixed_min_size() - 64). */
+ * one heap. Per block: a 16-byte header and rounding to 16; per heap: a
+ * header at the start of the buffer whose bin table is sized by the buffer
+ * (608 bytes of overhead for 1 KiB, 992 for 4 KiB, 3296 for 1 GiB). */
 typedef struct allot_fixed allot_fixed_t;
 
 typedef struct allot_fixed_stats {

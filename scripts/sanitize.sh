@@ -9,8 +9,10 @@
 #              compiled with the sanitizer): hostile_pstress (threads,
 #              cross-thread frees, heap abandonment, first-class heaps) and
 #              the fuzz corpus replay. Under ASan allot switches to its
-#              checked mode and poisons what callers must not touch; TSan
-#              checks allot's own synchronisation.
+#              checked mode and poisons what callers must not touch (the
+#              misuse-asan-* tests check that ASan then reports an overflow
+#              and uses after free of allot blocks); TSan checks allot's own
+#              synchronisation.
 #
 #   scripts/sanitize.sh [undefined|address|thread ...]   (default: all three)
 #
@@ -66,14 +68,20 @@ for san in "${sans[@]}"; do
       -E '^mem[.]prodcons[.]leak_caught$' || failed+=("$san: tests")
     ;;
   address | thread)
-    if ! cmake --build "$dir" -j "$jobs" --target hostile_pstress fuzz_replay \
+    targets=(hostile_pstress fuzz_replay)
+    tests='^(hostile_pstress|fuzz_corpus'
+    if [ "$san" = address ]; then
+      targets+=(misuse_asan)
+      tests+='|misuse-asan-.*'
+    fi
+    if ! cmake --build "$dir" -j "$jobs" --target "${targets[@]}" \
       >"$dir.build.log" 2>&1; then
       tail -30 "$dir.build.log"
       failed+=("$san: build")
       continue
     fi
     ctest --test-dir "$dir" -j "$jobs" --output-on-failure --timeout 600 \
-      -R '^(hostile_pstress|fuzz_corpus)$' || failed+=("$san: tests")
+      -R "$tests)\$" || failed+=("$san: tests")
     ;;
   *)
     echo "sanitize: unknown sanitizer $san" >&2

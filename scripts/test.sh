@@ -8,6 +8,6 @@ jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs" --timeout 600
-# The sanitizer builds (clang): UBSan over the whole suite, TSan over the
-# prefixed-API stress. ASan: see docs/testing.md.
-bash scripts/sanitize.sh undefined thread
+# The sanitizer builds (clang): UBSan over the whole suite, ASan and TSan
+# over the prefixed-API stress and the fuzz corpus (docs/testing.md).
+bash scripts/sanitize.sh undefined address thread

@@ -255,6 +255,11 @@ static inline chunk_t *take_fit(chunk_heap_t *h, size_t need, size_t *got) {
   bin_of(r, &fl, &sl);
   chunk_t *c = NULL;
   size_t least = need; /* what any chunk of the bin used must hold */
+  /* sl_bitmap has every row (only the bin table is cut to fl_count rows)
+   * and the rows past fl_count stay empty, so this path reads a bin only
+   * where a bit vouches for it and can compare fl with the constant; the
+   * fallback below reads a bin with no bit, so it compares with fl_count.
+   * (Loading fl_count here cost one instruction per malloc: measured.) */
   if (__builtin_expect(fl < CHUNK_FL_COUNT, 1)) {
     uint32_t sb = h->sl_bitmap[fl] & (~0u << sl);
     if (!sb) {
@@ -272,7 +277,7 @@ static inline chunk_t *take_fit(chunk_heap_t *h, size_t need, size_t *got) {
   }
   if (__builtin_expect(!c, 0)) {
     bin_of(need, &fl, &sl);
-    if (fl >= CHUNK_FL_COUNT) return NULL;
+    if (fl >= h->fl_count) return NULL;
     c = h->bins[fl][sl];
     if (!c) return NULL;
     least = bin_floor(fl, sl);
@@ -342,9 +347,44 @@ static inline void *carve(chunk_heap_t *h, chunk_t *c, size_t size, size_t need,
 
 /* ---- public API ---------------------------------------------------------- */
 
-void chunk_heap_init(chunk_heap_t *h, uint64_t key) {
-  memset(h, 0, sizeof *h);
+/* First levels a heap needs for chunks of up to max_chunk bytes. */
+static unsigned levels_for(size_t max_chunk) {
+  unsigned fl, sl;
+  bin_of(max_chunk, &fl, &sl);
+  return fl + 1 < CHUNK_FL_COUNT ? fl + 1 : CHUNK_FL_COUNT;
+}
+
+static size_t heap_bytes(unsigned levels) {
+  size_t n =
+      offsetof(chunk_heap_t, bins) + levels * sizeof(void *[CHUNK_SL_COUNT]);
+  return (n + 15) & ~(size_t)15;
+}
+
+static void init_levels(chunk_heap_t *h, uint64_t key, unsigned levels) {
+  memset(h, 0,
+         offsetof(chunk_heap_t, bins) +
+             levels * sizeof(void *[CHUNK_SL_COUNT]));
   h->key = key;
+  h->fl_count = levels;
+  h->limit = (size_t)1 << (levels + FL_OFFSET);
+}
+
+void chunk_heap_init(chunk_heap_t *h, uint64_t key) {
+  init_levels(h, key, CHUNK_FL_COUNT);
+}
+
+size_t chunk_heap_size(size_t max_region) {
+  size_t m = max_region > CHUNK_REGION_OVERHEAD
+                 ? max_region - CHUNK_REGION_OVERHEAD
+                 : 0;
+  return heap_bytes(levels_for(m));
+}
+
+void chunk_heap_init_sized(chunk_heap_t *h, uint64_t key, size_t max_region) {
+  size_t m = max_region > CHUNK_REGION_OVERHEAD
+                 ? max_region - CHUNK_REGION_OVERHEAD
+                 : 0;
+  init_levels(h, key, levels_for(m));
 }
 
 void chunk_set_fault(chunk_heap_t *h, chunk_fault_fn fault) {
@@ -354,7 +394,7 @@ void chunk_set_fault(chunk_heap_t *h, chunk_fault_fn fault) {
 size_t chunk_add_region(chunk_heap_t *h, void *mem, size_t size) {
   if (((uintptr_t)mem & 15) || (size & 15) ||
       size < CHUNK_REGION_OVERHEAD + CHUNK_MIN ||
-      size - CHUNK_REGION_OVERHEAD >= MAX_CHUNK)
+      size - CHUNK_REGION_OVERHEAD >= h->limit)
     return 0;
   uint64_t key = h->key;
   size_t s = size - CHUNK_REGION_OVERHEAD;
@@ -589,13 +629,17 @@ int chunk_walk_region(void *mem, size_t size, chunk_visit_fn visit, void *arg) {
 size_t chunk_largest_free(const chunk_heap_t *h) {
   if (!h->fl_bitmap) return 0;
   unsigned fl = 63u - (unsigned)__builtin_clzll(h->fl_bitmap);
-  if (fl >= CHUNK_FL_COUNT || !h->sl_bitmap[fl]) return 0; /* corrupt */
+  if (fl >= h->fl_count || !h->sl_bitmap[fl]) return 0; /* corrupt */
   unsigned sl = 31u - (unsigned)__builtin_clz(h->sl_bitmap[fl]);
   return bin_floor(fl, sl) - CHUNK_HEADER;
 }
 
 void chunk_heap_absorb(chunk_heap_t *into, chunk_heap_t *from) {
-  for (unsigned fl = 0; fl < CHUNK_FL_COUNT; fl++) {
+  if (into->fl_count < from->fl_count) {
+    heap_fault(into, "absorbing a heap with more bin rows", from);
+    return;
+  }
+  for (unsigned fl = 0; fl < from->fl_count; fl++) {
     for (unsigned sl = 0; sl < CHUNK_SL_COUNT; sl++) {
       chunk_t *c = from->bins[fl][sl];
       while (c) {
@@ -611,7 +655,7 @@ void chunk_heap_absorb(chunk_heap_t *into, chunk_heap_t *from) {
   if (from->max_chunk > into->max_chunk) into->max_chunk = from->max_chunk;
   uint64_t key = from->key;
   chunk_fault_fn fault = from->fault;
-  chunk_heap_init(from, key);
+  init_levels(from, key, from->fl_count);
   from->fault = fault;
 }
 
@@ -646,9 +690,9 @@ static bool check_bins(const check_ctx_t *x, size_t walked_free) {
   const chunk_heap_t *h = x->h;
   uint64_t key = h->key;
   size_t listed = 0;
-  if (h->fl_bitmap >> CHUNK_FL_COUNT)
+  if (h->fl_bitmap >> (h->fl_count - 1) >> 1)
     return fail(x, "first-level bitmap has bits past the last level", h);
-  for (unsigned fl = 0; fl < CHUNK_FL_COUNT; fl++) {
+  for (unsigned fl = 0; fl < h->fl_count; fl++) {
     uint32_t sb = h->sl_bitmap[fl];
     if (sb >> (CHUNK_SL_COUNT - 1) >> 1)
       return fail(x, "second-level bitmap has bits past the last bin", h);
@@ -676,6 +720,9 @@ static bool check_bins(const check_ctx_t *x, size_t walked_free) {
       }
     }
   }
+  for (unsigned fl = h->fl_count; fl < CHUNK_FL_COUNT; fl++)
+    if (h->sl_bitmap[fl])
+      return fail(x, "second-level bitmap set for a level with no bins", h);
   if (listed != walked_free)
     return fail(x, "free chunk missing from the bins", h);
   return true;
@@ -686,13 +733,18 @@ bool chunk_check(const chunk_heap_t *h, void *const *regions,
   check_ctx_t x = {h, regions, sizes, nregions, fault};
   uint64_t key = h->key;
   size_t free_bytes = 0, used_bytes = 0, used_count = 0, free_count = 0;
+  /* the table's size first: every other read of a row depends on it */
+  if (h->fl_count == 0 || h->fl_count > CHUNK_FL_COUNT ||
+      h->limit != (size_t)1 << (h->fl_count + FL_OFFSET))
+    return fail(&x, "bin table size corrupted", h);
   if (nregions != h->regions)
     return fail(&x, "region count differs from the heap's", h);
   for (size_t i = 0; i < nregions; i++) {
     void *mem = regions[i];
     size_t size = sizes[i];
     if (((uintptr_t)mem & 15) || (size & 15) ||
-        size < CHUNK_REGION_OVERHEAD + CHUNK_MIN)
+        size < CHUNK_REGION_OVERHEAD + CHUNK_MIN ||
+        size - CHUNK_REGION_OVERHEAD >= h->limit)
       return fail(&x, "bad region bounds", mem);
     const chunk_t *fence = mem;
     if (!w0_ok(key, fence, fence->w0) || !w1_ok(key, fence, fence->w1) ||

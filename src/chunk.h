@@ -29,29 +29,50 @@
  * power of two are at most 1/CHUNK_SL_COUNT apart. */
 #define CHUNK_SL_LOG2 4
 #define CHUNK_SL_COUNT (1u << CHUNK_SL_LOG2)
+/* First levels a heap can have: level 0 holds chunks below 256 bytes, level
+ * k >= 1 those in [2^(k+7), 2^(k+8)). */
 #define CHUNK_FL_COUNT 40u
 
 /* What chunk_check / a bad free found. */
 typedef void (*chunk_fault_fn)(const char *what, const void *addr);
 
 /* free_bytes + used_bytes = sum of region sizes - regions *
- * CHUNK_REGION_OVERHEAD. */
+ * CHUNK_REGION_OVERHEAD.
+ *
+ * The bin table is the last member and only its first fl_count rows exist:
+ * chunk_heap_init makes a heap with every row (the medium heaps, embedded in
+ * their thread heap), chunk_heap_init_sized one with the rows its largest
+ * region can reach, in chunk_heap_size() bytes (a heap in a caller's buffer
+ * of 4 KiB needs 5 rows, 640 bytes, not 40). Nothing reads a row past
+ * fl_count: regions whose chunks would need one are refused. */
 typedef struct chunk_heap {
-  uint64_t fl_bitmap;                 /* first levels with any free chunk */
-  uint32_t sl_bitmap[CHUNK_FL_COUNT]; /* per first level: non-empty bins */
-  void *bins[CHUNK_FL_COUNT][CHUNK_SL_COUNT]; /* heads of free chunk lists */
+  uint64_t fl_bitmap;   /* first levels with any free chunk */
   uint64_t key;         /* secret mixed into header check words (0 allowed) */
   size_t free_bytes;    /* bytes in free chunks (headers included) */
   size_t used_bytes;    /* bytes in used chunks (headers included) */
   size_t used_count;    /* number of used chunks */
   size_t regions;       /* number of regions added (and not removed) */
   size_t max_chunk;     /* largest chunk any region ever held: bounds sizes */
+  size_t limit;         /* chunks are smaller: 2^(fl_count + 7) */
   chunk_fault_fn fault; /* corruption found outside chunk_free; see below */
+  uint32_t fl_count;    /* rows of bins below */
+  uint32_t sl_bitmap[CHUNK_FL_COUNT]; /* per first level: non-empty bins */
+  void *bins[CHUNK_FL_COUNT][CHUNK_SL_COUNT]; /* heads of free chunk lists */
 } chunk_heap_t;
 
-/* Initialise an empty heap. key is a secret used to make header check words
- * hard to forge (pass a random value; 0 is valid and only weakens checking). */
+/* Initialise an empty heap with every bin row (sizeof(chunk_heap_t)
+ * bytes). key is a secret used to make header check words hard to forge
+ * (pass a random value; 0 is valid and only weakens checking). */
 void chunk_heap_init(chunk_heap_t *h, uint64_t key);
+
+/* Bytes a heap needs whose regions are at most max_region bytes each: the
+ * header and the bin rows that chunk sizes up to max_region reach
+ * (sizeof(chunk_heap_t) at most; a multiple of 16). */
+size_t chunk_heap_size(size_t max_region);
+/* Initialise an empty heap in chunk_heap_size(max_region) bytes at h
+ * (8-byte aligned). chunk_add_region refuses regions larger than
+ * max_region rounded up to the end of its first level. */
+void chunk_heap_init_sized(chunk_heap_t *h, uint64_t key, size_t max_region);
 
 /* Who to tell when chunk_malloc / chunk_memalign / chunk_resize_in_place /
  * chunk_remove_region find a corrupted header or free list (they have no
@@ -61,14 +82,17 @@ void chunk_set_fault(chunk_heap_t *h, chunk_fault_fn fault);
 
 /* Move every region, free chunk and statistic of `from` into `into` (for
  * adopting an abandoned heap's regions); `from` is left empty. Both heaps
- * must have the same key: headers are tagged with it. O(free chunks). */
+ * must have the same key: headers are tagged with it, and `into` at least
+ * as many bin rows (else its fault handler is called and nothing moves).
+ * O(free chunks). */
 void chunk_heap_absorb(chunk_heap_t *into, chunk_heap_t *from);
 
 /* Give the heap a region [mem, mem+size). mem 16-byte aligned, size a
- * multiple of 16 and at least CHUNK_REGION_OVERHEAD + CHUNK_MIN (and below
- * 2^47). The region becomes one free chunk between two sentinels. Returns the
- * usable payload size of that first free chunk, or 0 (nothing done) when the
- * bounds break those rules. */
+ * multiple of 16 and at least CHUNK_REGION_OVERHEAD + CHUNK_MIN (and its
+ * chunk, size - CHUNK_REGION_OVERHEAD, below the heap's limit: 2^47 for
+ * chunk_heap_init's heaps). The region becomes one free chunk between two
+ * sentinels. Returns the usable payload size of that first free chunk, or 0
+ * (nothing done) when the bounds break those rules. */
 size_t chunk_add_region(chunk_heap_t *h, void *mem, size_t size);
 
 /* True if the region [mem, mem+size) given earlier holds no used chunk, i.e.

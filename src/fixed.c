@@ -1,7 +1,9 @@
 /* fixed.c: heaps in a caller's buffer (allot_fixed_*).
  *
- * The heap's header sits at the start of the buffer and the rest is one
- * region of the boundary-tag chunk heap (chunk.c), so malloc, free, memalign
+ * The heap's header sits at the start of the buffer, followed by the bin
+ * rows of its chunk heap that the buffer's size can reach (5 rows, 640
+ * bytes, for 4 KiB; 23 for 1 GiB), and the rest is one region of the
+ * boundary-tag chunk heap (chunk.c), so malloc, free, memalign
  * and resizing take bounded O(1) time: two bit scans and a constant number
  * of headers, whatever the buffer's size or fragmentation. Nothing here calls
  * the OS or allocates, and the heap never grows beyond its buffer: when no
@@ -21,10 +23,29 @@ struct allot_fixed {
   size_t region_size;
   size_t size; /* the buffer as given */
   size_t in_use, in_use_peak, mallocs, frees, failures;
-  chunk_heap_t chunks;
+  chunk_heap_t chunks; /* last: only the bin rows it needs are there */
 };
 
-#define HEADER_SIZE ((sizeof(struct allot_fixed) + 15) & ~(size_t)15)
+#define FIXED_PART offsetof(struct allot_fixed, chunks)
+
+static size_t header_for(size_t region) {
+  return (FIXED_PART + chunk_heap_size(region) + 15) & ~(size_t)15;
+}
+
+/* Header bytes (16-aligned) for a heap in `total` bytes of aligned buffer:
+ * the smallest bin table (one more row of bins per step) that serves the
+ * region left after it. */
+static size_t header_size(size_t total) {
+  size_t hs = header_for(0);
+  while (hs < total && header_for(total - hs) > hs)
+    hs += sizeof(void *[CHUNK_SL_COUNT]);
+  return hs;
+}
+
+static bool fits(size_t total) {
+  size_t hs = header_size(total);
+  return total >= hs && total - hs >= CHUNK_REGION_OVERHEAD + CHUNK_MIN;
+}
 
 static void fixed_fault(const char *what, const void *addr) {
   fault("fixed_malloc", what, addr);
@@ -45,25 +66,32 @@ static bool inside(const allot_fixed_t *f, const void *p) {
   return a >= lo && a < (uintptr_t)f->region + f->region_size - CHUNK_HEADER;
 }
 
+/* Whatever the buffer's alignment, aligning its start up and its end down
+ * to 16 loses at most 30 bytes, and what is left is a multiple of 16. */
 EXPORT size_t allot_fixed_min_size(void) {
-  return HEADER_SIZE + CHUNK_REGION_OVERHEAD + CHUNK_MIN + 2 * 15;
+  size_t total = CHUNK_REGION_OVERHEAD + CHUNK_MIN;
+  while (!fits(total))
+    total += 16;
+  return total + 30;
 }
 
 EXPORT allot_fixed_t *allot_fixed_create(void *buf, size_t size) {
   uintptr_t start = ((uintptr_t)buf + 15) & ~(uintptr_t)15;
   uintptr_t end = ((uintptr_t)buf + size) & ~(uintptr_t)15;
   if (!buf || (uintptr_t)buf + size < (uintptr_t)buf || end < start ||
-      end - start < HEADER_SIZE + CHUNK_REGION_OVERHEAD + CHUNK_MIN) {
+      !fits(end - start)) {
     errno = EINVAL;
     return NULL;
   }
   allot_fixed_t *f = (allot_fixed_t *)start;
-  memset(f, 0, sizeof *f);
-  f->region = (uint8_t *)start + HEADER_SIZE;
+  size_t hs = header_size(end - start);
+  memset(f, 0, FIXED_PART);
+  f->region = (uint8_t *)start + hs;
   f->region_size = end - (uintptr_t)f->region;
   f->size = size;
   /* a key of its own: header tags of one heap do not pass in another */
-  chunk_heap_init(&f->chunks, os_random_seed() ^ (uintptr_t)f);
+  chunk_heap_init_sized(&f->chunks, os_random_seed() ^ (uintptr_t)f,
+                        f->region_size);
   chunk_set_fault(&f->chunks, fixed_fault);
   if (!chunk_add_region(&f->chunks, f->region, f->region_size)) {
     errno = EINVAL;
@@ -165,6 +193,7 @@ static int visit_chunk(void *payload, size_t size, bool used, void *arg) {
                          .kind = ALLOT_KIND_FIXED,
                          .addr = payload,
                          .size = size,
+                         .block_size = size,
                          .overhead = CHUNK_HEADER,
                          .in_use = used};
   return w->visit(&b, w->arg);
@@ -203,6 +232,14 @@ EXPORT int allot_fixed_check(allot_fixed_t *f, char *buf, size_t len) {
   if (!f || f->magic != (FIXED_MAGIC ^ (uintptr_t)f)) {
     check_what = "heap header overwritten";
     check_where = f;
+  } else if (f->chunks.fl_count == 0 || f->chunks.fl_count > CHUNK_FL_COUNT ||
+             (uint8_t *)&f->chunks.bins[f->chunks.fl_count] > f->region ||
+             f->region != (uint8_t *)f +
+                              header_size(f->region_size +
+                                          (size_t)(f->region - (uint8_t *)f))) {
+    /* the bin table's size: it must end before the region it serves */
+    check_what = "heap header overwritten (bin table size)";
+    check_where = &f->chunks;
   } else {
     void *region = f->region;
     size_t size = f->region_size;

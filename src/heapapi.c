@@ -365,15 +365,46 @@ static int free_live(const allot_walk_info_t *w, void *arg) {
   return 0;
 }
 
+/* Checked mode, once every live block of h has been freed and those in this
+ * thread's quarantine released: does h still hold a block, i.e. one that
+ * another thread freed and that waits in that thread's quarantine? (Its
+ * pages' counts are exact once the frees from other threads are taken in;
+ * a count read too early only errs towards yes.) */
+static bool holds_blocks(heap_t *h) {
+  heap_collect_pages(h, false);
+  bool held = false;
+  os_lock(&h->seg_lock);
+  for (segment_t *s = h->segs; s && !held; s = s->hnext)
+    for (size_t i = 1; i < PAGES_PER_SEG && !held; i++)
+      held = s->pages[i].bsize && s->pages[i].used;
+  os_unlock(&h->seg_lock);
+  os_lock(&h->medium_lock);
+  held = held || h->chunks.used_count || h->large_segs;
+  os_unlock(&h->medium_lock);
+  return held;
+}
+
 EXPORT void allot_heap_destroy(allot_heap_t *heap) {
   heap_t *h = first_class(heap, "heap_destroy");
   if (unlikely(g.slow_mode)) {
     /* Checked mode: free every live block through the checked path (so its
-     * canaries are checked, statistics counted, and a block may wait in a
-     * quarantine; the walk shows quarantined blocks as free), then hand what
-     * remains to the default heap. */
+     * canaries are checked and statistics counted), then release at once
+     * those of them waiting in this thread's quarantine. If no other
+     * thread's quarantine holds a block of h, its memory goes back as in
+     * the default mode; else h's pages go to the default heap (those blocks
+     * are freed into it later), which gives back its free memory now. */
     allot_heap_walk(heap, free_live, NULL);
-    delete_into(h, default_heap());
+    checked_heap_destroy(h);
+    if (!holds_blocks(h)) {
+      destroy_now(h);
+    } else {
+      heap_t *d = default_heap();
+      delete_into(h, d);
+      heap_collect_pages(d, false);
+      segment_purge_heap(d, true);
+      medium_purge_heap(d, true);
+    }
+    atomic_store_explicit(&h->stats.in_use, 0, memory_order_relaxed);
   } else {
     destroy_now(h);
     atomic_store_explicit(&h->stats.in_use, 0, memory_order_relaxed);

@@ -126,6 +126,17 @@ typedef struct heap_stats {
   _Atomic size_t in_use, in_use_peak; /* usable bytes of live blocks */
 } heap_stats_t;
 
+/* A medium block realloc found live with `usable` bytes while its heap's
+ * medium_gen was `gen`: until that changes (any medium free or shrink in the
+ * heap), realloc may trust it without the heap's lock (api.c). */
+typedef struct realloc_hint {
+  const void *p;
+  struct heap *heap;
+  uint64_t gen;
+  size_t usable;
+} realloc_hint_t;
+#define REALLOC_HINTS 256
+
 typedef struct heap {
   page_t *current[NCLASSES]; /* the fast path allocates from these */
   page_list_t avail[NCLASSES];
@@ -152,6 +163,13 @@ typedef struct heap {
   _Atomic uint64_t purge_due; /* ms after which dirty pages should go back */
   _Atomic size_t dirty_pages;
   _Atomic uint64_t medium_dirty_at; /* ms of the first unpurged medium free */
+  /* medium_purge_heap: medium_gen when it last looked, and when (ms) it
+   * first saw that value */
+  _Atomic uint64_t purge_gen, purge_gen_at;
+  /* bumped (under medium_lock) by every free and shrink of a medium block
+   * of this heap; read without the lock by realloc's hints and the purge */
+  _Atomic uint64_t medium_gen;
+  realloc_hint_t rhint[REALLOC_HINTS]; /* this thread's (api.c) */
   void *checked; /* checked.c's per-heap state (quarantine); NULL until used */
   /* heapapi.c: first-class heaps (allot_heap_new) */
   uint64_t owner;        /* thread_uid() of the one thread that allocates */
@@ -180,6 +198,7 @@ typedef struct allot_globals {
   int verbose;
   int huge_pages; /* 0 off (MADV_NOHUGEPAGE), 1 on (MADV_HUGEPAGE), 2 auto */
   int purge_madv_free; /* ALLOT_PURGE_MADV: purge with MADV_FREE */
+  int prof;            /* ALLOT_PROF: sampled heap profile (prof.c) */
 } allot_globals_t;
 
 extern INTERNAL allot_globals_t g;
@@ -245,6 +264,9 @@ INTERNAL void *medium_malloc(heap_t *h, size_t size, size_t align);
 INTERNAL void chunk_fault_malloc(const char *what, const void *addr);
 INTERNAL void medium_free(segment_t *s, void *p, const char *fn);
 INTERNAL bool medium_resize(segment_t *s, void *p, size_t size);
+INTERNAL bool medium_realloc(segment_t *s, void *p, size_t size, size_t *old,
+                             realloc_hint_t *hint);
+INTERNAL size_t medium_grow_size(size_t old, size_t size);
 INTERNAL size_t medium_live_size(segment_t *s, const void *p);
 INTERNAL void *zero_alloc(void);
 INTERNAL void zero_free(segment_t *s, void *p, const char *fn);
@@ -307,6 +329,14 @@ INTERNAL void checked_free(void *p, const char *fn);
  * (heap walks must not count it in use); the first problem checked mode
  * finds in the heap (canaries, writes after free), or NULL */
 INTERNAL bool checked_quarantined(const void *p);
+/* allot_heap_destroy: h's blocks in this thread's quarantine go back now */
+INTERNAL void checked_heap_destroy(heap_t *h);
+/* the walk: live block p's size as malloc_usable_size reports it (u: the
+ * layers' usable size); reads only, never faults */
+INTERNAL size_t checked_walk_size(const void *p, size_t u);
+/* introspect.c: *out = the word at `at`, false if it cannot be read (never
+ * faults: through the kernel) */
+INTERNAL bool walk_read_word(const void *at, uint64_t *out);
 INTERNAL const char *checked_verify(const void **where);
 INTERNAL void checked_configure(void);        /* end of option parsing */
 INTERNAL void checked_thread_exit(heap_t *h); /* h: the exiting thread's */
@@ -327,6 +357,16 @@ INTERNAL heap_t *heap_init_thread(void);
 INTERNAL bool heap_absorb_abandoned(heap_t *h);
 INTERNAL void allot_process_init(void);
 INTERNAL heap_t *heap_new_detached(void); /* a fresh heap for allot_heap_new */
+
+/* ---- prof.c: the sampled heap profile; every call is behind g.prof ------ */
+INTERNAL void prof_configure(void); /* end of option parsing */
+INTERNAL void *prof_small(void *p); /* small slow path: p, or a sampled block */
+INTERNAL void prof_medium(heap_t *h, void *p, size_t size);
+INTERNAL void prof_large(void *p, size_t size);
+INTERNAL void prof_free(segment_t *s, void *p); /* medium and large frees */
+INTERNAL void prof_moved(void *from, void *to); /* large realloc moved p */
+INTERNAL size_t prof_usable(segment_t *s, const void *p, size_t u);
+INTERNAL void prof_resized(segment_t *s, void *p); /* medium resized in place */
 
 /* ---- options.c, introspect.c, heapapi.c (docs/api.md) ------------------ */
 INTERNAL void options_init(void); /* ALLOT_* environment -> g; no allocation */

@@ -19,6 +19,7 @@
 #include <malloc.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -848,13 +849,26 @@ EXPORT int mallopt(int param, int value) {
  * region is copied under its lock into a snapshot, then shown to the visitor
  * with no lock held. Segments of a heap are taken in address order, one per
  * round, so a visitor that allocates (and so reorders the heap's lists) neither
- * skips nor repeats one. */
+ * skips nor repeats one. A block's size is what malloc_usable_size says of
+ * it: in checked mode the size its caller asked for (read from its trailer
+ * into the snapshot, checked_walk_size); its block_size is the bytes the
+ * layers gave it, so adding block sizes (and headers) tiles a region in
+ * every mode. Zero-size blocks (malloc(0)) are visited one by one, size 0,
+ * in their zero segments. */
+
+bool walk_read_word(const void *at, uint64_t *out) {
+  struct iovec local = {out, sizeof *out};
+  struct iovec remote = {(void *)(uintptr_t)at, sizeof *out};
+  return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) ==
+         (ssize_t)sizeof *out;
+}
 
 typedef struct page_snap {
   uint8_t *start;
   uint32_t bsize, capacity, reserved, used;
   uint8_t cls;
   uint64_t free_bits[PAGE_SIZE / 16 / 64];
+  uint16_t size[PAGE_SIZE / 16]; /* checked mode: used blocks' sizes */
 } page_snap_t;
 
 typedef struct small_snap {
@@ -868,6 +882,8 @@ typedef struct small_snap {
   ((MEDIUM_RECORDS * 8 > sizeof(small_snap_t) ? MEDIUM_RECORDS * 8             \
                                               : sizeof(small_snap_t)) +        \
    OS_PAGE)
+
+_Static_assert(ZERO_WORDS * 8 <= SCRATCH_SIZE, "a zero bitmap fits scratch");
 
 typedef struct walker {
   allot_walk_fn visit;
@@ -907,12 +923,15 @@ static void snap_small(segment_t *s, small_snap_t *ss) {
     memset(p->free_bits, 0, sizeof p->free_bits);
     uint32_t used = 0;
     for (uint32_t k = 0; k < p->reserved; k++) {
-      bool free =
-          k >= p->capacity || block_free_marked(p->start + (size_t)k * bsize);
-      if (free)
+      uint8_t *b = p->start + (size_t)k * bsize;
+      bool free = k >= p->capacity || block_free_marked(b);
+      if (free) {
         p->free_bits[k / 64] |= (uint64_t)1 << (k % 64);
-      else
+      } else {
         used++;
+        /* below SMALL_MAX, so it fits 16 bits */
+        if (g.slow_mode) p->size[k] = (uint16_t)checked_walk_size(b, bsize);
+      }
     }
     p->used = used;
   }
@@ -957,6 +976,7 @@ static int emit_small(walker_t *w, heap_t *h, small_snap_t *ss) {
                              .size_class = p->cls,
                              .block_size = p->bsize,
                              .heap = (allot_heap_t *)h};
+      if (b.in_use && g.slow_mode) b.size = p->size[k];
       rc = emit(w, &b);
     }
   }
@@ -978,10 +998,27 @@ static int walk_small(walker_t *w, heap_t *h) {
   }
 }
 
+/* A medium record: the payload's offset / 16 in bits 46..63 and its size /
+ * 16 in bits 27..45 (a region is below 4 MiB), the size the walk shows (at
+ * most that) in bits 1..26, used in bit 0. */
+#define REC_OFF_SHIFT 46
+#define REC_RAW_SHIFT 27
+_Static_assert(SEG_SIZE <= ((size_t)1 << 22), "medium records' fields");
+static size_t rec_offset(uint64_t r) {
+  return (size_t)(r >> REC_OFF_SHIFT) << 4;
+}
+static size_t rec_block_size(uint64_t r) {
+  return (size_t)((r >> REC_RAW_SHIFT) &
+                  (((uint64_t)1 << (REC_OFF_SHIFT - REC_RAW_SHIFT)) - 1))
+         << 4;
+}
+static size_t rec_size(uint64_t r) {
+  return (size_t)(r & (((uint64_t)1 << REC_RAW_SHIFT) - 1)) >> 1;
+}
 typedef struct medium_snap {
   uint8_t *region;
   size_t count, cap;
-  uint64_t *rec; /* payload offset / 16 << 32 | payload size / 16 << 1 | used */
+  uint64_t *rec;
 } medium_snap_t;
 
 static int snap_chunk(void *payload, size_t size, bool used, void *arg) {
@@ -989,8 +1026,11 @@ static int snap_chunk(void *payload, size_t size, bool used, void *arg) {
   if (m->count == m->cap) return 1;
   /* checked mode: a block waiting in the quarantine is free to the caller */
   if (used && g.slow_mode && block_free_marked(payload)) used = false;
+  size_t shown = used && g.slow_mode ? checked_walk_size(payload, size) : size;
   uint64_t off = (uint64_t)((uint8_t *)payload - m->region) >> 4;
-  m->rec[m->count++] = off << 32 | (uint64_t)(size >> 4) << 1 | used;
+  m->rec[m->count++] = off << REC_OFF_SHIFT |
+                       (uint64_t)(size >> 4) << REC_RAW_SHIFT |
+                       (uint64_t)shown << 1 | used;
   return 0;
 }
 
@@ -1022,8 +1062,9 @@ static int walk_medium(walker_t *w, heap_t *h) {
     for (size_t i = 0; i < m.count && !rc; i++) {
       allot_walk_info_t b = {.type = ALLOT_WALK_BLOCK,
                              .kind = ALLOT_KIND_MEDIUM,
-                             .addr = m.region + ((m.rec[i] >> 32) << 4),
-                             .size = ((m.rec[i] & 0xffffffffu) >> 1) << 4,
+                             .addr = m.region + rec_offset(m.rec[i]),
+                             .size = rec_size(m.rec[i]),
+                             .block_size = rec_block_size(m.rec[i]),
                              .overhead = CHUNK_HEADER,
                              .in_use = (int)(m.rec[i] & 1),
                              .heap = (allot_heap_t *)h};
@@ -1036,7 +1077,7 @@ static int walk_medium(walker_t *w, heap_t *h) {
 /* Segments outside the heaps' lists, copied under the segment list lock. */
 typedef struct glob_rec {
   segment_t *s;
-  size_t map_size, offset, usable;
+  size_t map_size, offset, usable, shown; /* shown: the walk's block size */
   heap_t *heap;
   uint8_t kind;
   uint32_t state;
@@ -1059,9 +1100,11 @@ static void snap_global(segment_t *s, void *arg) {
   r->kind = s->kind;
   r->map_size = s->map_size;
   r->offset = s->large_offset;
-  r->usable = s->large_size;
+  r->usable = r->shown = s->large_size;
   r->heap = s->kind == SEG_LARGE ? h : NULL;
   r->state = atomic_load_explicit(&s->large_state, memory_order_acquire);
+  if (s->kind == SEG_LARGE && r->state == LARGE_LIVE && g.slow_mode)
+    r->shown = checked_walk_size((uint8_t *)s + r->offset, r->usable);
 }
 
 static int walk_global(walker_t *w, heap_t *only) {
@@ -1099,12 +1142,28 @@ static int walk_global(walker_t *w, heap_t *only) {
       ri.blocks = 1;
       ri.blocks_used = live;
     }
+    size_t zeros = 0;
+    uint64_t *bits = w->scratch; /* free: the heaps' walks are done */
+    if (r->kind == SEG_ZERO)
+      ri.blocks = ri.blocks_used = zeros = zero_snapshot(r->s, bits);
     rc = emit(w, &ri);
+    /* each malloc(0) block: size 0, in use, nothing before it */
+    for (size_t k = 0; k < ZERO_WORDS && zeros && !rc; k++) {
+      for (uint64_t m = bits[k]; m && !rc; m &= m - 1, zeros--) {
+        allot_walk_info_t b = {
+            .type = ALLOT_WALK_BLOCK,
+            .kind = ALLOT_KIND_ZERO,
+            .addr = zero_block(r->s, k * 64 + (size_t)__builtin_ctzll(m)),
+            .in_use = 1};
+        rc = emit(w, &b);
+      }
+    }
     if (large && !rc) { /* a quarantined block (checked mode) is free */
       allot_walk_info_t b = {.type = ALLOT_WALK_BLOCK,
                              .kind = ALLOT_KIND_LARGE,
                              .addr = (uint8_t *)r->s + r->offset,
-                             .size = r->usable,
+                             .size = live ? r->shown : r->usable,
+                             .block_size = r->usable,
                              .overhead = r->offset,
                              .in_use = live,
                              .heap = (allot_heap_t *)r->heap};
@@ -1177,11 +1236,14 @@ static void chunk_fault_check(const char *what, const void *addr) {
 /* Checked mode may hold freed blocks in a quarantine: marked free, listed
  * nowhere. */
 static bool quarantine_possible(void) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) /* gcc */
   return true;
-#else
-  return g.debug || g.secure || g.valgrind;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) /* clang before 17 */
+  return true;
 #endif
+#endif
+  return g.debug || g.secure || g.valgrind;
 }
 
 static void check_seg_header(chk_t *c, segment_t *s, int kind, heap_t *h) {
@@ -1319,6 +1381,9 @@ static void check_page_lists(chk_t *c, heap_t *h, size_t pages_in_use,
 
 static void check_small(chk_t *c, heap_t *h, bool whole) {
   size_t pages_in_use = 0, nsegs = 0, dirty = 0, bound = (size_t)1 << 24;
+  /* the purge thread may retire full pages (and take their xfree lists for
+   * a moment) meanwhile: not while the pages and lists are compared */
+  if (whole) os_lock(&h->page_lock);
   os_lock(&h->seg_lock);
   for (segment_t *s = h->segs; s && !c->what; s = s->hnext) {
     if (++nsegs > bound) {
@@ -1353,11 +1418,8 @@ static void check_small(chk_t *c, heap_t *h, bool whole) {
   if (!c->what && dirty != h->dirty_pages)
     fail(c, "heap's count of unpurged free pages is wrong", h);
   os_unlock(&h->seg_lock);
-  if (!c->what && whole) {
-    os_lock(&h->page_lock); /* the purge thread may be retiring full pages */
-    check_page_lists(c, h, pages_in_use, nsegs);
-    os_unlock(&h->page_lock);
-  }
+  if (!c->what && whole) check_page_lists(c, h, pages_in_use, nsegs);
+  if (whole) os_unlock(&h->page_lock);
 }
 
 static void check_medium(chk_t *c, heap_t *h) {

@@ -3,20 +3,117 @@
  * The mapping starts with a segment header (on its own OS page, so user data
  * stays page-aligned and apart from metadata) and is aligned to SEG_SIZE, so
  * free() finds the header by the same masking as for every other block.
- * Freed mappings wait in a small cache for a while before going back to the
- * OS, and realloc grows a block by moving its pages with mremap rather than
- * copying them. */
+ *
+ * Freed mappings wait in a small cache, and what the cache keeps is their
+ * pages: faulted in and zeroed by the kernel once, they cost nothing to use
+ * again, while faulting memory in anew costs ~600 us per MiB (docs/
+ * performance.md, workload `large`). A new or growing block takes them with
+ * mremap, which moves page tables, not bytes (~1.4 us per MiB): a whole
+ * cached mapping, or the tail of a larger one, onto the block's range. A
+ * block can so be made of pieces of several old mappings, each its own kernel
+ * mapping (VMA); one mremap moves only within one VMA, so the header keeps
+ * where the pieces end. Cached mappings go back to the OS after four purge
+ * delays unused, and at once on allot_collect / malloc_trim(0). */
 #include "internal.h"
 
 #include <errno.h>
 
-#define CACHE_SLOTS 16
+#define CACHE_SLOTS 32
 #define CACHE_MAX_BYTES ((size_t)256 << 20)
 #define CACHE_MAX_ONE ((size_t)64 << 20)
+/* Mappings that may be cached are a whole number of grains long, so pieces
+ * split only at grain boundaries: pieces never merge, and without a grain
+ * they would split into ever more, ever smaller ones (measured on `large`
+ * at 5000 steps: 37 mremap calls per step, most of the time). Pieces of 2 MiB
+ * at 2 MiB-aligned addresses also move as whole page-table pages. The
+ * grain's slack is address space: its pages stay untouched unless a moved
+ * piece brings some along. */
+#define GRAIN ((size_t)2 << 20)
+#define MAX_PIECES 256
+
+/* Where the pieces of a large mapping end, in bytes from the segment start:
+ * piece i is [end[i-1], end[i]) (end[-1] = 0) and lies within one VMA. Kept
+ * in the header page after the fixed header fields: a large segment has no
+ * page descriptors. A stored list has at most MAX_PIECES - 1 pieces, so a
+ * move can always add the one fresh piece it needs. */
+typedef struct pieces {
+  uint32_t n;
+  size_t end[MAX_PIECES];
+} pieces_t;
+_Static_assert(offsetof(segment_t, pages) + sizeof(pieces_t) <= LARGE_OFFSET,
+               "the piece list fits in the header page");
 
 static os_lock_t large_lock;
 static segment_t *cache[CACHE_SLOTS];
 static _Atomic size_t cache_bytes; /* read without the lock as a hint */
+
+static pieces_t *pieces_of(segment_t *s) {
+  return (pieces_t *)((uint8_t *)s + offsetof(segment_t, pages));
+}
+
+static void pieces_single(segment_t *s, size_t size) {
+  pieces_t *pl = pieces_of(s);
+  pl->n = 1;
+  pl->end[0] = size;
+}
+
+/* Record a boundary (a piece ends at `end`); extra boundaries are harmless,
+ * a missing one is not, so callers check the room first. */
+static void pieces_add(pieces_t *pl, size_t end) {
+  if (!end || (pl->n && pl->end[pl->n - 1] >= end) || pl->n == MAX_PIECES)
+    return;
+  pl->end[pl->n++] = end;
+}
+
+/* Forget everything at and past `size`. */
+static void pieces_cut(pieces_t *pl, size_t size) {
+  uint32_t i = 0;
+  while (i + 1 < pl->n && pl->end[i] < size)
+    i++;
+  pl->end[i] = size;
+  pl->n = i + 1;
+}
+
+/* Pieces that overlap [from, to). */
+static uint32_t pieces_in(const pieces_t *pl, size_t from, size_t to) {
+  uint32_t k = 0;
+  for (uint32_t i = 0; i < pl->n; i++) {
+    size_t start = i ? pl->end[i - 1] : 0;
+    if (start < to && pl->end[i] > from) k++;
+  }
+  return k;
+}
+
+/* A move onto committed memory replaced its pages: the kernel unmapped those
+ * bytes without os.c seeing it, so its count of mapped bytes drops here. */
+static void mapped_replaced(size_t n) {
+  atomic_fetch_sub_explicit(&os_stats.mapped, n, memory_order_relaxed);
+}
+
+/* Move [from, to) of the mapping at src (pieces pl) onto dst, committed
+ * memory, one mremap per piece, recording the new boundaries (relative to
+ * base) in out. A piece the kernel refuses to move (a program may have
+ * changed the protection of part of its block) is copied when `copy` (a live
+ * block) or else left as dst's fresh pages. Either way the source range is
+ * gone afterwards. */
+static void move_range(uint8_t *src, const pieces_t *pl, size_t from, size_t to,
+                       uint8_t *dst, uint8_t *base, pieces_t *out, bool copy) {
+  for (uint32_t i = 0; i < pl->n; i++) {
+    size_t a = i ? pl->end[i - 1] : 0, b = pl->end[i];
+    if (a < from) a = from;
+    if (b > to) b = to;
+    if (a >= b) continue;
+    uint8_t *d = dst + (a - from);
+    pieces_add(out, (size_t)(d - base));
+    if (os_remap_fixed(src + a, b - a, b - a, d)) {
+      mapped_replaced(b - a);
+    } else {
+      if (copy) memcpy(d, src + a, b - a);
+      os_unmap(src + a, b - a);
+    }
+    pieces_add(out, (size_t)(d - base) + (b - a));
+  }
+}
 
 static size_t offset_for(size_t align) {
   if (align <= LARGE_OFFSET) return LARGE_OFFSET;
@@ -30,6 +127,36 @@ static void cache_unmap(segment_t *s) {
     secure_large_unmap(s); /* and its guard regions */
   else
     os_unmap(s, s->map_size);
+}
+
+/* Under large_lock: put s in the cache, in a free slot or in place of the
+ * smallest entry if that is smaller than s (*evict, to unmap after the lock):
+ * the pages of the larger one save more faults. False if s stays out. */
+static bool cache_insert_locked(segment_t *s, segment_t **evict) {
+  size_t slot = CACHE_SLOTS, small = CACHE_SLOTS;
+  *evict = NULL;
+  for (size_t i = 0; i < CACHE_SLOTS; i++) {
+    if (!cache[i]) {
+      slot = i;
+      break;
+    }
+    if (small == CACHE_SLOTS || cache[i]->map_size < cache[small]->map_size)
+      small = i;
+  }
+  if (slot == CACHE_SLOTS) {
+    if (cache[small]->map_size >= s->map_size ||
+        cache_bytes - cache[small]->map_size + s->map_size > CACHE_MAX_BYTES)
+      return false;
+    slot = small;
+    *evict = cache[slot];
+    cache_bytes -= (*evict)->map_size;
+    cache[slot] = NULL;
+  } else if (cache_bytes + s->map_size > CACHE_MAX_BYTES) {
+    return false;
+  }
+  cache[slot] = s;
+  cache_bytes += s->map_size;
+  return true;
 }
 
 /* Unmap cached mappings older than four purge delays (all when forced).
@@ -57,21 +184,17 @@ uint64_t large_collect(bool force) {
   return next;
 }
 
-/* The cached mapping that serves map_size best: the smallest that is large
- * enough, else the largest there is. Its resident pages are what a cache
- * saves (page faults and the kernel's zeroing cost more than the mmap), so
- * any of them is worth reusing; cache_fit then cuts or extends it. */
-static segment_t *cache_take(size_t map_size) {
+/* A cached mapping that serves map_size as it is: large enough, with at most
+ * 1/8 to spare (the spare stays with the block; size classes waste as much). */
+static segment_t *cache_take_whole(size_t map_size) {
   segment_t *best = NULL;
   size_t besti = 0;
   os_lock(&large_lock);
   for (size_t i = 0; i < CACHE_SLOTS; i++) {
     segment_t *s = cache[i];
-    if (!s) continue;
-    bool fits = s->map_size >= map_size;
-    bool best_fits = best && best->map_size >= map_size;
-    if (!best || (fits && (!best_fits || s->map_size < best->map_size)) ||
-        (!fits && !best_fits && s->map_size > best->map_size)) {
+    if (s && s->map_size >= map_size &&
+        s->map_size - map_size <= map_size / 8 &&
+        (!best || s->map_size < best->map_size)) {
       best = s;
       besti = i;
     }
@@ -84,34 +207,79 @@ static segment_t *cache_take(size_t map_size) {
   return best;
 }
 
-/* Make a cached mapping exactly map_size: give a surplus tail back, or
- * extend it — in place if the kernel can, else by moving its pages to a new
- * aligned reservation (no copying). NULL if that fails (mapping released). */
-static segment_t *cache_fit(segment_t *s, size_t map_size) {
-  if (s->map_size == map_size) return s;
-  if (s->map_size > map_size || os_remap_inplace(s, s->map_size, map_size)) {
-    if (s->map_size > map_size && !os_remap_inplace(s, s->map_size, map_size))
-      return s; /* keep the surplus rather than fail */
-    s->map_size = map_size;
-    return s;
+/* Fill [at, end) of the committed mapping at base with cached pages: the
+ * tail of the smallest cached mapping that covers what is left, else the
+ * whole of the largest, and so on (measured on `large`: fewer pieces, fewer
+ * faults and a lower peak than using up the largest whole first). Records piece
+ * boundaries in out; returns the end of the filled part (it holds old data;
+ * past it, and in any piece that could not be moved, base keeps its fresh zero
+ * pages). */
+static size_t fill_from_cache(uint8_t *base, size_t at, size_t end,
+                              pieces_t *out) {
+  segment_t *take[CACHE_SLOTS];
+  size_t use[CACHE_SLOTS], n = 0, need = end - at;
+  os_lock(&large_lock);
+  while (need) {
+    size_t bi = CACHE_SLOTS;
+    for (size_t i = 0; i < CACHE_SLOTS; i++) {
+      segment_t *s = cache[i];
+      if (!s) continue;
+      if (bi == CACHE_SLOTS) {
+        bi = i;
+        continue;
+      }
+      size_t bsz = cache[bi]->map_size, sz = s->map_size;
+      bool fits = sz >= need, bfits = bsz >= need;
+      if ((fits && (!bfits || sz < bsz)) || (!fits && !bfits && sz > bsz))
+        bi = i;
+    }
+    if (bi == CACHE_SLOTS) break;
+    segment_t *s = cache[bi];
+    cache[bi] = NULL;
+    cache_bytes -= s->map_size;
+    take[n] = s;
+    use[n] = s->map_size < need ? s->map_size : need;
+    need -= use[n++];
   }
-  void *target = os_reserve_aligned(map_size, SEG_SIZE);
-  if (!target) {
-    cache_unmap(s);
-    return NULL;
+  os_unlock(&large_lock);
+
+  size_t pos = at;
+  segment_t *back[CACHE_SLOTS];
+  size_t nback = 0;
+  for (size_t i = 0; i < n; i++) {
+    segment_t *s = take[i];
+    size_t size = s->map_size, from = size - use[i];
+    pieces_t src = *pieces_of(s); /* the header may move with piece 0 */
+    if (out->n + 2 * pieces_in(&src, from, size) + 1 > MAX_PIECES - 1) {
+      back[nback++] = s; /* too fragmented to add: keep it for later */
+      continue;
+    }
+    if (from == 0) {
+      segment_unregister(s);
+    } else {
+      s->map_size = from; /* walkers see only what stays */
+      if (s->large_size > from - s->large_offset)
+        s->large_size = from - s->large_offset;
+      pieces_cut(pieces_of(s), from);
+    }
+    move_range((uint8_t *)s, &src, from, size, base + pos, base, out, false);
+    pos += size - from;
+    if (from) back[nback++] = s;
   }
-  size_t old = s->map_size;
-  segment_unregister(s);
-  segment_t *n = os_remap_fixed(s, old, map_size, target);
-  if (!n) {
-    os_unmap(target, map_size);
-    segment_register_moved(s);
-    cache_unmap(s);
-    return NULL;
+  if (nback) {
+    segment_t *drop[2 * CACHE_SLOTS];
+    size_t nd = 0;
+    os_lock(&large_lock);
+    for (size_t i = 0; i < nback; i++) {
+      segment_t *evict;
+      if (!cache_insert_locked(back[i], &evict)) drop[nd++] = back[i];
+      if (evict) drop[nd++] = evict;
+    }
+    os_unlock(&large_lock);
+    for (size_t i = 0; i < nd; i++)
+      cache_unmap(drop[i]);
   }
-  n->map_size = map_size;
-  segment_register_moved(n);
-  return n;
+  return pos;
 }
 
 void *large_malloc(size_t size, size_t align, bool zero) {
@@ -121,11 +289,15 @@ void *large_malloc(size_t size, size_t align, bool zero) {
     errno = ENOMEM;
     return NULL;
   }
-  size_t map_size = (off + size + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
+  bool cacheable = off == LARGE_OFFSET && !g.secure;
+  size_t need = (off + size + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
+  size_t map_size = cacheable ? (need + GRAIN - 1) & ~(GRAIN - 1) : need;
+  /* Bytes from the segment start that may hold old data: the rest are
+   * fresh pages the kernel zeroes. */
+  size_t dirty = 0;
   segment_t *s = NULL;
-  bool fresh = false;
-  if (off == LARGE_OFFSET && !g.secure && (s = cache_take(map_size)))
-    s = cache_fit(s, map_size);
+  if (cacheable && cache_bytes && (s = cache_take_whole(map_size)))
+    dirty = s->map_size;
   if (!s) {
     if (unlikely(g.secure)) {
       s = secure_large_map(map_size, align); /* with guard regions */
@@ -147,14 +319,20 @@ void *large_malloc(size_t size, size_t align, bool zero) {
       errno = ENOMEM;
       return NULL;
     }
-    fresh = true;
+    pieces_t pl = {0};
+    if (cacheable && !g.use_brk && cache_bytes)
+      dirty = fill_from_cache((uint8_t *)s, 0, map_size, &pl);
+    pieces_add(&pl, map_size);
     segment_register(s, SEG_LARGE, map_size);
+    *pieces_of(s) = pl;
   }
   s->large_offset = off;
-  s->large_size = s->map_size - off;
+  s->large_size = need - off; /* the grain's slack is not the program's */
   atomic_store_explicit(&s->large_state, LARGE_LIVE, memory_order_release);
   void *p = (uint8_t *)s + off;
-  if (zero && !fresh) memset(p, 0, size);
+  if (zero && dirty > off)
+    memset(p, 0, dirty - off < size ? dirty - off : size);
+  if (unlikely(g.prof)) prof_large(p, size); /* heap profile (prof.c) */
   return p;
 }
 
@@ -171,40 +349,22 @@ void large_free(segment_t *s, void *p, const char *fn) {
                !atomic_compare_exchange_strong(&s->large_state, &live,
                                                LARGE_CACHED)))
     large_bad(s, p, fn);
+  if (unlikely(g.prof)) prof_free(s, p); /* heap profile: a sample? */
   /* a first-class heap's block leaves its list (heapapi.c) */
   if (unlikely(atomic_load_explicit(&s->heap, memory_order_relaxed) != NULL))
     heap_large_unlink(s);
-  /* secure mode never takes from the cache (cache_fit would move a mapping
-   * away from its guards), so its mappings go back at once: the quarantine
-   * already delays their reuse */
+  /* secure mode never takes from the cache (its mappings must stay with
+   * their guards), so its mappings go back at once: the quarantine already
+   * delays their reuse. */
   if (s->large_offset == LARGE_OFFSET && s->map_size <= CACHE_MAX_ONE &&
       !g.secure) {
     s->cached_at = os_now_ms();
-    segment_t *evict = NULL;
+    segment_t *evict;
     os_lock(&large_lock);
-    size_t slot = CACHE_SLOTS, oldest = 0;
-    for (size_t i = 0; i < CACHE_SLOTS; i++) {
-      if (!cache[i]) {
-        slot = i;
-        break;
-      }
-      if (!oldest || cache[i]->cached_at < cache[oldest - 1]->cached_at)
-        oldest = i + 1;
-    }
-    if (slot == CACHE_SLOTS) {
-      slot = oldest - 1;
-      evict = cache[slot];
-      cache_bytes -= evict->map_size;
-      cache[slot] = NULL;
-    }
-    if (cache_bytes + s->map_size <= CACHE_MAX_BYTES) {
-      cache[slot] = s;
-      cache_bytes += s->map_size;
-      s = NULL;
-    }
+    bool cached = cache_insert_locked(s, &evict);
     os_unlock(&large_lock);
     if (evict) cache_unmap(evict);
-    if (!s) {
+    if (cached) {
       purge_notify();
       purge_poll();
       return;
@@ -213,46 +373,102 @@ void large_free(segment_t *s, void *p, const char *fn) {
   cache_unmap(s);
 }
 
-/* Resize a live large block, keeping its address where the kernel can extend
- * the mapping, else moving the pages to a new aligned place without copying.
- * Returns NULL (block untouched) when it cannot. */
-void *large_realloc(segment_t *s, void *p, size_t size) {
-  if (p != (uint8_t *)s + s->large_offset ||
-      atomic_load_explicit(&s->large_state, memory_order_acquire) != LARGE_LIVE)
-    large_bad(s, p, "realloc");
-  if (size <= s->large_size && size >= s->large_size / 2) return p;
-  if (s->large_offset != LARGE_OFFSET || size <= MEDIUM_MAX) return NULL;
-  if (size > PTRDIFF_MAX - SEG_SIZE) return NULL;
-  size_t map_size =
-      (LARGE_OFFSET + size + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
-  if (map_size < s->map_size) {
-    /* shrinking: the tail goes back to the OS at once */
-    if (!os_remap_inplace(s, s->map_size, map_size)) return NULL;
-    s->map_size = map_size;
-    s->large_size = map_size - LARGE_OFFSET;
-    return p;
+/* Grow a live block by moving it, without copying, to a new mapping of
+ * map_size and filling the rest from the cache. NULL (block untouched) when
+ * no mapping can be had. */
+static segment_t *large_move(segment_t *s, size_t map_size) {
+  pieces_t src = *pieces_of(s), out = {0};
+  size_t old = s->map_size;
+  /* too fragmented to add a piece: realloc copies into a new block */
+  if (src.n >= MAX_PIECES - 1) return NULL;
+  if (src.n == 1 && !cache_bytes) {
+    /* one piece: the kernel moves and extends it in one call */
+    void *target = os_reserve_aligned(map_size, SEG_SIZE);
+    if (!target) return NULL;
+    heap_t *owner = heap_large_unlink(s); /* its list links would go stale */
+    segment_unregister(s);
+    segment_t *n = os_remap_fixed(s, old, map_size, target);
+    if (!n) {
+      os_unmap(target, map_size);
+      segment_register_moved(s);
+      if (owner) heap_large_link(owner, s);
+      return NULL;
+    }
+    n->map_size = map_size;
+    pieces_single(n, map_size);
+    segment_register_moved(n);
+    if (owner) heap_large_link(owner, n);
+    return n;
   }
-  if (os_remap_inplace(s, s->map_size, map_size)) {
-    s->map_size = map_size;
-    s->large_size = map_size - LARGE_OFFSET;
-    return p;
-  }
-  void *target = os_reserve_aligned(map_size, SEG_SIZE);
+  uint8_t *target = os_map_aligned(map_size, SEG_SIZE);
   if (!target) return NULL;
-  size_t old_map = s->map_size;
-  heap_t *owner = heap_large_unlink(s); /* its list links would go stale */
+  heap_t *owner = heap_large_unlink(s);
   segment_unregister(s);
-  segment_t *n = os_remap_fixed(s, old_map, map_size, target);
-  if (!n) {
+  /* The first piece (with the header) decides: if it cannot move, nothing
+   * has; after it, a piece that cannot move is copied. */
+  if (!os_remap_fixed(s, src.end[0], src.end[0], target)) {
     os_unmap(target, map_size);
     segment_register_moved(s);
     if (owner) heap_large_link(owner, s);
     return NULL;
   }
+  mapped_replaced(src.end[0]);
+  pieces_add(&out, src.end[0]);
+  move_range((uint8_t *)s, &src, src.end[0], old, target + src.end[0], target,
+             &out, true);
+  fill_from_cache(target, old, map_size, &out);
+  pieces_add(&out, map_size);
+  segment_t *n = (segment_t *)target;
   n->map_size = map_size;
-  n->large_size = map_size - LARGE_OFFSET;
+  *pieces_of(n) = out;
   segment_register_moved(n);
   if (owner) heap_large_link(owner, n);
+  return n;
+}
+
+/* Resize a live large block, keeping its address where the kernel can extend
+ * the mapping, else moving its pages to a new aligned place without copying;
+ * growth takes cached pages first. Returns NULL (block untouched) when it
+ * cannot. */
+void *large_realloc(segment_t *s, void *p, size_t size) {
+  if (p != (uint8_t *)s + s->large_offset ||
+      atomic_load_explicit(&s->large_state, memory_order_acquire) != LARGE_LIVE)
+    large_bad(s, p, "realloc");
+  if (size <= s->large_size && size >= s->large_size / 2) return p;
+  /* secure mode: a moved block would leave its guards behind */
+  if (s->large_offset != LARGE_OFFSET || size <= MEDIUM_MAX || g.secure)
+    return NULL;
+  if (size > PTRDIFF_MAX - SEG_SIZE) return NULL;
+  size_t need = (LARGE_OFFSET + size + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
+  size_t map_size = (need + GRAIN - 1) & ~(GRAIN - 1);
+  size_t old = s->map_size;
+  pieces_t *pl = pieces_of(s);
+  if (map_size <= old) {
+    /* within the mapping; a tail of whole grains goes back at once */
+    if (map_size < old) {
+      pieces_cut(pl, map_size);
+      os_unmap((uint8_t *)s + map_size, old - map_size);
+      s->map_size = map_size;
+    }
+    s->large_size = need - LARGE_OFFSET;
+    return p;
+  }
+  size_t last = pl->n > 1 ? pl->end[pl->n - 2] : 0;
+  if (os_remap_inplace((uint8_t *)s + last, old - last, map_size - last)) {
+    s->map_size = map_size;
+    s->large_size = need - LARGE_OFFSET;
+    /* cached pages rather than fresh ones for the extension */
+    if (cache_bytes && !g.use_brk &&
+        fill_from_cache((uint8_t *)s, old, map_size, pl) > old)
+      pieces_add(pl, map_size);
+    else
+      pl->end[pl->n - 1] = map_size; /* the last piece grew */
+    return p;
+  }
+  segment_t *n = large_move(s, map_size);
+  if (!n) return NULL;
+  n->large_size = need - LARGE_OFFSET;
+  if (unlikely(g.prof)) prof_moved(p, (uint8_t *)n + LARGE_OFFSET);
   return (uint8_t *)n + LARGE_OFFSET;
 }
 

@@ -264,6 +264,7 @@ void options_init(void) {
   /* statistics mode takes the checked path; checked.c adds its own modes */
   g.slow_mode = g.stats;
   checked_configure();
+  prof_configure(); /* ALLOT_PROF: after the modes it cannot run with */
 }
 
 /* ---- statistics mode at run time ------------------------------------------

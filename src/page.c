@@ -261,7 +261,10 @@ static void page_retire(heap_t *h, page_t *pg, bool keep_last) {
 
 void *page_malloc_slow(heap_t *h, size_t cls, size_t size) {
   void *p = page_malloc_slow_inner(h, cls, size);
-  if (unlikely(!p)) errno = ENOMEM;
+  if (unlikely(!p))
+    errno = ENOMEM;
+  else if (unlikely(g.prof))
+    p = prof_small(p); /* heap profile (prof.c) */
   return p;
 }
 

@@ -184,28 +184,42 @@ void secure_large_unmap(segment_t *s) {
 
 /* Pick a random block among the first few of its page's free list instead
  * of b (just popped from that page), so the order of allocation does not
- * follow the order of frees either. The caller owns the page. */
+ * follow the order of frees either. The caller owns the page. The blocks
+ * looked at are checked as page_pop checks a link, and more: each must be a
+ * block of the page and still carry its free mark, so a stray write into
+ * the first bytes of a free block (an overflow that skipped the canaries of
+ * the block below) is caught before that block is handed out. */
 #define PICK_WINDOW 4
+
+static void check_free_block(page_t *pg, block_t *c, block_t *from) {
+  uintptr_t off = (uintptr_t)c & (PAGE_SIZE - 1);
+  uint32_t idx = (uint32_t)((off * pg->recip) >> 32);
+  if (((uintptr_t)c ^ (uintptr_t)from) >> PAGE_SHIFT ||
+      idx * (uintptr_t)pg->bsize != off || idx >= pg->capacity)
+    fault("malloc", "corrupted free list", from);
+  if (c->mark != free_mark(c))
+    fault("malloc", "write to a free block (its free mark was overwritten)", c);
+}
+
 void *secure_pick(void *bp) {
   block_t *b = bp;
   segment_t *s = segment_of(b);
   page_t *pg = page_of(s, b);
   uint32_t depth = rng_below(PICK_WINDOW);
-  if (depth == 0 || !pg->free) return b;
-  /* walk to the depth-th block (1 = the head), remembering its link's
-   * owner, validating each link like page_pop does */
-  block_t *prev = NULL, *c = pg->free;
-  for (uint32_t k = 1; k < depth; k++) {
-    block_t *n = link_decode(c->next, c);
-    if (!n) break;
-    if (((uintptr_t)n ^ (uintptr_t)c) >> PAGE_SHIFT)
-      fault("malloc", "corrupted free list", c);
-    prev = c;
-    c = n;
+  /* walk the next blocks (1 = the head), remembering the depth-th and its
+   * link's owner */
+  block_t *prev = NULL, *c = NULL, *at = pg->free, *before = NULL;
+  for (uint32_t k = 1; k < PICK_WINDOW && at; k++) {
+    check_free_block(pg, at, b);
+    if (k == depth) {
+      prev = before;
+      c = at;
+    }
+    before = at;
+    at = link_decode(at->next, at);
   }
+  if (!c) return b;
   block_t *after = link_decode(c->next, c);
-  if (after && (((uintptr_t)after ^ (uintptr_t)c) >> PAGE_SHIFT))
-    fault("malloc", "corrupted free list", c);
   /* b takes c's place in the list; c goes to the caller */
   b->next = link_encode(after, b);
   b->mark = free_mark(b);

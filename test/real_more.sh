@@ -47,7 +47,7 @@ c.allot_owns.argtypes = [ctypes.c_void_p]
 p = c.malloc(100)
 print("allot" if c.allot_owns(p) == 1 else "not allot")'
   local who
-  who=$(PYTHONMALLOC=malloc LD_PRELOAD="$lib" "$py" -c "$probe" 2>&1)
+  who=$(PYTHONMALLOC=malloc LD_PRELOAD="$lib" "$py" -c "$probe" 2>/dev/null)
   [ "$who" = allot ] || fail "malloc in the preloaded python is not allot's ($who)"
 
   local mode

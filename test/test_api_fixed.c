@@ -1,10 +1,13 @@
 /* test_api_fixed.c: heaps in a caller's buffer (allot_fixed_*), prefixed API.
  *
- * For buffers from 4 KiB to 1 GiB (misaligned on purpose): a random mix of
- * malloc, memalign, calloc, realloc and free, with contents checked, the
- * heap checked and its statistics compared with what the test holds; NULL
- * only when the request is larger than what the heap promised it could
- * serve; exhaustion, then everything freed gives the whole buffer back; the
+ * For buffers from 1 KiB to 1 GiB (misaligned on purpose; 1 GiB and 256 MiB
+ * only where they can be mapped): creation works from allot_fixed_min_size()
+ * up, which is at most 1 KiB, and leaves at least 3/4 of a 4 KiB buffer to
+ * blocks; a random mix of malloc, memalign, calloc, realloc and free, with
+ * contents checked, the heap checked and its statistics compared with what
+ * the test holds; NULL only when the request is larger than what the heap
+ * promised it could serve; filling until NULL gives NULL with errno ENOMEM
+ * and a sound heap, then everything freed gives the whole buffer back; the
  * walk tiles the region; and no call reaches the OS. Misuse (double free, a
  * foreign pointer) aborts with one line.
  *
@@ -116,6 +119,10 @@ static void exercise(size_t size, size_t misalign) {
   size_t maps = os_maps();
   unsigned char *raw = mmap(NULL, size + 64, PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED && size >= (256u << 20)) {
+    printf("%zu-byte buffer: cannot be mapped here, skipped\n", size);
+    return;
+  }
   CHECK(raw != MAP_FAILED, "mmap %zu", size);
   if (raw == MAP_FAILED) return;
   maps = os_maps();
@@ -125,8 +132,20 @@ static void exercise(size_t size, size_t misalign) {
     munmap(raw, size + 64);
     return;
   }
-  CHECK(f != NULL, "create in %zu bytes", size);
+  CHECK(f != NULL, "create in %zu bytes (minimum %zu)", size,
+        allot_fixed_min_size());
   if (!f) return;
+  {
+    allot_fixed_stats_t st;
+    allot_fixed_stats(f, &st);
+    /* the bin table grows with the buffer: a 4 KiB heap keeps 3/4 of it */
+    CHECK(size < 4096 || size > 8192 || st.free >= size * 3 / 4,
+          "%zu-byte buffer: only %zu bytes free (overhead %zu)", size, st.free,
+          st.overhead);
+    CHECK(st.free + st.overhead == size && st.in_use == 0,
+          "%zu-byte buffer: free %zu + overhead %zu", size, st.free,
+          st.overhead);
+  }
   nlive = 0;
   size_t limit = size / 4, ops = size >= (16 << 20) ? 6000 : 20000;
   for (size_t op = 0; op < ops; op++) {
@@ -183,8 +202,13 @@ static void exercise(size_t size, size_t misalign) {
   allot_fixed_stats(f, &st);
   failures_before = st.failures;
   while (nlive < MAXLIVE) {
+    errno = 0;
     unsigned char *p = allot_fixed_malloc(f, 64 + size / 64);
-    if (!p) break;
+    if (!p) {
+      CHECK(errno == ENOMEM, "%zu-byte buffer exhausted: errno %d", size,
+            errno);
+      break;
+    }
     live[nlive] = (live_t){p, 64 + size / 64, (unsigned char)nlive};
     stamp(&live[nlive++]);
   }
@@ -192,12 +216,33 @@ static void exercise(size_t size, size_t misalign) {
   CHECK(nlive == MAXLIVE || st.failures == failures_before + 1,
         "exhaustion returned NULL once");
   consistent(f, "exhausted", size);
+  /* and then every smaller request too, until even 1 byte fails */
+  for (size_t n = 64 + size / 64; n && nlive < MAXLIVE; n /= 2) {
+    unsigned char *p;
+    while (nlive < MAXLIVE && (p = allot_fixed_malloc(f, n))) {
+      live[nlive] = (live_t){p, n, (unsigned char)nlive};
+      stamp(&live[nlive++]);
+    }
+  }
+  if (nlive < MAXLIVE) {
+    errno = 0;
+    CHECK(allot_fixed_malloc(f, 1) == NULL && errno == ENOMEM &&
+              allot_fixed_calloc(f, 1, 1) == NULL &&
+              allot_fixed_memalign(f, 64, 1) == NULL &&
+              allot_fixed_realloc(f, live[0].p, live[0].size + 4096) == NULL,
+          "%zu-byte buffer full: a 1-byte request succeeded", size);
+    allot_fixed_stats(f, &st);
+    CHECK(st.largest_free == 0, "%zu-byte buffer full: %zu still free", size,
+          st.largest_free);
+  }
+  consistent(f, "full", size);
   while (nlive)
     free_one(f, nlive - 1);
   consistent(f, "emptied", size);
   allot_fixed_stats(f, &st);
-  CHECK(st.in_use == 0 && st.free + st.overhead >= size - 48 &&
-            st.largest_free >= (size - st.overhead) / 16 * 14,
+  /* bins are 1/16 apart (exact below 256 bytes): within 1/8 of it all */
+  CHECK(st.in_use == 0 && st.free + st.overhead == size &&
+            st.largest_free + 16 >= st.free / 16 * 14,
         "%zu-byte buffer emptied: free %zu, overhead %zu, largest %zu", size,
         st.free, st.overhead, st.largest_free);
   void *all = allot_fixed_malloc(f, st.largest_free);
@@ -331,9 +376,11 @@ static void timing(size_t size, size_t lo, size_t hi, size_t ops) {
   }
   allot_fixed_stats_t st;
   allot_fixed_stats(f, &st);
-  printf("%zu MiB buffer, %zu..%zu-byte blocks, %zu live (%zu%% of the buffer "
-         "in use), %zu pairs, %zu malloc failures:\n",
-         size >> 20, lo, hi, n, st.in_use * 100 / size, ops, failed);
+  printf("%zu %s buffer, %zu..%zu-byte blocks, %zu live (%zu%% of the "
+         "buffer in use), %zu pairs, %zu malloc failures:\n",
+         size >= (1u << 20) ? size >> 20 : size >> 10,
+         size >= (1u << 20) ? "MiB" : "KiB", lo, hi, n, st.in_use * 100 / size,
+         ops, failed);
   report("malloc", tm, ops);
   report("free", tf, ops);
   char msg[128];
@@ -347,11 +394,16 @@ static void timing(size_t size, size_t lo, size_t hi, size_t ops) {
 int main(int argc, char **argv) {
   int long_timing = argc > 1 && strcmp(argv[1], "--timing") == 0;
   if (!long_timing) {
-    static const size_t sizes[] = {4096,      6144,           8192,    16384,
-                                   65536,     262144,         1 << 20, 16 << 20,
-                                   256 << 20, (size_t)1 << 30};
+    CHECK(allot_fixed_min_size() <= 1024, "minimum buffer %zu bytes",
+          allot_fixed_min_size());
+    static const size_t sizes[] = {
+        256,     1024,     1500,     2048,      4096,
+        6144,    8192,     16384,    65536,     262144,
+        1 << 20, 16 << 20, 64 << 20, 256 << 20, (size_t)1 << 30};
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
       exercise(sizes[i], i % 3 == 1 ? 3 : 0);
+    exercise(allot_fixed_min_size(), 0);
+    exercise(allot_fixed_min_size(), 15);
     test_misuse();
   }
   printf("ticks per call (%s):\n",
@@ -365,7 +417,9 @@ int main(int argc, char **argv) {
   );
   size_t ops = long_timing ? 2000000 : 200000;
   timing(64 << 20, 16, 4096, ops);
+  timing(4 << 10, 16, 256, ops / 4);
   if (long_timing) {
+    timing(64 << 10, 16, 2048, ops);
     timing(1 << 20, 16, 512, ops);
     timing(256 << 20, 16, 65536, ops);
     timing((size_t)1 << 30, 4096, 1 << 20, ops / 4);

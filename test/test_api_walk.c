@@ -1,15 +1,17 @@
 /* test_api_walk.c: allot_walk and allot_heap_walk, cross-checked against what
  * the test allocated (prefixed API).
  *
- * Every block the test holds is visited exactly once, as in use, with its
- * usable size; every block it freed is visited as free (small and medium) or
- * not at all (large); the structure is consistent (a page's blocks tile it,
- * a medium region's chunks tile it: from its start, adding sizes reaches
- * every chunk and ends at its end marker); the in-use bytes the walk sees
- * equal allot_stats_get's; a visitor may allocate and free; a nonzero return
- * stops the walk; a first-class heap's walk sees only that heap. In debug
- * and secure mode a block's walk size includes its trailer, and a freed large
- * block may still be in use, waiting in the quarantine. */
+ * Every block the test holds is visited exactly once, as in use, with the
+ * size malloc_usable_size gives (in debug and secure mode: the size asked
+ * for) and a block_size at least that; malloc(0) blocks too, each with size
+ * 0 (in the default mode as zero-size blocks, ALLOT_KIND_ZERO, as many as
+ * the test holds, in regions that count them); every block it freed is
+ * visited as free (small and medium) or not at all (large, zero-size); the
+ * structure is consistent (a page's blocks tile it, a medium region's chunks
+ * tile it: from its start, adding block sizes and headers reaches every
+ * chunk and ends at its end marker); the block sizes in use add up to
+ * allot_stats_get's in_use; a visitor may allocate and free; a nonzero
+ * return stops the walk; a first-class heap's walk sees only that heap. */
 #include "test_api_common.h"
 
 #include <stdint.h>
@@ -21,10 +23,13 @@ typedef struct held {
   size_t size;
   int live;
   int seen;
+  int kind; /* as the walk saw it */
+  int zero; /* malloc(0) (aligned_alloc(256, 0) gives a block of 16) */
 } held_t;
 
 static held_t held[N];
-static int quarantine; /* debug or secure mode (checked blocks, quarantine) */
+static int quarantine;   /* debug or secure mode (checked blocks, quarantine) */
+static int default_mode; /* no checked path: malloc(0) gives zero-size blocks */
 
 static int by_addr(const void *a, const void *b) {
   uintptr_t x = (uintptr_t)((const held_t *)a)->p;
@@ -46,6 +51,11 @@ static held_t *find(void *p) {
 
 typedef struct tally {
   size_t regions, pages, blocks, used, used_bytes;
+  size_t used_block_bytes;                 /* block_size of blocks in use */
+  size_t zero_blocks;                      /* ALLOT_KIND_ZERO blocks */
+  size_t zero_announced, zero_region_seen; /* of the current zero region */
+  int in_zero;
+  uint8_t *zero_region;
   /* structure checks */
   void *page;
   size_t page_bsize, page_blocks, page_seen, page_used, page_used_seen;
@@ -59,6 +69,11 @@ typedef struct tally {
 } tally_t;
 
 static void close_region(tally_t *t) {
+  if (t->in_zero)
+    CHECK(t->zero_announced == t->zero_region_seen,
+          "zero region %p: %zu blocks announced, %zu visited", t->zero_region,
+          t->zero_announced, t->zero_region_seen);
+  t->in_zero = 0;
   if (t->in_medium) {
     CHECK(t->next_chunk == t->region + t->region_size - 16,
           "medium region %p: chunks end at %p, end marker at %p", t->region,
@@ -88,6 +103,14 @@ static int visit(const allot_walk_info_t *w, void *arg) {
     close_page(t);
     close_region(t);
     t->regions++;
+    if (w->kind == ALLOT_KIND_ZERO) {
+      CHECK(w->blocks == w->blocks_used, "zero region %p: %zu of %zu used",
+            w->addr, w->blocks_used, w->blocks);
+      t->in_zero = 1;
+      t->zero_region = w->addr;
+      t->zero_announced = w->blocks_used;
+      t->zero_region_seen = 0;
+    }
     if (w->kind == ALLOT_KIND_MEDIUM) {
       t->in_medium = 1;
       t->region = w->addr;
@@ -110,11 +133,15 @@ static int visit(const allot_walk_info_t *w, void *arg) {
     t->page_seen = t->page_used_seen = 0;
   } else {
     t->blocks++;
+    CHECK(w->size <= w->block_size || w->kind == ALLOT_KIND_ZERO,
+          "block %p: size %zu above its block size %zu", w->addr, w->size,
+          w->block_size);
     if (w->kind == ALLOT_KIND_SMALL) {
       CHECK(t->page &&
                 (uint8_t *)w->addr ==
                     (uint8_t *)t->page + t->page_seen * t->page_bsize &&
-                w->size == t->page_bsize,
+                w->block_size == t->page_bsize &&
+                (w->in_use || w->size == t->page_bsize),
             "small block %p is not the page's next block", w->addr);
       t->page_seen++;
       t->page_used_seen += w->in_use;
@@ -123,12 +150,21 @@ static int visit(const allot_walk_info_t *w, void *arg) {
                 w->overhead == 16,
             "medium chunk %p does not follow the previous one (%p)", w->addr,
             t->next_chunk);
-      t->next_chunk = (uint8_t *)w->addr + w->size;
+      t->next_chunk = (uint8_t *)w->addr + w->block_size;
       t->region_blocks_seen++;
+    } else if (w->kind == ALLOT_KIND_ZERO) {
+      CHECK(t->in_zero && w->in_use && w->size == 0 && w->block_size == 0 &&
+                (uint8_t *)w->addr > t->zero_region &&
+                (uint8_t *)w->addr < t->zero_region + (4 << 20),
+            "zero-size block %p (size %zu) outside its region %p", w->addr,
+            w->size, t->zero_region);
+      t->zero_blocks++;
+      t->zero_region_seen++;
     }
     if (w->in_use) {
       t->used++;
       t->used_bytes += w->size;
+      t->used_block_bytes += w->block_size;
       held_t *h = find(w->addr);
       if (h && !h->live) {
         /* checked mode: a freed large block may wait in the quarantine */
@@ -136,9 +172,10 @@ static int visit(const allot_walk_info_t *w, void *arg) {
               "freed block %p (%zu bytes) visited as in use", h->p, h->size);
       } else if (h) {
         h->seen++;
-        /* checked mode: the walk shows the layers' size, trailer included */
+        h->kind = w->kind;
+        /* checked mode: both are the size asked for */
         size_t u = allot_malloc_usable_size(h->p);
-        CHECK((w->size == u || (quarantine && w->size > u)) && u >= h->size,
+        CHECK(w->size == u && u >= h->size && (!quarantine || u == h->size),
               "block %p: walk size %zu, usable %zu, asked %zu", h->p, w->size,
               u, h->size);
       }
@@ -156,6 +193,7 @@ static int visit(const allot_walk_info_t *w, void *arg) {
 }
 
 static size_t pick(size_t i) {
+  if (i % 37 == 5) return 0; /* malloc(0) */
   switch (i % 8) {
   case 0:
     return 9000 + (i * 131) % 60000; /* medium */
@@ -180,19 +218,34 @@ static void test_process_walk(void) {
     held[i].p = i % 11 == 3 ? allot_aligned_alloc(256, held[i].size)
                             : allot_malloc(held[i].size);
     held[i].live = 1;
+    held[i].zero = i % 11 != 3 && held[i].size == 0;
   }
   qsort(held, N, sizeof *held, by_addr);
   tally_t t;
   walk_all(&t);
-  for (size_t i = 0; i < N; i++)
+  size_t zeros = 0, zeros_seen = 0, usable = 0;
+  for (size_t i = 0; i < N; i++) {
     CHECK(held[i].seen == 1, "block %p (%zu bytes) visited %d times", held[i].p,
           held[i].size, held[i].seen);
+    zeros += held[i].zero;
+    zeros_seen += held[i].zero && held[i].kind == ALLOT_KIND_ZERO;
+    usable += allot_malloc_usable_size(held[i].p);
+  }
+  /* every zero-size block the walk shows is one the test holds */
+  CHECK(zeros > 50 && t.zero_blocks == zeros_seen &&
+            (!default_mode || zeros_seen == zeros),
+        "malloc(0): %zu held, %zu visited as zero-size, %zu zero-size blocks",
+        zeros, zeros_seen, t.zero_blocks);
+  CHECK(t.used == N && t.used_bytes == usable,
+        "walk: %zu blocks, %zu bytes in use; held %d, usable %zu", t.used,
+        t.used_bytes, N, usable);
   CHECK(t.regions >= 3 && t.pages > 10, "regions %zu pages %zu", t.regions,
         t.pages);
   allot_stats_t st;
   allot_stats_get(&st);
-  CHECK(st.in_use == t.used_bytes, "walk sees %zu bytes in use, stats %zu",
-        t.used_bytes, st.in_use);
+  CHECK(st.in_use == t.used_block_bytes,
+        "walk sees %zu bytes of blocks in use, stats %zu", t.used_block_bytes,
+        st.in_use);
 
   /* free every other block; large ones are no longer visited */
   for (size_t i = 0; i < N; i += 2) {
@@ -206,10 +259,18 @@ static void test_process_walk(void) {
     if (held[i].live)
       CHECK(held[i].seen == 1, "live block %p visited %d times", held[i].p,
             held[i].seen);
+  zeros_seen = 0;
+  for (size_t i = 0; i < N; i++)
+    zeros_seen +=
+        held[i].live && held[i].zero && held[i].kind == ALLOT_KIND_ZERO;
+  CHECK(t.zero_blocks == zeros_seen && (!default_mode || zeros_seen > 20),
+        "after frees: %zu zero-size blocks visited, %zu held", t.zero_blocks,
+        zeros_seen);
   allot_stats_get(&st);
   /* checked mode: statistics count quarantined blocks as in use */
-  CHECK(st.in_use == t.used_bytes || (quarantine && st.in_use > t.used_bytes),
-        "after frees: walk %zu, stats %zu", t.used_bytes, st.in_use);
+  CHECK(st.in_use == t.used_block_bytes ||
+            (quarantine && st.in_use > t.used_block_bytes),
+        "after frees: walk %zu, stats %zu", t.used_block_bytes, st.in_use);
 
   /* a visitor that allocates and frees does not deadlock or derail */
   memset(&t, 0, sizeof t);
@@ -235,6 +296,7 @@ static void test_heap_walk(void) {
     held[i].p = allot_heap_malloc(h, held[i].size);
     held[i].live = 1;
     held[i].seen = 0;
+    held[i].zero = 0;
   }
   qsort(held, N, sizeof *held, by_addr);
   tally_t t;
@@ -249,14 +311,17 @@ static void test_heap_walk(void) {
           held[i].size, held[i].seen);
   allot_stats_t hs;
   allot_heap_stats(h, &hs);
-  CHECK(hs.in_use == t.used_bytes, "heap walk %zu bytes, heap stats %zu",
-        t.used_bytes, hs.in_use);
+  CHECK(hs.in_use == t.used_block_bytes, "heap walk %zu bytes, heap stats %zu",
+        t.used_block_bytes, hs.in_use);
+  CHECK(t.zero_blocks == 0, "a heap walk showed %zu zero-size blocks",
+        t.zero_blocks);
   allot_free(other);
   allot_heap_destroy(h);
 }
 
 int main(void) {
   quarantine = checked_mode();
+  default_mode = !quarantine && !allot_option_get(ALLOT_OPTION_STATS);
   test_process_walk();
   test_heap_walk();
   return finish("test_api_walk");

@@ -1,8 +1,9 @@
 /* test_chunk.c: tests of the boundary-tag chunk heap (src/chunk.c) on its
  * own, in buffers the test owns: splitting and merging, the region walk
  * against a model of what was allocated, randomised operations with payload
- * checks in buffers from 4 KiB to 1 GiB, fault detection, exhaustion, and a
- * timing report (printed, never asserted).
+ * checks in buffers from 4 KiB to 1 GiB (each heap with only the bin rows
+ * its region needs, in exactly its bytes), fault detection, exhaustion, and
+ * a timing report (printed, never asserted).
  *
  *   test_chunk            all tests, with a short timing run
  *   test_chunk --timing   only the timing run, longer */
@@ -129,7 +130,7 @@ typedef struct blk {
 } blk_t;
 
 typedef struct arena {
-  chunk_heap_t h;
+  chunk_heap_t *hp; /* malloc'd at its exact size: overreads are caught */
   void *reg[MAX_REGIONS];
   size_t rsz[MAX_REGIONS];
   int mapped[MAX_REGIONS];
@@ -138,10 +139,25 @@ typedef struct arena {
   size_t nblk, cap;
 } arena_t;
 
+/* A heap with every bin row (as the medium heaps have). */
 static void arena_init(arena_t *a, uint64_t key) {
   memset(a, 0, sizeof *a);
-  chunk_heap_init(&a->h, key);
-  chunk_set_fault(&a->h, on_fault);
+  a->hp = malloc(sizeof *a->hp);
+  CHECK(a->hp);
+  chunk_heap_init(a->hp, key);
+  chunk_set_fault(a->hp, on_fault);
+}
+
+/* A heap with only the bin rows regions up to max_region need (as a heap in
+ * a caller's buffer has), in exactly chunk_heap_size() bytes. */
+static void arena_init_sized(arena_t *a, uint64_t key, size_t max_region) {
+  memset(a, 0, sizeof *a);
+  size_t bytes = chunk_heap_size(max_region);
+  CHECK(bytes % 16 == 0 && bytes <= sizeof(chunk_heap_t));
+  a->hp = malloc(bytes);
+  CHECK(a->hp);
+  chunk_heap_init_sized(a->hp, key, max_region);
+  chunk_set_fault(a->hp, on_fault);
 }
 
 static void arena_add(arena_t *a, size_t size) {
@@ -154,9 +170,9 @@ static void arena_add(arena_t *a, size_t size) {
     mem = aligned_alloc(16, size);
     CHECK(mem);
   }
-  size_t payload = chunk_add_region(&a->h, mem, size);
+  size_t payload = chunk_add_region(a->hp, mem, size);
   CHECK(payload == size - CHUNK_REGION_OVERHEAD - CHUNK_HEADER);
-  CHECK(chunk_region_empty(&a->h, mem, size));
+  CHECK(chunk_region_empty(a->hp, mem, size));
   CHECK(chunk_usable_size((char *)mem + 2 * CHUNK_HEADER) == payload);
   a->reg[a->nreg] = mem;
   a->rsz[a->nreg] = size;
@@ -166,16 +182,18 @@ static void arena_add(arena_t *a, size_t size) {
 
 static void arena_destroy(arena_t *a) {
   for (int i = 0; i < a->nreg; i++) {
-    CHECK(chunk_region_empty(&a->h, a->reg[i], a->rsz[i]));
-    chunk_remove_region(&a->h, a->reg[i], a->rsz[i]);
+    CHECK(chunk_region_empty(a->hp, a->reg[i], a->rsz[i]));
+    chunk_remove_region(a->hp, a->reg[i], a->rsz[i]);
     if (a->mapped[i])
       munmap(a->reg[i], a->rsz[i]);
     else
       free(a->reg[i]);
   }
-  CHECK(a->h.regions == 0 && a->h.free_bytes == 0 && a->h.used_bytes == 0 &&
-        a->h.used_count == 0 && a->h.fl_bitmap == 0);
+  CHECK(a->hp->regions == 0 && a->hp->free_bytes == 0 &&
+        a->hp->used_bytes == 0 && a->hp->used_count == 0 &&
+        a->hp->fl_bitmap == 0);
   free(a->blk);
+  free(a->hp);
 }
 
 /* Pattern bytes: the first FILL_HEAD and last FILL_TAIL bytes of a block
@@ -257,7 +275,7 @@ static int cmp_blk(const void *x, const void *y) {
 
 static void check_heap(arena_t *a) {
   fault_hits = 0;
-  bool ok = chunk_check(&a->h, a->reg, a->rsz, (size_t)a->nreg, record_fault);
+  bool ok = chunk_check(a->hp, a->reg, a->rsz, (size_t)a->nreg, record_fault);
   if (!ok || fault_hits) {
     fprintf(stderr, "chunk_check: %s at %p\n", fault_what, fault_addr);
     exit(1);
@@ -285,11 +303,11 @@ static size_t check_walk(arena_t *a) {
       }
       if (e->used) {
         used_bytes += e->size + CHUNK_HEADER;
-        CHECK(chunk_is_live(&a->h, e->p));
+        CHECK(chunk_is_live(a->hp, e->p));
       } else {
         free_bytes += e->size + CHUNK_HEADER;
         if (e->size + CHUNK_HEADER > largest) largest = e->size + CHUNK_HEADER;
-        CHECK(!chunk_is_live(&a->h, e->p));
+        CHECK(!chunk_is_live(a->hp, e->p));
       }
     }
     CHECK(sum == a->rsz[r] - CHUNK_REGION_OVERHEAD);
@@ -308,10 +326,10 @@ static size_t check_walk(arena_t *a) {
     k++;
   }
   CHECK(k == a->nblk);
-  CHECK(a->h.used_count == a->nblk);
-  CHECK(a->h.used_bytes == used_bytes);
-  CHECK(a->h.free_bytes == free_bytes);
-  CHECK(chunk_largest_free(&a->h) ==
+  CHECK(a->hp->used_count == a->nblk);
+  CHECK(a->hp->used_bytes == used_bytes);
+  CHECK(a->hp->free_bytes == free_bytes);
+  CHECK(chunk_largest_free(a->hp) ==
         (largest ? bin_floor_of(largest) - CHUNK_HEADER : 0));
   free(w.e);
   return largest;
@@ -351,7 +369,7 @@ static void free_all(arena_t *a) {
   while (a->nblk) {
     size_t i = rnd() % a->nblk;
     verify(&a->blk[i], a->blk[i].size, a->blk[i].size);
-    chunk_free(&a->h, a->blk[i].p, on_fault);
+    chunk_free(a->hp, a->blk[i].p, on_fault);
     del_blk(a, i);
   }
   check_heap(a);
@@ -383,7 +401,7 @@ static void test_split_merge(void) {
     arena_add(&a, 64 * KIB);
     uint8_t *p[4];
     for (int i = 0; i < 4; i++) {
-      p[i] = chunk_malloc(&a.h, sizes[i]);
+      p[i] = chunk_malloc(a.hp, sizes[i]);
       CHECK(p[i]);
       add_blk(&a, p[i], sizes[i]);
     }
@@ -399,7 +417,7 @@ static void test_split_merge(void) {
       for (k = 0; a.blk[k].p != p[j]; k++)
         ;
       verify(&a.blk[k], a.blk[k].size, a.blk[k].size);
-      chunk_free(&a.h, p[j], on_fault);
+      chunk_free(a.hp, p[j], on_fault);
       del_blk(&a, k);
       /* check_walk asserts no two free chunks are adjacent, so every free
        * has merged with whichever neighbours were free. */
@@ -424,7 +442,7 @@ static void test_split_merge(void) {
       CHECK(w.n == expect);
       free(w.e);
     }
-    CHECK(chunk_region_empty(&a.h, a.reg[0], a.rsz[0]));
+    CHECK(chunk_region_empty(a.hp, a.reg[0], a.rsz[0]));
     arena_destroy(&a);
   }
 
@@ -432,24 +450,24 @@ static void test_split_merge(void) {
   arena_t a;
   arena_init(&a, 7);
   arena_add(&a, 64 * KIB);
-  uint8_t *x = chunk_malloc(&a.h, 496), *y = chunk_malloc(&a.h, 496),
-          *z = chunk_malloc(&a.h, 496), *g = chunk_malloc(&a.h, 496);
+  uint8_t *x = chunk_malloc(a.hp, 496), *y = chunk_malloc(a.hp, 496),
+          *z = chunk_malloc(a.hp, 496), *g = chunk_malloc(a.hp, 496);
   CHECK(x && y && z && g);
   size_t cs = chunk_need(496);
-  chunk_free(&a.h, x, on_fault);
-  chunk_free(&a.h, y, on_fault); /* merges left with x */
+  chunk_free(a.hp, x, on_fault);
+  chunk_free(a.hp, y, on_fault); /* merges left with x */
   CHECK(chunk_usable_size(x) == 2 * cs - CHUNK_HEADER);
-  CHECK(!chunk_is_live(&a.h, x) && !chunk_is_live(&a.h, y));
+  CHECK(!chunk_is_live(a.hp, x) && !chunk_is_live(a.hp, y));
   uint8_t *y2 =
-      chunk_malloc(&a.h, 2 * cs - CHUNK_HEADER); /* refit: on a bin floor */
+      chunk_malloc(a.hp, 2 * cs - CHUNK_HEADER); /* refit: on a bin floor */
   CHECK(y2 == x);
-  chunk_free(&a.h, y2, on_fault);
-  chunk_free(&a.h, g, on_fault); /* merges right with the tail */
+  chunk_free(a.hp, y2, on_fault);
+  chunk_free(a.hp, g, on_fault); /* merges right with the tail */
   CHECK(chunk_usable_size(g) ==
         64 * KIB - CHUNK_REGION_OVERHEAD - 3 * cs - CHUNK_HEADER);
-  chunk_free(&a.h, z, on_fault); /* merges both ways */
-  CHECK(chunk_region_empty(&a.h, a.reg[0], a.rsz[0]));
-  CHECK(chunk_largest_free(&a.h) ==
+  chunk_free(a.hp, z, on_fault); /* merges both ways */
+  CHECK(chunk_region_empty(a.hp, a.reg[0], a.rsz[0]));
+  CHECK(chunk_largest_free(a.hp) ==
         bin_floor_of(64 * KIB - CHUNK_REGION_OVERHEAD) - CHUNK_HEADER);
   check_heap(&a);
   arena_destroy(&a);
@@ -472,15 +490,15 @@ static void test_memalign_resize(void) {
       /* the region is page aligned, so the spacer sets where the free
        * chunk's payload starts relative to small alignments */
       if (spacers[k]) {
-        void *sp = chunk_malloc(&a.h, spacers[k]);
+        void *sp = chunk_malloc(a.hp, spacers[k]);
         CHECK(sp);
         add_blk(&a, sp, spacers[k]);
       }
-      void *p = chunk_memalign(&a.h, align, 5000);
+      void *p = chunk_memalign(a.hp, align, 5000);
       CHECK(p && ((uintptr_t)p & (align - 1)) == 0);
       CHECK(chunk_usable_size(p) >= 5000);
       add_blk(&a, p, 5000);
-      void *q = chunk_memalign(&a.h, align, 1);
+      void *q = chunk_memalign(a.hp, align, 1);
       CHECK(q && ((uintptr_t)q & (align - 1)) == 0);
       add_blk(&a, q, 1);
       check_heap(&a);
@@ -493,41 +511,41 @@ static void test_memalign_resize(void) {
   arena_t a;
   arena_init(&a, 5);
   arena_add(&a, 1 * MIB);
-  uint8_t *p = chunk_malloc(&a.h, 10000), *q = chunk_malloc(&a.h, 10000);
-  uint8_t *r = chunk_malloc(&a.h, 10000);
+  uint8_t *p = chunk_malloc(a.hp, 10000), *q = chunk_malloc(a.hp, 10000);
+  uint8_t *r = chunk_malloc(a.hp, 10000);
   CHECK(p && q && r);
   size_t c = chunk_need(10000);
   /* shrink by less than a chunk with a used neighbour: unchanged */
-  CHECK(chunk_resize_in_place(&a.h, p, 10000 - 16));
+  CHECK(chunk_resize_in_place(a.hp, p, 10000 - 16));
   CHECK(chunk_usable_size(p) == c - 16);
   /* shrink by more: the tail becomes a free chunk */
-  CHECK(chunk_resize_in_place(&a.h, p, 5000));
+  CHECK(chunk_resize_in_place(a.hp, p, 5000));
   CHECK(chunk_usable_size(p) == chunk_need(5000) - 16);
-  CHECK(!chunk_is_live(&a.h, p + chunk_need(5000)));
+  CHECK(!chunk_is_live(a.hp, p + chunk_need(5000)));
   check_heap(&a);
   /* grow back into it, exactly: no split */
-  CHECK(chunk_resize_in_place(&a.h, p, c - 16));
-  CHECK(chunk_usable_size(p) == c - 16 && chunk_is_live(&a.h, q));
+  CHECK(chunk_resize_in_place(a.hp, p, c - 16));
+  CHECK(chunk_usable_size(p) == c - 16 && chunk_is_live(a.hp, q));
   /* used neighbour: no growth */
-  CHECK(!chunk_resize_in_place(&a.h, p, c));
-  chunk_free(&a.h, q, on_fault);
+  CHECK(!chunk_resize_in_place(a.hp, p, c));
+  chunk_free(a.hp, q, on_fault);
   /* grow into the free neighbour, splitting it */
-  CHECK(chunk_resize_in_place(&a.h, p, c + 100));
+  CHECK(chunk_resize_in_place(a.hp, p, c + 100));
   CHECK(chunk_usable_size(p) == chunk_need(c + 100) - 16);
   check_heap(&a);
   /* grow into all of it, leaving less than a chunk: absorbed */
-  CHECK(chunk_resize_in_place(&a.h, p, 2 * c - 16 - 16));
+  CHECK(chunk_resize_in_place(a.hp, p, 2 * c - 16 - 16));
   CHECK(chunk_usable_size(p) == 2 * c - 16);
-  CHECK(!chunk_resize_in_place(&a.h, p, 2 * c));
+  CHECK(!chunk_resize_in_place(a.hp, p, 2 * c));
   /* an interior pointer where q's header was is no chunk any more */
-  CHECK(!chunk_is_live(&a.h, q));
+  CHECK(!chunk_is_live(a.hp, q));
   /* shrink next to a free neighbour by 16 bytes: the boundary moves */
-  chunk_free(&a.h, r, on_fault);
-  CHECK(chunk_resize_in_place(&a.h, p, 2 * c - 16 - 16));
+  chunk_free(a.hp, r, on_fault);
+  CHECK(chunk_resize_in_place(a.hp, p, 2 * c - 16 - 16));
   CHECK(chunk_usable_size(p) == 2 * c - 32);
   check_heap(&a);
-  chunk_free(&a.h, p, on_fault);
-  CHECK(chunk_region_empty(&a.h, a.reg[0], a.rsz[0]));
+  chunk_free(a.hp, p, on_fault);
+  CHECK(chunk_region_empty(a.hp, a.reg[0], a.rsz[0]));
   arena_destroy(&a);
   printf("memalign/resize: ok\n");
 }
@@ -548,7 +566,7 @@ static void random_ops(arena_t *a, size_t ops, size_t max_size, size_t max_live,
     if (a->nblk >= max_live && what < 55) what += 45;
     if (what < 40) {
       size_t size = rnd_size(max_size);
-      void *p = chunk_malloc(&a->h, size);
+      void *p = chunk_malloc(a->hp, size);
       st->mallocs++;
       if (p) {
         CHECK(((uintptr_t)p & 15) == 0);
@@ -560,7 +578,7 @@ static void random_ops(arena_t *a, size_t ops, size_t max_size, size_t max_live,
          * must have been found */
         size_t largest = check_walk(a);
         CHECK(chunk_need(size) > (largest ? bin_floor_of(largest) : 0));
-        CHECK(!largest || size > chunk_largest_free(&a->h));
+        CHECK(!largest || size > chunk_largest_free(a->hp));
       }
     } else if (what < 55) {
       unsigned maxlog = 4;
@@ -568,7 +586,7 @@ static void random_ops(arena_t *a, size_t ops, size_t max_size, size_t max_live,
         maxlog++;
       size_t align = (size_t)1 << (4 + rnd() % (maxlog - 3));
       size_t size = rnd_size(max_size);
-      void *p = chunk_memalign(&a->h, align, size);
+      void *p = chunk_memalign(a->hp, align, size);
       st->memaligns++;
       if (p) {
         CHECK(((uintptr_t)p & (align - 1)) == 0);
@@ -579,8 +597,8 @@ static void random_ops(arena_t *a, size_t ops, size_t max_size, size_t max_live,
       if (!a->nblk) continue;
       size_t i = rnd() % a->nblk;
       verify(&a->blk[i], a->blk[i].size, a->blk[i].size);
-      chunk_free(&a->h, a->blk[i].p, on_fault);
-      CHECK(!chunk_is_live(&a->h, a->blk[i].p));
+      chunk_free(a->hp, a->blk[i].p, on_fault);
+      CHECK(!chunk_is_live(a->hp, a->blk[i].p));
       del_blk(a, i);
       st->frees++;
     } else {
@@ -593,7 +611,7 @@ static void random_ops(arena_t *a, size_t ops, size_t max_size, size_t max_live,
       size_t have =
           usable + CHUNK_HEADER + (nf >= 0 ? (size_t)nf + CHUNK_HEADER : 0);
       bool expect = chunk_need(size) <= have;
-      bool ok = chunk_resize_in_place(&a->h, b->p, size);
+      bool ok = chunk_resize_in_place(a->hp, b->p, size);
       CHECK(ok == expect);
       if (ok) {
         CHECK(chunk_usable_size(b->p) >= size);
@@ -638,7 +656,9 @@ static void test_random(void) {
   for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
     arena_t a;
     stats_t st = {0};
-    arena_init(&a, c == 0 ? 0 : rnd());
+    /* a heap with the bin rows its one region needs, as in a caller's
+     * buffer */
+    arena_init_sized(&a, c == 0 ? 0 : rnd(), cfg[c].region);
     arena_add(&a, cfg[c].region);
     random_ops(&a, cfg[c].ops, cfg[c].max_size, cfg[c].max_live,
                cfg[c].check_every, &st);
@@ -671,7 +691,7 @@ static void test_faults(void) {
   arena_t a;
   arena_init(&a, 0xDEADBEEFCAFEF00Dull);
   arena_add(&a, 256 * KIB);
-  chunk_heap_t *h = &a.h;
+  chunk_heap_t *h = a.hp;
   uint8_t *p = chunk_malloc(h, 9000), *q = chunk_malloc(h, 9000),
           *r = chunk_malloc(h, 9000), *s = chunk_malloc(h, 9000);
   CHECK(p && q && r && s);
@@ -820,36 +840,36 @@ static void test_exhaustion(void) {
   arena_add(&a, rs);
   /* the whole region in one block, and not a byte more */
   size_t all = rs - CHUNK_REGION_OVERHEAD - CHUNK_HEADER;
-  CHECK(chunk_malloc(&a.h, all + 1) == NULL);
-  void *p = chunk_malloc(&a.h, all);
+  CHECK(chunk_malloc(a.hp, all + 1) == NULL);
+  void *p = chunk_malloc(a.hp, all);
   CHECK(p && chunk_usable_size(p) == all);
-  CHECK(chunk_malloc(&a.h, 0) == NULL && chunk_largest_free(&a.h) == 0);
-  chunk_free(&a.h, p, on_fault);
-  CHECK(chunk_region_empty(&a.h, a.reg[0], rs));
-  CHECK(chunk_malloc(&a.h, SIZE_MAX) == NULL);
-  CHECK(chunk_malloc(&a.h, SIZE_MAX - 8) == NULL);
-  CHECK(chunk_memalign(&a.h, 64, SIZE_MAX - 100) == NULL);
-  CHECK(chunk_memalign(&a.h, (size_t)1 << 62, 16) == NULL);
-  CHECK(chunk_memalign(&a.h, 48, 16) == NULL); /* not a power of two */
+  CHECK(chunk_malloc(a.hp, 0) == NULL && chunk_largest_free(a.hp) == 0);
+  chunk_free(a.hp, p, on_fault);
+  CHECK(chunk_region_empty(a.hp, a.reg[0], rs));
+  CHECK(chunk_malloc(a.hp, SIZE_MAX) == NULL);
+  CHECK(chunk_malloc(a.hp, SIZE_MAX - 8) == NULL);
+  CHECK(chunk_memalign(a.hp, 64, SIZE_MAX - 100) == NULL);
+  CHECK(chunk_memalign(a.hp, (size_t)1 << 62, 16) == NULL);
+  CHECK(chunk_memalign(a.hp, 48, 16) == NULL); /* not a power of two */
 
   /* fill with medium blocks, then with the smallest, until nothing fits */
   size_t n = 0;
-  for (void *q; (q = chunk_malloc(&a.h, 9000 + rnd() % 5000));)
+  for (void *q; (q = chunk_malloc(a.hp, 9000 + rnd() % 5000));)
     add_blk(&a, q, chunk_usable_size(q)), n++;
   CHECK(n >= rs / 14100 - 1);
-  for (void *q; (q = chunk_malloc(&a.h, rnd() % 64));)
+  for (void *q; (q = chunk_malloc(a.hp, rnd() % 64));)
     add_blk(&a, q, chunk_usable_size(q)), n++;
-  for (void *q; (q = chunk_malloc(&a.h, 0));)
+  for (void *q; (q = chunk_malloc(a.hp, 0));)
     add_blk(&a, q, chunk_usable_size(q)), n++;
-  CHECK(a.h.free_bytes == 0 && a.h.fl_bitmap == 0);
-  CHECK(chunk_largest_free(&a.h) == 0);
-  CHECK(a.h.used_bytes == rs - CHUNK_REGION_OVERHEAD);
-  CHECK(!chunk_region_empty(&a.h, a.reg[0], rs));
+  CHECK(a.hp->free_bytes == 0 && a.hp->fl_bitmap == 0);
+  CHECK(chunk_largest_free(a.hp) == 0);
+  CHECK(a.hp->used_bytes == rs - CHUNK_REGION_OVERHEAD);
+  CHECK(!chunk_region_empty(a.hp, a.reg[0], rs));
   check_heap(&a);
   check_walk(&a);
   free_all(&a);
-  CHECK(chunk_region_empty(&a.h, a.reg[0], rs));
-  CHECK(a.h.free_bytes == rs - CHUNK_REGION_OVERHEAD);
+  CHECK(chunk_region_empty(a.hp, a.reg[0], rs));
+  CHECK(a.hp->free_bytes == rs - CHUNK_REGION_OVERHEAD);
 
   /* a bad region is refused */
   chunk_heap_t h2;
@@ -868,6 +888,97 @@ static void test_exhaustion(void) {
   printf("exhaustion: %zu blocks, ok\n", n);
 }
 
+/* ---- heaps with fewer bin rows ------------------------------------------- */
+
+/* Rows a region of `region` bytes needs: its one chunk's first level + 1. */
+static unsigned rows_for(size_t region) {
+  size_t c = region - CHUNK_REGION_OVERHEAD;
+  if (c < 256) return 1;
+  return (63u - (unsigned)__builtin_clzll(c)) - 6;
+}
+
+static void test_sized(void) {
+  static const size_t regions[] = {64,      272,     288,      512,
+                                   1 * KIB, 4 * KIB, 64 * KIB, 1 * MIB,
+                                   4 * MIB, 1 * GIB, 64 * GIB};
+  for (size_t i = 0; i < sizeof regions / sizeof *regions; i++) {
+    size_t r = regions[i], rows = rows_for(r);
+    size_t want = (offsetof(chunk_heap_t, bins) +
+                   rows * sizeof(void *[CHUNK_SL_COUNT]) + 15) &
+                  ~(size_t)15;
+    CHECK(chunk_heap_size(r) == want);
+  }
+  CHECK(chunk_heap_size(4 * KIB) ==
+        offsetof(chunk_heap_t, bins) + 5 * sizeof(void *[CHUNK_SL_COUNT]));
+  CHECK(chunk_heap_size((size_t)1 << 47) == sizeof(chunk_heap_t));
+
+  /* A 4 KiB heap in exactly its bytes, followed by a pattern that would be
+   * followed as a pointer (and fault) if a bin past the table were read,
+   * and that must be unchanged after everything. */
+  size_t rs = 4 * KIB, bytes = chunk_heap_size(rs), tail = 1024;
+  uint8_t *mem = aligned_alloc(16, bytes + tail);
+  CHECK(mem);
+  memset(mem + bytes, 0xA5, tail);
+  chunk_heap_t *h = (chunk_heap_t *)mem;
+  chunk_heap_init_sized(h, 7, rs);
+  chunk_set_fault(h, on_fault);
+  CHECK(h->fl_count == 5 && h->limit == 4 * KIB);
+  void *reg = aligned_alloc(16, 8 * KIB);
+  CHECK(reg);
+  CHECK(chunk_add_region(h, reg, rs + 32) == 0); /* chunk 4096: too big */
+  CHECK(chunk_add_region(h, reg, 8 * KIB) == 0);
+  CHECK(chunk_add_region(h, reg, rs + 16) == rs + 16 - 48);
+  CHECK(chunk_malloc(h, rs) == NULL);
+  CHECK(chunk_malloc(h, 1 * MIB) == NULL);
+  CHECK(chunk_malloc(h, (size_t)1 << 40) == NULL);
+  CHECK(chunk_memalign(h, 64 * KIB, 16) == NULL);
+  CHECK(chunk_memalign(h, 4 * KIB, 1 * KIB) == NULL);
+  void *all = chunk_malloc(h, rs + 16 - 48); /* the whole region */
+  CHECK(all != NULL && chunk_malloc(h, 16) == NULL);
+  CHECK(!chunk_resize_in_place(h, all, 1 * MIB));
+  CHECK(chunk_resize_in_place(h, all, 100));
+  void *p[64];
+  size_t n = 0;
+  while (n < 64 && (p[n] = chunk_malloc(h, 16 + rnd() % 200)))
+    n++;
+  CHECK(n > 4 && n < 64);
+  for (size_t k = 0; k < n; k += 2)
+    chunk_free(h, p[k], on_fault);
+  void *reg1[1] = {reg};
+  size_t rsz1[1] = {rs + 16};
+  fault_hits = 0;
+  CHECK(chunk_check(h, reg1, rsz1, 1, record_fault) && !fault_hits);
+
+  /* the table's size is checked first, and rows past it must stay empty */
+  h->fl_count = 41;
+  CHECK(!chunk_check(h, reg1, rsz1, 1, record_fault) &&
+        !strcmp(fault_what, "bin table size corrupted"));
+  h->fl_count = 5;
+  h->sl_bitmap[5] = 1;
+  CHECK(
+      !chunk_check(h, reg1, rsz1, 1, record_fault) &&
+      !strcmp(fault_what, "second-level bitmap set for a level with no bins"));
+  h->sl_bitmap[5] = 0;
+  CHECK(chunk_check(h, reg1, rsz1, 1, record_fault));
+
+  /* a heap with fewer rows cannot take in one with more */
+  chunk_heap_t *big = malloc(sizeof *big);
+  CHECK(big);
+  chunk_heap_init(big, 7);
+  EXPECT_FAULT(chunk_heap_absorb(h, big), "absorbing a heap with more bin rows",
+               big);
+  chunk_heap_absorb(big, h); /* the other way round is fine */
+  CHECK(big->used_count == n - (n + 1) / 2 + 1 && h->used_count == 0 &&
+        h->fl_count == 5 && h->limit == 4 * KIB);
+  free(big);
+
+  for (size_t k = 0; k < tail; k++)
+    CHECK(mem[bytes + k] == 0xA5);
+  free(reg);
+  free(mem);
+  printf("sized heaps: ok\n");
+}
+
 /* ---- absorbing another heap ---------------------------------------------- */
 
 static void test_absorb(void) {
@@ -879,8 +990,8 @@ static void test_absorb(void) {
   stats_t st = {0};
   random_ops(&a, 2000, 64 * KIB, 100, 100, &st);
   random_ops(&b, 2000, 64 * KIB, 100, 100, &st);
-  chunk_heap_absorb(&a.h, &b.h);
-  CHECK(b.h.regions == 0 && b.h.fl_bitmap == 0 && b.h.used_count == 0);
+  chunk_heap_absorb(a.hp, b.hp);
+  CHECK(b.hp->regions == 0 && b.hp->fl_bitmap == 0 && b.hp->used_count == 0);
   a.reg[1] = b.reg[0];
   a.rsz[1] = b.rsz[0];
   a.mapped[1] = b.mapped[0];
@@ -891,6 +1002,7 @@ static void test_absorb(void) {
   for (size_t i = 0; i < b.nblk; i++)
     a.blk[a.nblk++] = b.blk[i];
   free(b.blk);
+  free(b.hp);
   check_heap(&a);
   check_walk(&a);
   random_ops(&a, 2000, 64 * KIB, 150, 100, &st);
@@ -1039,6 +1151,7 @@ int main(int argc, char **argv) {
   test_faults();
   test_exhaustion();
   test_absorb();
+  test_sized();
   test_random();
   timing(4 * MIB, 200000, 8 * KIB + 1, 64 * KIB, "8-64K/segment");
   timing(256 * MIB, 200000, 8 * KIB + 1, 1 * MIB, "medium/big");

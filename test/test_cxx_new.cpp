@@ -493,10 +493,14 @@ void test_new_handler() {
   for (int i = 0; i < 4; i++) {
     void *p = throwing[i](100, al);
     CHECK(p && owns(p));
-    if (i < 2)
+    if (i == 0)
       ::operator delete(p);
-    else
+    else if (i == 1)
+      ::operator delete[](p);
+    else if (i == 2)
       ::operator delete(p, al);
+    else
+      ::operator delete[](p, al);
   }
   CHECK(handler_calls == 0);
   std::set_new_handler(nullptr);

@@ -54,3 +54,20 @@ foreach(group errors run doctor record replay map)
   set_tests_properties(tools.${group} PROPERTIES TIMEOUT 120 LABELS tools
     SKIP_RETURN_CODE 77)
 endforeach()
+
+# allot prof (test/test_prof.py): a program whose sites hold known live
+# sizes (test_prof_sites.c); the heaviest at the peak must come out on top,
+# a site freed before exit must be absent at exit, estimates near the truth
+# at a fine rate; sampled blocks keep malloc's contract; argument errors.
+# No tail calls, so each site keeps its own frame.
+add_executable(prof_sites ${CMAKE_CURRENT_LIST_DIR}/test_prof_sites.c)
+target_compile_options(prof_sites PRIVATE ${ALLOT_WARNINGS} -O1 -g
+  -fno-omit-frame-pointer -fno-optimize-sibling-calls -fno-builtin)
+target_link_libraries(prof_sites PRIVATE Threads::Threads ${CMAKE_DL_LIBS})
+foreach(group errors profile)
+  add_test(NAME tools.prof.${group} COMMAND ${Python3_EXECUTABLE}
+    ${CMAKE_CURRENT_LIST_DIR}/test_prof.py --allot ${CMAKE_BINARY_DIR}/allot
+    --lib $<TARGET_FILE:allot> --sites $<TARGET_FILE:prof_sites> ${group})
+  set_tests_properties(tools.prof.${group} PROPERTIES TIMEOUT 120
+    LABELS tools)
+endforeach()

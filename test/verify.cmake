@@ -54,6 +54,19 @@ if(NOT ALLOT_SANITIZE MATCHES "address|thread")
     set_tests_properties(hostile_${t} PROPERTIES TIMEOUT 120 LABELS verify)
   endforeach()
 
+  # Checked modes (docs/security.md): fork while other threads are in the
+  # middle of making and freeing blocks, the child's heap check must not
+  # take a half-made block for damage; thousands of exiting threads must not
+  # keep their quarantines, guard pages or pages.
+  allot_hostile(forkcheck LIBS allot)
+  foreach(mode DEBUG SECURE)
+    string(TOLOWER ${mode} lower)
+    add_test(NAME hostile_forkcheck_${lower} COMMAND hostile_forkcheck)
+    add_test(NAME hostile_threads_${lower} COMMAND hostile_threads)
+    set_tests_properties(hostile_forkcheck_${lower} hostile_threads_${lower}
+      PROPERTIES ENVIRONMENT "ALLOT_${mode}=1" TIMEOUT 120 LABELS verify)
+  endforeach()
+
   # a library that allocates, loaded and unloaded by a program using allot
   add_library(hostile_dl MODULE ${ALLOT_VERIFY_DIR}/hostile/dlib.c)
   target_compile_options(hostile_dl PRIVATE ${ALLOT_WARNINGS})

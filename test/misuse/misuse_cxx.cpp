@@ -53,6 +53,54 @@ void new_deletearr(size_t n) {
   (void)n;
 }
 
+/* The same pairs through the unsized operators, as a program built without
+ * sized deallocation calls them (clang before version 19 by default): no
+ * size gives the mismatch away. */
+void newarr_delete_unsized(size_t n) {
+  int *a = new int[elems(n, sizeof(int))];
+  misuse_begin();
+  ::operator delete(launder(a));
+  misuse_end();
+}
+
+void new_deletearr_trivial(size_t n) {
+  int *a = new int(7);
+  misuse_begin();
+  delete[] launder(a); /* no cookie for a trivial type: the same pointer */
+  misuse_end();
+  (void)n;
+}
+
+void malloc_delete_unsized(size_t n) {
+  void *p = std::malloc(n);
+  misuse_begin();
+  ::operator delete(launder(p));
+  misuse_end();
+}
+
+void malloc_deletearr(size_t n) {
+  char *p = static_cast<char *>(std::malloc(n));
+  misuse_begin();
+  delete[] launder(p);
+  misuse_end();
+}
+
+void new_obj_free(size_t n) {
+  /* one object of about n bytes, freed by free */
+  char *p = static_cast<char *>(::operator new(n));
+  misuse_begin();
+  std::free(launder(p));
+  misuse_end();
+}
+
+void new_realloc(size_t n) {
+  char *p = new char[n];
+  misuse_begin();
+  void *q = std::realloc(launder(p), n * 2);
+  misuse_end();
+  std::free(q);
+}
+
 void malloc_delete(size_t n) {
   char *p = static_cast<char *>(std::malloc(n));
   misuse_begin();
@@ -104,7 +152,18 @@ const misuse_case_t cases[] = {
     {"cxx_new_deletearr", "C++ mismatch",
      "new / delete[] (type with a destructor)", 0, new_deletearr},
     {"cxx_malloc_delete", "C++ mismatch", "malloc / delete", 1, malloc_delete},
+    {"cxx_newarr_delete_unsized", "C++ mismatch",
+     "new[] / delete, unsized operator", 1, newarr_delete_unsized},
+    {"cxx_new_deletearr_trivial", "C++ mismatch",
+     "new / delete[] (trivial type)", 0, new_deletearr_trivial},
+    {"cxx_malloc_delete_unsized", "C++ mismatch",
+     "malloc / delete, unsized operator", 1, malloc_delete_unsized},
+    {"cxx_malloc_deletearr", "C++ mismatch", "malloc / delete[]", 1,
+     malloc_deletearr},
     {"cxx_new_free", "C++ mismatch", "new[] / free", 1, new_free},
+    {"cxx_new_obj_free", "C++ mismatch", "operator new / free", 1,
+     new_obj_free},
+    {"cxx_new_realloc", "C++ mismatch", "new[] / realloc", 1, new_realloc},
     {"cxx_sized_delete", "C++ mismatch", "sized delete with a wrong size", 1,
      sized_delete_wrong},
     {"cxx_delete_twice", "C++ mismatch", "delete[] twice", 1, delete_twice},

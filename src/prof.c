@@ -1,0 +1,1278 @@
+/* prof.c: the sampled heap profile (ALLOT_PROF=1, run by `allot prof`).
+ *
+ * Owns the sampling decision, the sampled blocks' records, the per-stack
+ * totals with their peak snapshot, and the profile written at exit. Nothing
+ * is added to the malloc and free fast paths: bytes are counted where the
+ * slow paths hand memory out (a small page's blocks when they are given to
+ * the fast path, each medium and large allocation), against a per-thread
+ * countdown drawn from an exponential distribution (mean ALLOT_PROF_RATE,
+ * 512 KiB), so the sampled bytes form a Poisson process over the bytes
+ * counted. A sampled small allocation is served from a heap of its own
+ * (prof_heap) instead of its page, so that its free reaches medium_free; the
+ * frees of medium and large blocks test a counting filter over the samples'
+ * addresses, and only on a hit take the lock and look the block up.
+ * Each sample keeps its stack and the weight size / P(sampled), so the sums
+ * are unbiased estimates (docs/tools.md). Tables live in os_map'd memory:
+ * this file never calls malloc. */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/auxv.h>
+#include <time.h>
+#include <unistd.h>
+#include <unwind.h>
+
+#define PROF_FRAMES 64
+#define PROF_RATE_DEFAULT ((int64_t)512 << 10)
+/* A sampled small block of class size b gets a chunk of b or b + 16 usable
+ * bytes (a remainder under CHUNK_MIN is not split off). free_sized and sized
+ * delete accept a size s for usable u when s <= u and s > u / 2; every size
+ * of class b >= 48 passes against b + 16, but not those of classes 16 and 32
+ * (a 1-byte block in a 32-byte chunk), so only those keep their class size
+ * as an override of the usable size; chunks above OVERRIDE_MAX never have
+ * one, and their frees and reallocs skip the lookup. */
+#define OVERRIDE_CLASS_MAX 32
+#define OVERRIDE_MAX (OVERRIDE_CLASS_MAX + 16)
+
+/* ---- state ------------------------------------------------------------- */
+
+typedef struct pstack {
+  uint64_t hash;
+  uintptr_t *frames;
+  uint32_t depth;
+  int64_t live, live_n;   /* estimated live bytes, live samples */
+  int64_t snap, snap_n;   /* the same when snapshot `epoch` was taken */
+  uint64_t epoch;         /* the snapshot current when live last changed */
+  int64_t total, total_n; /* estimated bytes allocated, samples taken */
+} pstack_t;
+
+typedef struct psample {
+  uintptr_t addr; /* 0: empty slot */
+  uint32_t stack;
+  uint32_t usable; /* the usable size it reports (OVERRIDE_MAX), or 0 */
+  int64_t weight;
+} psample_t;
+
+typedef struct pthread_state {
+  int64_t left;     /* bytes until the next sample */
+  uint64_t rng;     /* xorshift64* */
+  uint64_t pending; /* classes whose next slow-path malloc is a sample */
+  int init, busy;
+} pthread_state_t;
+
+static __thread pthread_state_t T;
+
+static int64_t rate = PROF_RATE_DEFAULT;
+static char out_path[1024];
+static _Atomic int ready;          /* the constructor ran with ALLOT_PROF set */
+static heap_t *_Atomic prof_heap;  /* sampled small blocks; made at the first */
+static uintptr_t self_lo, self_hi; /* allot's code: leading frames skipped */
+static os_lock_t lock;             /* guards everything below */
+
+static pstack_t *stacks;
+static size_t nstacks, stacks_cap;
+static uint32_t *stack_index; /* stack id + 1, open addressing */
+static size_t index_cap;
+static psample_t *samples;
+static size_t nsamples, samples_cap;
+static uint8_t *arena_next, *arena_end; /* frames of the stacks */
+/* Counting filter over the addresses of live samples: a free whose slot
+ * counts 0 is no sample, known without the lock (a count that reached 255
+ * stays there). */
+#define FILTER_BITS 16
+static _Atomic uint8_t *filter;
+
+static int64_t live_total, peak_total;
+static uint64_t epoch; /* snapshots taken */
+static uint64_t start_ns, peak_ns, busy_ns;
+static uint64_t taken, dropped;
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- numbers: no libm in allot --------------------------------------------
+ */
+
+/* ln(u) for u in (0, 1]: u = m 2^e, ln m by the atanh series (|t| < 0.18,
+ * six terms: error below 1e-11). */
+static double ln(double u) {
+  uint64_t bits;
+  memcpy(&bits, &u, 8);
+  int e = (int)((bits >> 52) & 0x7ff) - 1023;
+  bits = (bits & (((uint64_t)1 << 52) - 1)) | ((uint64_t)1023 << 52);
+  double m;
+  memcpy(&m, &bits, 8);
+  if (m > 1.4142135623730951) {
+    m /= 2;
+    e++;
+  }
+  double t = (m - 1) / (m + 1), t2 = t * t;
+  double s =
+      t * (2 + t2 * (2.0 / 3 +
+                     t2 * (2.0 / 5 +
+                           t2 * (2.0 / 7 + t2 * (2.0 / 9 + t2 * 2.0 / 11)))));
+  return s + e * 0.6931471805599453;
+}
+
+/* 1 - e^-x for x >= 0: the series below 1/2, else e^-x by halving x until
+ * it is below 1/2 and squaring back. */
+static double one_minus_exp_neg(double x) {
+  if (x > 40) return 1;
+  if (x < 0.5) {
+    double term = x, sum = 0;
+    for (int k = 1; k < 16; k++) {
+      sum += term;
+      term *= -x / (k + 1);
+    }
+    return sum;
+  }
+  int n = 0;
+  while (x > 0.5) {
+    x /= 2;
+    n++;
+  }
+  double term = 1, e = 0;
+  for (int k = 0; k < 16; k++) {
+    e += term;
+    term *= -x / (k + 1);
+  }
+  while (n--)
+    e *= e;
+  return 1 - e;
+}
+
+/* An allocation of size bytes is sampled with probability 1 - e^(-size/rate)
+ * (the countdown is memoryless), so it stands for size / that probability
+ * bytes: the Horvitz-Thompson weight. */
+static int64_t weight_of(size_t size) {
+  double p = one_minus_exp_neg((double)size / (double)rate);
+  return (int64_t)((double)size / p + 0.5);
+}
+
+static uint64_t next_random(pthread_state_t *t) {
+  uint64_t x = t->rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  t->rng = x;
+  return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* Bytes until the next sample: exponential with mean `rate`, at least 1. */
+static int64_t draw(pthread_state_t *t) {
+  double u = (double)((next_random(t) >> 11) + 1) * 0x1p-53; /* (0, 1] */
+  return (int64_t)(-(double)rate * ln(u)) + 1;
+}
+
+static void thread_start(pthread_state_t *t) {
+  t->rng = os_random_seed() ^ (uintptr_t)t;
+  if (!t->rng) t->rng = 1;
+  t->left = draw(t);
+  t->init = 1;
+}
+
+/* ---- backtraces ---------------------------------------------------------
+ */
+
+typedef struct ubuf {
+  uintptr_t *ip;
+  int n;
+} ubuf_t;
+
+static _Unwind_Reason_Code unwind_step(struct _Unwind_Context *ctx, void *arg) {
+  ubuf_t *b = arg;
+  uintptr_t ip = _Unwind_GetIP(ctx);
+  if (!ip) return _URC_END_OF_STACK;
+  if (b->n == 0 && ip >= self_lo && ip < self_hi) return _URC_NO_REASON;
+  b->ip[b->n++] = ip;
+  return b->n == PROF_FRAMES ? _URC_END_OF_STACK : _URC_NO_REASON;
+}
+
+static ALWAYS_INLINE int capture_libgcc(uintptr_t *ip) {
+  ubuf_t b = {ip, 0};
+  _Unwind_Backtrace(unwind_step, &b);
+  return b.n;
+}
+
+static int check_unwind; /* ALLOT_PROF_CHECK=1: both unwinders, compared */
+static _Atomic uint64_t unwind_fallbacks, unwind_mismatches;
+
+#if defined(__x86_64__)
+/* A cached unwinder for x86-64. libgcc's interprets a function's call frame
+ * information again for every frame of every backtrace (about 1.5 k
+ * instructions a frame); here each return address's rule -- where the
+ * caller's stack pointer (the CFA) is, and where rbp was saved -- is worked
+ * out once from the same information (_Unwind_Find_FDE finds it) and kept
+ * in a table, so a frame costs a lookup and two loads. Anything beyond the
+ * plain rules compilers emit for rsp- and rbp-based frames (signal frames,
+ * CFA expressions, realigned stacks) sends the whole backtrace to libgcc. */
+struct dwarf_eh_bases {
+  void *tbase, *dbase, *func;
+};
+extern const void *_Unwind_Find_FDE(void *pc, struct dwarf_eh_bases *bases);
+
+enum { RULE_EMPTY, RULE_OK, RULE_LAST, RULE_HARD };
+#define RBP_SAME INT16_MIN
+typedef struct urule {
+  uintptr_t ip;    /* the frame's address (for a caller, its return address) */
+  int32_t cfa_off; /* CFA = (cfa_rbp ? rbp : rsp) + cfa_off */
+  int16_t rbp_off; /* the caller's rbp at CFA + rbp_off, or RBP_SAME */
+  uint8_t cfa_rbp, kind;
+} urule_t;
+#define URULES 8192
+static urule_t *urules; /* direct-mapped by ip; under ulock */
+static os_lock_t ulock;
+
+static uint64_t uleb(const uint8_t **p) {
+  uint64_t v = 0;
+  for (int shift = 0;; shift += 7) {
+    uint8_t b = *(*p)++;
+    if (shift < 64) v |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) return v;
+  }
+}
+static int64_t sleb(const uint8_t **p) {
+  uint64_t v = 0;
+  int shift = 0;
+  uint8_t b;
+  do {
+    b = *(*p)++;
+    if (shift < 64) v |= (uint64_t)(b & 0x7f) << shift;
+    shift += 7;
+  } while (b & 0x80);
+  if (shift < 64 && (b & 0x40)) v |= ~(uint64_t)0 << shift;
+  return (int64_t)v;
+}
+/* Bytes of a pointer-encoded value (DW_EH_PE_*), or -1 for a LEB. */
+static int enc_size(uint8_t enc) {
+  switch (enc & 0x0f) {
+  case 0x00:
+  case 0x04:
+  case 0x0c:
+    return 8;
+  case 0x02:
+  case 0x0a:
+    return 2;
+  case 0x03:
+  case 0x0b:
+    return 4;
+  default:
+    return -1;
+  }
+}
+static bool skip_enc(const uint8_t **p, uint8_t enc) {
+  if (enc == 0xff) return true; /* DW_EH_PE_omit */
+  int n = enc_size(enc);
+  if (n < 0) {
+    if ((enc & 0x0f) != 0x01 && (enc & 0x0f) != 0x09) return false;
+    uleb(p);
+  } else {
+    *p += n;
+  }
+  return true;
+}
+
+typedef struct cfa_state {
+  int cfa_reg;
+  int64_t cfa_off;
+  int rbp_how, rip_how; /* 0 same / unset, 1 at CFA + off, 2 undefined */
+  int64_t rbp_off, rip_off;
+} cfa_state_t;
+
+/* Run call frame instructions [p, end) from loc while the row covers
+ * target. False for anything this unwinder does not follow. */
+static bool run_cfa(const uint8_t *p, const uint8_t *end, uintptr_t loc,
+                    uintptr_t target, uint64_t code_align, int64_t data_align,
+                    cfa_state_t *st, const cfa_state_t *initial) {
+  cfa_state_t saved[8];
+  int nsaved = 0;
+  while (p < end && loc <= target) {
+    uint8_t op = *p++;
+    uint64_t reg = op & 0x3f, delta = 0;
+    int64_t off;
+    switch (op >> 6) {
+    case 1: /* advance_loc */
+      loc += reg * code_align;
+      continue;
+    case 2: /* offset */
+      off = (int64_t)uleb(&p) * data_align;
+      goto set_offset;
+    case 3: /* restore */
+      goto restore;
+    }
+    switch (op) {
+    case 0x00: /* nop */
+      continue;
+    case 0x02:
+      delta = *p++;
+      loc += delta * code_align;
+      continue;
+    case 0x03:
+      delta = (uint64_t)p[0] | (uint64_t)p[1] << 8;
+      p += 2;
+      loc += delta * code_align;
+      continue;
+    case 0x04:
+      delta = (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 |
+              (uint64_t)p[3] << 24;
+      p += 4;
+      loc += delta * code_align;
+      continue;
+    case 0x05: /* offset_extended */
+      reg = uleb(&p);
+      off = (int64_t)uleb(&p) * data_align;
+      goto set_offset;
+    case 0x11: /* offset_extended_sf */
+      reg = uleb(&p);
+      off = sleb(&p) * data_align;
+      goto set_offset;
+    case 0x2f: /* GNU_negative_offset_extended */
+      reg = uleb(&p);
+      off = -(int64_t)uleb(&p) * data_align;
+      goto set_offset;
+    case 0x06: /* restore_extended */
+      reg = uleb(&p);
+      goto restore;
+    case 0x07: /* undefined */
+    case 0x08: /* same_value */
+      reg = uleb(&p);
+      if (reg == 6) st->rbp_how = op == 0x07 ? 2 : 0;
+      if (reg == 16) st->rip_how = op == 0x07 ? 2 : 0;
+      continue;
+    case 0x09: /* register */
+      reg = uleb(&p);
+      uleb(&p);
+      if (reg == 6 || reg == 16) return false;
+      continue;
+    case 0x0a: /* remember_state */
+      if (nsaved == 8) return false;
+      saved[nsaved++] = *st;
+      continue;
+    case 0x0b: /* restore_state */
+      if (!nsaved) return false;
+      *st = saved[--nsaved];
+      continue;
+    case 0x0c: /* def_cfa */
+      st->cfa_reg = (int)uleb(&p);
+      st->cfa_off = (int64_t)uleb(&p);
+      continue;
+    case 0x12: /* def_cfa_sf */
+      st->cfa_reg = (int)uleb(&p);
+      st->cfa_off = sleb(&p) * data_align;
+      continue;
+    case 0x0d: /* def_cfa_register */
+      st->cfa_reg = (int)uleb(&p);
+      continue;
+    case 0x0e: /* def_cfa_offset */
+      st->cfa_off = (int64_t)uleb(&p);
+      continue;
+    case 0x13: /* def_cfa_offset_sf */
+      st->cfa_off = sleb(&p) * data_align;
+      continue;
+    case 0x10: /* expression */
+    case 0x16: /* val_expression */
+      reg = uleb(&p);
+      p += uleb(&p);
+      if (reg == 6 || reg == 16) return false;
+      continue;
+    case 0x14: /* val_offset */
+      reg = uleb(&p);
+      uleb(&p);
+      if (reg == 6 || reg == 16) return false;
+      continue;
+    case 0x15: /* val_offset_sf */
+      reg = uleb(&p);
+      sleb(&p);
+      if (reg == 6 || reg == 16) return false;
+      continue;
+    case 0x2e: /* GNU_args_size */
+      uleb(&p);
+      continue;
+    default: /* set_loc, def_cfa_expression, vendor extensions */
+      return false;
+    }
+  set_offset:
+    if (reg == 6) st->rbp_how = 1, st->rbp_off = off;
+    if (reg == 16) st->rip_how = 1, st->rip_off = off;
+    continue;
+  restore:
+    if (!initial) return false; /* in the CIE itself */
+    if (reg == 6)
+      st->rbp_how = initial->rbp_how, st->rbp_off = initial->rbp_off;
+    if (reg == 16)
+      st->rip_how = initial->rip_how, st->rip_off = initial->rip_off;
+  }
+  return true;
+}
+
+/* The rule of the frame at ip (target: ip, or a return address - 1). */
+static void rule_for(uintptr_t target, urule_t *r) {
+  r->kind = RULE_HARD;
+  struct dwarf_eh_bases bases;
+  const uint8_t *fde = _Unwind_Find_FDE((void *)target, &bases);
+  if (!fde) {
+    r->kind = RULE_LAST; /* no information: the unwinders stop here */
+    return;
+  }
+  uint32_t len, cie_off, clen;
+  memcpy(&len, fde, 4);
+  memcpy(&cie_off, fde + 4, 4);
+  if (len == 0xffffffffu || !cie_off) return;
+  const uint8_t *fend = fde + 4 + len, *cie = fde + 4 - cie_off;
+  memcpy(&clen, cie, 4);
+  if (clen == 0xffffffffu) return;
+  const uint8_t *cend = cie + 4 + clen, *c = cie + 8;
+  uint8_t version = *c++;
+  const char *aug = (const char *)c;
+  c += strlen(aug) + 1;
+  if (aug[0] && aug[0] != 'z') return;
+  uint64_t code_align = uleb(&c);
+  int64_t data_align = sleb(&c);
+  uint64_t ra = version == 1 ? *c++ : uleb(&c);
+  uint8_t fde_enc = 0;
+  if (aug[0] == 'z') {
+    uint64_t alen = uleb(&c);
+    const uint8_t *aend = c + alen;
+    for (const char *a = aug + 1; *a; a++) {
+      if (*a == 'R') {
+        fde_enc = *c++;
+      } else if (*a == 'P') {
+        uint8_t enc = *c++;
+        if (!skip_enc(&c, enc)) return;
+      } else if (*a == 'L') {
+        c++;
+      } else {
+        return; /* 'S' (a signal frame) and anything unknown */
+      }
+    }
+    c = aend;
+  }
+  if (ra != 16) return;
+  const uint8_t *q = fde + 8;
+  if (!skip_enc(&q, fde_enc) || !skip_enc(&q, fde_enc & 0x0f)) return;
+  if (aug[0] == 'z') q += uleb(&q);
+  cfa_state_t st = {-1, 0, 0, 0, 0, 0}, initial;
+  uintptr_t start = (uintptr_t)bases.func;
+  if (!run_cfa(c, cend, start, UINTPTR_MAX, code_align, data_align, &st, NULL))
+    return;
+  initial = st;
+  if (!run_cfa(q, fend, start, target, code_align, data_align, &st, &initial))
+    return;
+  if (st.rip_how == 2) {
+    r->kind = RULE_LAST; /* the outermost frame (_start, a thread's start) */
+    return;
+  }
+  if ((st.cfa_reg != 7 && st.cfa_reg != 6) || st.rip_how != 1 ||
+      st.rip_off != -8 || st.cfa_off < 8 || st.cfa_off > INT32_MAX ||
+      (st.rbp_how == 1 && (st.rbp_off <= -32768 || st.rbp_off >= 0)) ||
+      st.rbp_how == 2)
+    return;
+  r->cfa_off = (int32_t)st.cfa_off;
+  r->cfa_rbp = st.cfa_reg == 6;
+  r->rbp_off = st.rbp_how == 1 ? (int16_t)st.rbp_off : RBP_SAME;
+  r->kind = RULE_OK;
+}
+
+static size_t urule_slot(uintptr_t ip) {
+  return (size_t)((ip * 0x9E3779B97F4A7C15ull) >> 51) & (URULES - 1);
+}
+
+/* -1: libgcc must do this one. */
+static NOINLINE int capture_fast(uintptr_t *out) {
+  uintptr_t ip, sp, bp;
+  __asm__ volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2"
+                   : "=r"(ip), "=r"(sp), "=r"(bp));
+  uintptr_t target = ip; /* the first frame is not a return address */
+  int n = 0;
+  os_lock(&ulock);
+  for (;;) {
+    urule_t *r = &urules[urule_slot(ip)];
+    if (r->ip != ip || r->kind == RULE_EMPTY) {
+      urule_t fresh;
+      os_unlock(&ulock); /* _Unwind_Find_FDE may take the loader's lock */
+      rule_for(target, &fresh);
+      fresh.ip = ip;
+      os_lock(&ulock);
+      r = &urules[urule_slot(ip)];
+      *r = fresh;
+    }
+    if (r->kind == RULE_HARD) {
+      os_unlock(&ulock);
+      return -1;
+    }
+    if (r->kind == RULE_LAST) break;
+    uintptr_t cfa = (r->cfa_rbp ? bp : sp) + (uintptr_t)(int64_t)r->cfa_off;
+    if (cfa <= sp || (cfa & 7)) break; /* the stack grows down */
+    if (r->rbp_off != RBP_SAME) bp = *(uintptr_t *)(cfa + r->rbp_off);
+    uintptr_t ret = *(uintptr_t *)(cfa - 8);
+    sp = cfa;
+    if (!ret) break;
+    if (n || ret < self_lo || ret >= self_hi) {
+      out[n++] = ret;
+      if (n == PROF_FRAMES) break;
+    }
+    ip = ret;
+    target = ret - 1; /* the call, not the instruction after it */
+  }
+  os_unlock(&ulock);
+  return n;
+}
+#endif
+
+/* Inlined into the hooks: each frame of allot's own that the unwinder walks
+ * costs as much as one of the program's. */
+static ALWAYS_INLINE int capture(uintptr_t *ip) {
+#if defined(__x86_64__)
+  if (urules) {
+    int n = capture_fast(ip);
+    if (n < 0) {
+      atomic_fetch_add_explicit(&unwind_fallbacks, 1, memory_order_relaxed);
+      return capture_libgcc(ip);
+    }
+    if (unlikely(check_unwind)) {
+      uintptr_t other[PROF_FRAMES];
+      int m = capture_libgcc(other);
+      if (m != n || memcmp(other, ip, (size_t)n * sizeof *ip)) {
+        atomic_fetch_add_explicit(&unwind_mismatches, 1, memory_order_relaxed);
+        memcpy(ip, other, (size_t)m * sizeof *ip);
+        return m;
+      }
+    }
+    return n;
+  }
+#endif
+  return capture_libgcc(ip);
+}
+
+/* allot's own code, when it is a library of its own: its frames lead every
+ * stack and are dropped. Linked into the program, nothing is dropped here
+ * (the command leaves out allot's functions by name). */
+static int find_self(struct dl_phdr_info *info, size_t size, void *arg) {
+  uintptr_t me = (uintptr_t)arg;
+  for (int i = 0; i < info->dlpi_phnum; i++) {
+    const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X)) continue;
+    uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+    if (me >= lo && me < lo + ph->p_memsz) {
+      if (info->dlpi_name && info->dlpi_name[0]) {
+        self_lo = lo;
+        self_hi = lo + ph->p_memsz;
+      }
+      return 1;
+    }
+  }
+  (void)size;
+  return 0;
+}
+
+/* ---- tables (under lock) -------------------------------------------------
+ */
+
+static void *grow(void *old, size_t old_bytes, size_t new_bytes) {
+  void *n = os_map(new_bytes);
+  if (!n) return NULL;
+  if (old) {
+    memcpy(n, old, old_bytes);
+    os_unmap(old, old_bytes);
+  }
+  return n;
+}
+
+static uint64_t hash_frames(const uintptr_t *ip, int n) {
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t)n;
+  for (int i = 0; i < n; i++) {
+    h ^= ip[i];
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 32;
+  }
+  return h;
+}
+
+static size_t addr_slot(uintptr_t a, size_t cap) {
+  return (size_t)(((a >> 4) * 0x9E3779B97F4A7C15ull) >> 20) & (cap - 1);
+}
+
+static bool index_rebuild(size_t cap) {
+  uint32_t *idx = os_map(cap * sizeof *idx);
+  if (!idx) return false;
+  for (size_t i = 0; i < nstacks; i++) {
+    size_t j = stacks[i].hash & (cap - 1);
+    while (idx[j])
+      j = (j + 1) & (cap - 1);
+    idx[j] = (uint32_t)i + 1;
+  }
+  if (stack_index) os_unmap(stack_index, index_cap * sizeof *stack_index);
+  stack_index = idx;
+  index_cap = cap;
+  return true;
+}
+
+/* The stack's id, adding it if new; -1 when out of memory. */
+static long stack_id(const uintptr_t *ip, int n) {
+  uint64_t h = hash_frames(ip, n);
+  if (index_cap) {
+    for (size_t j = h & (index_cap - 1); stack_index[j];
+         j = (j + 1) & (index_cap - 1)) {
+      pstack_t *s = &stacks[stack_index[j] - 1];
+      if (s->hash == h && s->depth == (uint32_t)n &&
+          !memcmp(s->frames, ip, (size_t)n * sizeof *ip))
+        return (long)stack_index[j] - 1;
+    }
+  }
+  if (nstacks >= UINT32_MAX - 1) return -1;
+  if (nstacks == stacks_cap) {
+    size_t cap = stacks_cap ? stacks_cap * 2 : 1024;
+    pstack_t *ns =
+        grow(stacks, stacks_cap * sizeof *stacks, cap * sizeof *stacks);
+    if (!ns) return -1;
+    stacks = ns;
+    stacks_cap = cap;
+  }
+  if ((nstacks + 1) * 2 > index_cap &&
+      !index_rebuild(index_cap ? index_cap * 2 : 4096))
+    return -1;
+  size_t bytes = (size_t)n * sizeof *ip;
+  if (!arena_next || bytes > (size_t)(arena_end - arena_next)) {
+    size_t chunk = (size_t)256 << 10;
+    arena_next = os_map(chunk);
+    if (!arena_next) {
+      arena_end = NULL;
+      return -1;
+    }
+    arena_end = arena_next + chunk;
+  }
+  pstack_t *s = &stacks[nstacks];
+  memset(s, 0, sizeof *s);
+  s->hash = h;
+  s->depth = (uint32_t)n;
+  s->frames = (uintptr_t *)arena_next;
+  memcpy(s->frames, ip, bytes);
+  arena_next += bytes;
+  s->epoch = epoch; /* it held nothing at the last snapshot */
+  size_t j = h & (index_cap - 1);
+  while (stack_index[j])
+    j = (j + 1) & (index_cap - 1);
+  stack_index[j] = (uint32_t)nstacks + 1;
+  return (long)nstacks++;
+}
+
+/* Before a stack's live bytes change: if they have not changed since the
+ * last snapshot, what they are now is what they were then. Snapshots thus
+ * cost O(1), not a copy of the table. */
+static void touch(pstack_t *s) {
+  if (s->epoch != epoch) {
+    s->snap = s->live;
+    s->snap_n = s->live_n;
+    s->epoch = epoch;
+  }
+}
+
+static psample_t *sample_find(uintptr_t a) {
+  if (!samples_cap) return NULL;
+  for (size_t j = addr_slot(a, samples_cap); samples[j].addr;
+       j = (j + 1) & (samples_cap - 1))
+    if (samples[j].addr == a) return &samples[j];
+  return NULL;
+}
+
+static size_t filter_slot(uintptr_t a) {
+  return (size_t)(((a >> 4) * 0x9E3779B97F4A7C15ull) >> (64 - FILTER_BITS));
+}
+static void filter_add(uintptr_t a, int d) {
+  _Atomic uint8_t *f = &filter[filter_slot(a)];
+  uint8_t v = atomic_load_explicit(f, memory_order_relaxed);
+  if (v != 255)
+    atomic_store_explicit(f, (uint8_t)(v + d), memory_order_relaxed);
+}
+static bool filter_maybe(const void *p) {
+  return atomic_load_explicit(&filter[filter_slot((uintptr_t)p)],
+                              memory_order_relaxed) != 0;
+}
+
+static bool sample_put(uintptr_t a, uint32_t stack, uint32_t usable,
+                       int64_t w) {
+  if ((nsamples + 1) * 2 > samples_cap) {
+    size_t cap = samples_cap ? samples_cap * 2 : 4096;
+    psample_t *ns = os_map(cap * sizeof *ns);
+    if (!ns) return false;
+    for (size_t i = 0; i < samples_cap; i++) {
+      if (!samples[i].addr) continue;
+      size_t j = addr_slot(samples[i].addr, cap);
+      while (ns[j].addr)
+        j = (j + 1) & (cap - 1);
+      ns[j] = samples[i];
+    }
+    if (samples) os_unmap(samples, samples_cap * sizeof *samples);
+    samples = ns;
+    samples_cap = cap;
+  }
+  size_t j = addr_slot(a, samples_cap);
+  while (samples[j].addr)
+    j = (j + 1) & (samples_cap - 1);
+  samples[j] = (psample_t){a, stack, usable, w};
+  nsamples++;
+  filter_add(a, 1);
+  return true;
+}
+
+/* Linear probing without tombstones: later entries of the run move back. */
+static void sample_remove(psample_t *e) {
+  size_t mask = samples_cap - 1, i = (size_t)(e - samples);
+  filter_add(e->addr, -1);
+  for (size_t j = (i + 1) & mask; samples[j].addr; j = (j + 1) & mask) {
+    size_t home = addr_slot(samples[j].addr, samples_cap);
+    /* j's entry may fill the hole at i unless its home lies in (i, j] */
+    if (((j - home) & mask) >= ((j - i) & mask)) {
+      samples[i] = samples[j];
+      i = j;
+    }
+  }
+  samples[i].addr = 0;
+  nsamples--;
+}
+
+/* ---- taking a sample ------------------------------------------------------
+ */
+
+/* Record block p (size bytes) as a sample taken here. */
+static ALWAYS_INLINE void record(void *p, size_t size, uint32_t usable) {
+  uint64_t t0 = now_ns();
+  uintptr_t ip[PROF_FRAMES];
+  int n = capture(ip);
+  int64_t w = weight_of(size);
+  os_lock(&lock);
+  long id = stack_id(ip, n);
+  if (id >= 0 && sample_put((uintptr_t)p, (uint32_t)id, usable, w)) {
+    pstack_t *s = &stacks[id];
+    touch(s);
+    s->live += w;
+    s->live_n++;
+    s->total += w;
+    s->total_n++;
+    live_total += w;
+    taken++;
+    if (live_total > peak_total) { /* a new peak: snapshot */
+      epoch++;
+      peak_total = live_total;
+      peak_ns = t0;
+    }
+  } else {
+    dropped++;
+  }
+  busy_ns += now_ns() - t0;
+  os_unlock(&lock);
+}
+
+/* The heap of sampled small blocks, made at the first one (not in the
+ * constructor: that would start allot up before main, and a program may set
+ * ALLOT_* variables in main before its first malloc). No allot lock is held
+ * here. */
+static NOINLINE heap_t *sample_heap(void) {
+  static os_lock_t once;
+  os_lock(&once);
+  heap_t *h = atomic_load_explicit(&prof_heap, memory_order_relaxed);
+  if (!h) {
+    h = heap_new_detached();
+    atomic_store_explicit(&prof_heap, h, memory_order_release);
+  }
+  os_unlock(&once);
+  return h;
+}
+
+/* A sampled small allocation of size bytes from prof_heap; usable is what
+ * malloc_usable_size shall say of it (OVERRIDE_MAX), or 0: its chunk's. */
+static ALWAYS_INLINE void *sample_block(pthread_state_t *t, size_t size,
+                                        size_t align, uint32_t usable) {
+  t->busy = 1;
+  heap_t *h = atomic_load_explicit(&prof_heap, memory_order_acquire);
+  if (unlikely(!h)) h = sample_heap();
+  void *p = h ? medium_malloc(h, size, align) : NULL;
+  if (p) record(p, size, usable);
+  t->busy = 0;
+  return p;
+}
+
+static ALWAYS_INLINE bool eligible(heap_t *h, pthread_state_t *t) {
+  if (h == atomic_load_explicit(&prof_heap, memory_order_relaxed) ||
+      h->first_class || g.slow_mode || t->busy ||
+      !atomic_load_explicit(&ready, memory_order_acquire))
+    return false;
+  if (unlikely(!t->init)) thread_start(t);
+  return true;
+}
+
+/* ---- small blocks -----------------------------------------------------
+ */
+
+static block_t *next_checked(block_t *b) {
+  block_t *next = link_decode(b->next, b);
+  if (next && (((uintptr_t)next ^ (uintptr_t)b) >> PAGE_SHIFT))
+    fault("malloc", "corrupted free list", b);
+  return next;
+}
+
+/* Leave the first k blocks of the page's free list to the fast path and put
+ * the rest on the page's cross-thread list (counted in `used`, as blocks
+ * there are), so the slow path comes back exactly at the (k+1)-th next
+ * malloc of the class. Every path that empties a page's free list collects
+ * that list, so the blocks are never lost. */
+static void cut(page_t *pg, size_t k, size_t n) {
+  block_t *rest;
+  if (k == 0) {
+    rest = pg->free;
+    pg->free = NULL;
+  } else {
+    block_t *b = pg->free;
+    for (size_t i = 1; i < k; i++)
+      b = next_checked(b);
+    rest = next_checked(b);
+    b->next = link_encode(NULL, b);
+  }
+  if (!rest) return;
+  pg->used += (uint32_t)(n - k);
+  /* usually nobody else has freed into the page: the list goes as it is */
+  uintptr_t head = 0;
+  if (atomic_compare_exchange_strong_explicit(
+          &pg->xfree, &head, (uintptr_t)rest, memory_order_release,
+          memory_order_relaxed))
+    return;
+  block_t *tail = rest, *nx;
+  size_t m = 1;
+  for (; (nx = next_checked(tail)); tail = nx)
+    if (++m > n - k) break;
+  if (m != n - k) fault("malloc", "corrupted free list", tail);
+  do {
+    tail->next = link_encode((block_t *)head, tail);
+  } while (!atomic_compare_exchange_weak_explicit(
+      &pg->xfree, &head, (uintptr_t)rest, memory_order_release,
+      memory_order_relaxed));
+}
+
+/* Give a block just popped back to the front of its page's list. */
+static void unpop(page_t *pg, void *p) {
+  block_t *b = p;
+  b->mark = free_mark(b);
+  b->next = link_encode(pg->free, b);
+  pg->free = b;
+  pg->used--;
+}
+
+/* The small-object slow path has just refilled the thread's current page
+ * for p's class and popped p: the page's list (capacity - used blocks) now
+ * goes to the fast path. Count p's block and those; when the countdown ends
+ * inside them, cut the list where it ends, so that the malloc that would
+ * take that block comes back here, pending, and is the sample: an exact
+ * position, not whichever malloc happens to find the list empty (for sites
+ * that alternate within a class, that would always be the same site). No
+ * allot lock is held here. */
+static NOINLINE void *small_sample(void *p, page_t *pg, pthread_state_t *t);
+
+void *prof_small(void *p) {
+  pthread_state_t *t = &T;
+  segment_t *s = segment_of(p);
+  if (unlikely(g.slow_mode | t->busy) || s->kind != SEG_SMALL) return p;
+  page_t *pg = page_of(s, p); /* not malloc(0)'s, nor checked mode's */
+  /* the mallocs to come take p's block, then the list's; no call on this
+   * path, so no registers to save. A first-class heap's bytes count too,
+   * and a sample point among them is dropped: the points elsewhere stay a
+   * Poisson process. */
+  int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
+  if (likely(t->init && bytes < t->left && !(t->pending >> pg->cls & 1))) {
+    t->left -= bytes;
+    return p;
+  }
+  return small_sample(p, pg, t); /* a tail call: no frame to unwind */
+}
+
+/* The countdown ends in this batch, or p's malloc is a pending sample, or
+ * the thread has not started counting yet. */
+static NOINLINE void *small_sample(void *p, page_t *pg, pthread_state_t *t) {
+  if (!atomic_load_explicit(&ready, memory_order_acquire)) return p;
+  if (unlikely(!t->init)) thread_start(t);
+  if (atomic_load_explicit(&pg->heap, memory_order_relaxed)->first_class) {
+    int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
+    t->left = bytes < t->left ? t->left - bytes : draw(t);
+    return p;
+  }
+  size_t b = pg->bsize;
+  uint64_t bit = (uint64_t)1 << pg->cls;
+  /* blocks of a class are aligned to the lowest set bit of their size */
+  size_t align = b & -b;
+  if (align < 16) align = 16;
+  void *got = NULL;
+  uint32_t usable = b <= OVERRIDE_CLASS_MAX ? (uint32_t)b : 0;
+  if (t->pending & bit) {
+    t->pending &= ~bit;
+    if ((got = sample_block(t, b, align, usable))) {
+      unpop(pg, p);
+      p = NULL;
+    }
+  }
+  for (;;) {
+    size_t held = p ? 1 : 0;
+    int64_t bytes = (int64_t)(pg->capacity - pg->used + held) * (int64_t)b;
+    if (bytes < t->left) {
+      t->left -= bytes;
+      break;
+    }
+    size_t k = (size_t)((t->left - 1) / (int64_t)b); /* where it ends */
+    t->left = draw(t);
+    if (k == 0 && held) { /* p's malloc is the sample */
+      if (!(got = sample_block(t, b, align, usable))) break;
+      unpop(pg, p);
+      p = NULL;
+      continue; /* the list is whole again: count it afresh */
+    }
+    cut(pg, k - held, pg->capacity - pg->used);
+    t->pending |= bit;
+    break;
+  }
+  return got ? got : p;
+}
+
+/* ---- medium and large ---------------------------------------------------
+ */
+
+/* Medium and large samples stay where they are (a block of their own in
+ * prof_heap would be memory the program has not touched yet, and page
+ * faults for it): their frees find them through the filter. */
+static ALWAYS_INLINE void count_block(pthread_state_t *t, void *p,
+                                      size_t size) {
+  t->left -= (int64_t)size;
+  if (t->left > 0) return;
+  t->left = draw(t);
+  t->busy = 1;
+  record(p, size, 0);
+  t->busy = 0;
+}
+
+void prof_medium(heap_t *h, void *p, size_t size) {
+  pthread_state_t *t = &T;
+  if (eligible(h, t)) count_block(t, p, size);
+}
+
+void prof_large(void *p, size_t size) {
+  pthread_state_t *t = &T;
+  if (g.slow_mode || t->busy ||
+      !atomic_load_explicit(&ready, memory_order_acquire))
+    return;
+  if (unlikely(!t->init)) thread_start(t);
+  count_block(t, p, size);
+}
+
+static bool prof_block(segment_t *s) {
+  heap_t *h = atomic_load_explicit(&prof_heap, memory_order_relaxed);
+  return h && atomic_load_explicit(&s->heap, memory_order_relaxed) == h;
+}
+
+/* A medium or large block is being freed: drop its sample, if it is one. */
+void prof_free(segment_t *s, void *p) {
+  (void)s;
+  if (!filter || !filter_maybe(p)) return;
+  os_lock(&lock);
+  psample_t *e = sample_find((uintptr_t)p);
+  if (e) {
+    pstack_t *st = &stacks[e->stack];
+    touch(st);
+    st->live -= e->weight;
+    st->live_n--;
+    live_total -= e->weight;
+    sample_remove(e);
+  }
+  os_unlock(&lock);
+}
+
+/* realloc moved a large block's pages: its sample moves along. */
+void prof_moved(void *from, void *to) {
+  if (!filter || !filter_maybe(from)) return;
+  os_lock(&lock);
+  psample_t *e = sample_find((uintptr_t)from);
+  if (e) {
+    psample_t keep = *e;
+    sample_remove(e);
+    sample_put((uintptr_t)to, keep.stack, keep.usable, keep.weight);
+  }
+  os_unlock(&lock);
+}
+
+/* A sampled small block resized in place (grown into medium sizes) has the
+ * usable size of its chunk from now on. */
+void prof_resized(segment_t *s, void *p) {
+  if (chunk_usable_size(p) > OVERRIDE_MAX || !prof_block(s)) return;
+  os_lock(&lock);
+  psample_t *e = sample_find((uintptr_t)p);
+  if (e) e->usable = 0;
+  os_unlock(&lock);
+}
+
+/* A sampled block of class 16 or 32 says it has its class's size, as it
+ * would have had in its page (see OVERRIDE_MAX). */
+size_t prof_usable(segment_t *s, const void *p, size_t u) {
+  if (u > OVERRIDE_MAX || !prof_block(s)) return u;
+  os_lock(&lock);
+  psample_t *e = sample_find((uintptr_t)p);
+  if (e && e->usable && e->usable <= u) u = e->usable;
+  os_unlock(&lock);
+  return u;
+}
+
+/* ---- start-up -------------------------------------------------------------
+ */
+
+static void warn(const char *a, const char *b, const char *c) {
+  os_write_err("allot: warning: ");
+  os_write_err(a);
+  os_write_err(b);
+  os_write_err(c);
+  os_write_err("\n");
+}
+
+static bool word_in(const char *s, const char *const *words) {
+  for (; *words; words++)
+    if (!strcmp(s, *words)) return true;
+  return false;
+}
+
+static bool parse_size(const char *s, int64_t *out) {
+  uint64_t v = 0;
+  if (*s < '0' || *s > '9') return false;
+  for (; *s >= '0' && *s <= '9'; s++) {
+    v = v * 10 + (uint64_t)(*s - '0');
+    if (v > ((uint64_t)1 << 40)) return false;
+  }
+  int shift = 0;
+  if (*s == 'k' || *s == 'K') shift = 10;
+  if (*s == 'm' || *s == 'M') shift = 20;
+  if (*s == 'g' || *s == 'G') shift = 30;
+  if (shift) {
+    s++;
+    if (*s == 'i' || *s == 'I') s++;
+    if (*s == 'b' || *s == 'B') s++;
+  }
+  v <<= shift;
+  if (*s || v < 1 || v > ((uint64_t)1 << 40)) return false;
+  *out = (int64_t)v;
+  return true;
+}
+
+/* End of option parsing (options.c): ALLOT_PROF, ALLOT_PROF_RATE,
+ * ALLOT_PROF_OUT. Runs inside the first malloc: no allocation. */
+static const char *const yes[] = {"1", "on", "yes", "true", NULL};
+static const char *const no[] = {"0", "off", "no", "false", NULL};
+
+void prof_configure(void) {
+  if (getauxval(AT_SECURE)) return;
+  const char *on = getenv("ALLOT_PROF");
+  if (!on || !*on || word_in(on, no)) return;
+  if (!word_in(on, yes)) {
+    warn("ignoring invalid ALLOT_PROF=", on, " (valid: 0, 1)");
+    return;
+  }
+  if (g.slow_mode) {
+    warn("ALLOT_PROF ignored: statistics, debug and secure modes take the ",
+         "checked path", "");
+    return;
+  }
+  const char *r = getenv("ALLOT_PROF_RATE");
+  if (r && *r && !parse_size(r, &rate))
+    warn("ignoring invalid ALLOT_PROF_RATE=", r,
+         " (valid: 1 to 2^40 bytes, K, M or G suffix); using 512K");
+  const char *o = getenv("ALLOT_PROF_OUT");
+  if (!o || !*o) o = "allot-prof.%p";
+  size_t n = strlen(o);
+  if (n >= sizeof out_path) n = sizeof out_path - 1;
+  memcpy(out_path, o, n);
+  out_path[n] = 0;
+  os_lock_init(&lock);
+  g.prof = 1;
+}
+
+static void fork_prepare(void) {
+  os_lock(&lock);
+#if defined(__x86_64__)
+  os_lock(&ulock);
+#endif
+}
+static void fork_parent(void) {
+#if defined(__x86_64__)
+  os_unlock(&ulock);
+#endif
+  os_unlock(&lock);
+}
+static void fork_child(void) {
+#if defined(__x86_64__)
+  os_lock_init(&ulock);
+#endif
+  os_lock_init(&lock);
+}
+
+/* Before main: the tables, allot's code range, the unwinder warmed up (its
+ * first use loads and binds what it needs, outside malloc). */
+static __attribute__((constructor)) void prof_start(void) {
+  /* the environment read here, not through allot's start-up (which stays
+   * at the first malloc); prof_configure decides, with the modes known */
+  const char *on = getenv("ALLOT_PROF");
+  if (getauxval(AT_SECURE) || !on || !word_in(on, yes)) return;
+  start_ns = now_ns();
+  filter = os_map((size_t)1 << FILTER_BITS);
+  if (!filter) {
+    warn("ALLOT_PROF: no memory for the profile's tables; ", "not profiling",
+         "");
+    return;
+  }
+  dl_iterate_phdr(find_self, (void *)(uintptr_t)&prof_start);
+  const char *chk = getenv("ALLOT_PROF_CHECK");
+  check_unwind = chk && chk[0] == '1';
+#if defined(__x86_64__)
+  os_lock_init(&ulock);
+  urules = os_map(URULES * sizeof *urules); /* NULL: libgcc's only */
+#endif
+  uintptr_t ip[PROF_FRAMES];
+  capture(ip);
+  pthread_atfork(fork_prepare, fork_parent, fork_child);
+  atomic_store_explicit(&ready, 1, memory_order_release);
+}
+
+/* ---- the profile, written at exit ----------------------------------------
+ */
+
+typedef struct out {
+  int fd;
+  char *buf;
+  size_t n, cap;
+} out_t;
+
+static void out_flush(out_t *o) {
+  size_t off = 0;
+  while (off < o->n) {
+    ssize_t w = write(o->fd, o->buf + off, o->n - off);
+    if (w <= 0) break;
+    off += (size_t)w;
+  }
+  o->n = 0;
+}
+static void out_str(out_t *o, const char *s) {
+  size_t len = strlen(s);
+  if (o->n + len > o->cap) out_flush(o);
+  if (len > o->cap) len = o->cap;
+  memcpy(o->buf + o->n, s, len);
+  o->n += len;
+}
+static void out_dec(out_t *o, int64_t v) {
+  char t[24];
+  if (v < 0) {
+    out_str(o, "-");
+    v = -v;
+  }
+  os_fmt_dec(t, (size_t)v);
+  out_str(o, t);
+}
+static void out_kv(out_t *o, const char *k, int64_t v) {
+  out_str(o, k);
+  out_str(o, " ");
+  out_dec(o, v);
+  out_str(o, "\n");
+}
+
+/* ALLOT_PROF_OUT with %p replaced by the pid */
+static void out_name(char *name, size_t cap) {
+  char pid[24];
+  os_fmt_dec(pid, (size_t)getpid());
+  size_t n = 0;
+  for (const char *s = out_path; *s && n + 24 < cap; s++) {
+    if (s[0] == '%' && s[1] == 'p') {
+      for (const char *d = pid; *d; d++)
+        name[n++] = *d;
+      s++;
+    } else {
+      name[n++] = *s;
+    }
+  }
+  name[n] = 0;
+}
+
+static __attribute__((destructor)) void prof_finish(void) {
+  if (!atomic_load_explicit(&ready, memory_order_acquire) || !g.prof) return;
+  char name[sizeof out_path + 32];
+  out_name(name, sizeof name);
+  int fd = open(name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    warn("ALLOT_PROF: cannot write the profile to ", name, "");
+    return;
+  }
+  size_t cap = (size_t)64 << 10;
+  out_t o = {fd, os_map(cap), 0, cap};
+  if (!o.buf) {
+    close(fd);
+    return;
+  }
+  os_lock(&lock);
+  uint64_t end = now_ns();
+  if (live_total > peak_total) { /* the exit is the peak */
+    epoch++;
+    peak_total = live_total;
+    peak_ns = end;
+  }
+  out_str(&o, "allot-prof 1\n");
+  out_kv(&o, "pid", getpid());
+  out_kv(&o, "rate", rate);
+  out_kv(&o, "run_ns", (int64_t)(end - start_ns));
+  out_kv(&o, "samples", (int64_t)taken);
+  out_kv(&o, "dropped", (int64_t)dropped);
+  out_kv(&o, "sampling_ns", (int64_t)busy_ns);
+  out_kv(&o, "unwind_fallbacks", (int64_t)unwind_fallbacks);
+  out_kv(&o, "unwind_mismatches", (int64_t)unwind_mismatches);
+  out_kv(&o, "peak_bytes", peak_total);
+  out_kv(&o, "peak_ns", peak_ns ? (int64_t)(peak_ns - start_ns) : 0);
+  out_kv(&o, "exit_bytes", live_total);
+  out_kv(&o, "stacks", (int64_t)nstacks);
+  /* s peak_bytes peak_n exit_bytes exit_n total_bytes total_n depth frames */
+  for (size_t i = 0; i < nstacks; i++) {
+    pstack_t *s = &stacks[i];
+    bool same = s->epoch != epoch; /* unchanged since the peak */
+    out_str(&o, "s ");
+    out_dec(&o, same ? s->live : s->snap);
+    out_str(&o, " ");
+    out_dec(&o, same ? s->live_n : s->snap_n);
+    out_str(&o, " ");
+    out_dec(&o, s->live);
+    out_str(&o, " ");
+    out_dec(&o, s->live_n);
+    out_str(&o, " ");
+    out_dec(&o, s->total);
+    out_str(&o, " ");
+    out_dec(&o, s->total_n);
+    out_str(&o, " ");
+    out_dec(&o, s->depth);
+    for (uint32_t k = 0; k < s->depth; k++) {
+      char hex[24];
+      os_fmt_hex(hex, s->frames[k]);
+      out_str(&o, " ");
+      out_str(&o, hex);
+    }
+    out_str(&o, "\n");
+  }
+  os_unlock(&lock);
+  /* the mappings, so that the command can name the frames afterwards */
+  out_str(&o, "maps\n");
+  out_flush(&o);
+  int mfd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (mfd >= 0) {
+    ssize_t r;
+    while ((r = read(mfd, o.buf, o.cap)) > 0) {
+      o.n = (size_t)r;
+      out_flush(&o);
+    }
+    close(mfd);
+  }
+  out_str(&o, "end\n");
+  out_flush(&o);
+  close(fd);
+  os_unmap(o.buf, cap);
+}
