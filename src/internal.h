@@ -329,6 +329,8 @@ INTERNAL void checked_free(void *p, const char *fn);
  * (heap walks must not count it in use); the first problem checked mode
  * finds in the heap (canaries, writes after free), or NULL */
 INTERNAL bool checked_quarantined(const void *p);
+/* bytes (and blocks) of small and medium blocks in h's quarantine */
+INTERNAL size_t checked_quarantine_bytes(const heap_t *h, size_t *blocks);
 /* allot_heap_destroy: h's blocks in this thread's quarantine go back now */
 INTERNAL void checked_heap_destroy(heap_t *h);
 /* the walk: live block p's size as malloc_usable_size reports it (u: the

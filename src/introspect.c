@@ -377,6 +377,16 @@ EXPORT int allot_stats_get(allot_stats_t *out) {
   sum_counters(&c, &retired);
   sum_counters(&c, &unowned);
   fill(out, &t, &c);
+  if (g.slow_mode) {
+    /* blocks waiting in checked mode's quarantines are free to the program
+     * (the walk says so too), though the layers still hold them */
+    size_t q = 0;
+    for (heap_t *h = heaps_first(); h; h = h->next_all)
+      q += checked_quarantine_bytes(h, NULL);
+    if (q > out->in_use) q = out->in_use;
+    out->in_use -= q;
+    out->free_small += q;
+  }
   out->reserved = atomic_load(&os_stats.mapped);
   out->reserved_peak = atomic_load(&os_stats.mapped_peak);
   raise_peak(&committed_peak, out->committed);
