@@ -278,22 +278,6 @@ static __attribute__((constructor)) void checked_ready(void) {
   atomic_store_explicit(&unwind_ready, 1, memory_order_release);
 }
 
-static int find_self(struct dl_phdr_info *info, size_t size, void *arg) {
-  uintptr_t me = (uintptr_t)arg;
-  for (int i = 0; i < info->dlpi_phnum; i++) {
-    const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-    if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X)) continue;
-    uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
-    if (me >= lo && me < lo + ph->p_memsz) {
-      self_lo = lo;
-      self_hi = lo + ph->p_memsz;
-      return 1;
-    }
-  }
-  (void)size;
-  return 0;
-}
-
 typedef struct unwind_buf {
   uintptr_t ip[24];
   int n, outside; /* frames, and how many of them are not allot's */
@@ -318,7 +302,13 @@ static NOINLINE void capture_frames(uintptr_t *out) {
     return; /* the unwinder allocated, or cannot run yet: no site */
   in_unwind = 1;
   if (!atomic_load_explicit(&self_known, memory_order_acquire)) {
-    dl_iterate_phdr(find_self, (void *)(uintptr_t)&capture_frames);
+    uintptr_t lo, hi;
+    bool shared;
+    if (os_code_range((const void *)(uintptr_t)&capture_frames, &lo, &hi,
+                      &shared)) {
+      self_lo = lo;
+      self_hi = hi;
+    }
     atomic_store_explicit(&self_known, 1, memory_order_release);
   }
   unwind_buf_t b;

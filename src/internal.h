@@ -227,6 +227,11 @@ INTERNAL uint64_t os_now_ms(void);
 INTERNAL uint64_t os_random_seed(void);
 INTERNAL void os_lock(os_lock_t *l);
 INTERNAL bool os_trylock(os_lock_t *l);
+/* The executable segment holding `code` (a function of allot's): its bounds,
+ * and whether it is a shared object's (liballot.so) rather than the
+ * program's; for backtraces that drop allot's own frames. */
+INTERNAL bool os_code_range(const void *code, uintptr_t *lo, uintptr_t *hi,
+                            bool *shared);
 INTERNAL void os_unlock(os_lock_t *l);
 INTERNAL void os_lock_init(os_lock_t *l);
 INTERNAL void os_write_err(const char *s);

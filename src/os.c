@@ -8,6 +8,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <link.h>
 #include <linux/futex.h>
 #include <stdlib.h>
 #include <sys/auxv.h>
@@ -302,6 +303,39 @@ void os_lock(os_lock_t *l) {
   if (atomic_exchange_explicit(&l->state, 2, memory_order_acquire) == 0) return;
   while (atomic_exchange_explicit(&l->state, 2, memory_order_acquire) != 0)
     syscall(SYS_futex, &l->state, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+}
+
+struct code_query {
+  uintptr_t at, lo, hi;
+  bool found, shared;
+};
+
+static int code_visit(struct dl_phdr_info *info, size_t size, void *arg) {
+  struct code_query *q = arg;
+  for (int i = 0; i < info->dlpi_phnum; i++) {
+    const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+    if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X)) continue;
+    uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+    if (q->at >= lo && q->at < lo + ph->p_memsz) {
+      q->lo = lo;
+      q->hi = lo + ph->p_memsz;
+      q->found = true;
+      q->shared = info->dlpi_name && info->dlpi_name[0];
+      return 1;
+    }
+  }
+  (void)size;
+  return 0;
+}
+
+bool os_code_range(const void *code, uintptr_t *lo, uintptr_t *hi,
+                   bool *shared) {
+  struct code_query q = {.at = (uintptr_t)code};
+  dl_iterate_phdr(code_visit, &q);
+  *lo = q.lo;
+  *hi = q.hi;
+  *shared = q.shared;
+  return q.found;
 }
 
 bool os_trylock(os_lock_t *l) {

@@ -550,27 +550,6 @@ static ALWAYS_INLINE int capture(uintptr_t *ip) {
   return capture_libgcc(ip);
 }
 
-/* allot's own code, when it is a library of its own: its frames lead every
- * stack and are dropped. Linked into the program, nothing is dropped here
- * (the command leaves out allot's functions by name). */
-static int find_self(struct dl_phdr_info *info, size_t size, void *arg) {
-  uintptr_t me = (uintptr_t)arg;
-  for (int i = 0; i < info->dlpi_phnum; i++) {
-    const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-    if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X)) continue;
-    uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
-    if (me >= lo && me < lo + ph->p_memsz) {
-      if (info->dlpi_name && info->dlpi_name[0]) {
-        self_lo = lo;
-        self_hi = lo + ph->p_memsz;
-      }
-      return 1;
-    }
-  }
-  (void)size;
-  return 0;
-}
-
 /* ---- tables (under lock) -------------------------------------------------
  */
 
@@ -1126,7 +1105,16 @@ static __attribute__((constructor)) void prof_start(void) {
          "");
     return;
   }
-  dl_iterate_phdr(find_self, (void *)(uintptr_t)&prof_start);
+  /* allot's own code, when it is a library of its own: its frames lead
+   * every stack and are dropped. Linked into the program, nothing is dropped
+   * here (the command leaves out allot's functions by name). */
+  uintptr_t lo, hi;
+  bool shared;
+  if (os_code_range((const void *)(uintptr_t)&prof_start, &lo, &hi, &shared) &&
+      shared) {
+    self_lo = lo;
+    self_hi = hi;
+  }
   const char *chk = getenv("ALLOT_PROF_CHECK");
   check_unwind = chk && chk[0] == '1';
 #if defined(__x86_64__)
