@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "allot.h"
+#include "procstatus.h"
 
 typedef size_t (*stats_json_fn)(char *, size_t);
 typedef int (*walk_fn)(allot_walk_fn, void *);
@@ -119,23 +120,6 @@ static void close_out(out_t *o, const char *path) {
     rename(tmp, path);
   else
     unlink(tmp);
-}
-
-/* "VmHWM:    1234 kB" and friends from /proc/self/status */
-static long proc_status_kib(const char *field) {
-  char buf[4096];
-  int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return -1;
-  buf[n] = 0;
-  char *p = strstr(buf, field);
-  if (!p) return -1;
-  p += strlen(field);
-  while (*p == ' ' || *p == '\t' || *p == ':')
-    p++;
-  return strtol(p, NULL, 10);
 }
 
 static void comm_name(char *dst, size_t len) {

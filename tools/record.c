@@ -39,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "procstatus.h"
 #include "trace.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -432,18 +433,6 @@ static uint64_t json_num(const char *json, const char *key) {
   return p ? strtoull(p + strlen(pat), NULL, 10) : 0;
 }
 
-static int64_t vm_hwm_kib(void) {
-  char buf[4096];
-  int f = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-  if (f < 0) return -1;
-  ssize_t n = read(f, buf, sizeof buf - 1);
-  close(f);
-  if (n <= 0) return -1;
-  buf[n] = 0;
-  const char *p = strstr(buf, "VmHWM:");
-  return p ? strtoll(p + 6, NULL, 10) : -1;
-}
-
 __attribute__((destructor)) static void record_fini(void) {
   if (fd < 0) return;
   depth++;
@@ -459,7 +448,7 @@ __attribute__((destructor)) static void record_fini(void) {
   raw_tail_t t;
   memset(&t, 0, sizeof t);
   t.end_ns = end - start_ns;
-  t.vm_hwm_kib = vm_hwm_kib();
+  t.vm_hwm_kib = proc_status_kib("VmHWM");
   t.lost = atomic_load(&lost);
   size_t (*stats_json)(char *, size_t) =
       (size_t(*)(char *, size_t))dlsym(RTLD_DEFAULT, "allot_stats_json");

@@ -41,6 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "procstatus.h"
 #include "trace.h"
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -608,6 +609,24 @@ static uint64_t start_ticks_g;
 static double ns_per_tick = 1.0;
 
 /* Decode the next event of thread t into t->head; false when none is left. */
+/* The merge's binary heap of thread indexes, keyed by each thread's next
+ * sequence number: restore its order below position i. */
+static void sift_down(size_t *heap, size_t n, size_t i,
+                      const cthread_t *threads) {
+#define KEY(k) (threads[heap[k]].head.seq_op >> 8)
+  for (;;) {
+    size_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < n && KEY(l) < KEY(m)) m = l;
+    if (r < n && KEY(r) < KEY(m)) m = r;
+    if (m == i) return;
+    size_t tmp = heap[i];
+    heap[i] = heap[m];
+    heap[m] = tmp;
+    i = m;
+  }
+#undef KEY
+}
+
 static bool next_event(cthread_t *t) {
   while (!t->left) {
     if (t->has_head) t->chunk++;
@@ -726,22 +745,10 @@ static int convert(const char *raw_path, const char *out_path,
   /* merge the threads' streams by sequence number: a binary heap */
   c.live = xcalloc(c.nthreads, sizeof *c.live);
   size_t *heap = xcalloc(c.nthreads, sizeof *heap), n = 0;
-#define HEAD(i) (c.threads[i].head.seq_op >> 8)
   for (size_t i = 0; i < c.nthreads; i++)
     if (next_event(&c.threads[i])) heap[n++] = i;
-  for (size_t k = n / 2; k-- > 0;) {
-    size_t i = k;
-    for (;;) {
-      size_t l = 2 * i + 1, r = l + 1, m2 = i;
-      if (l < n && HEAD(heap[l]) < HEAD(heap[m2])) m2 = l;
-      if (r < n && HEAD(heap[r]) < HEAD(heap[m2])) m2 = r;
-      if (m2 == i) break;
-      size_t tmp = heap[i];
-      heap[i] = heap[m2];
-      heap[m2] = tmp;
-      i = m2;
-    }
-  }
+  for (size_t k = n / 2; k-- > 0;)
+    sift_down(heap, n, k, c.threads);
   uint64_t first_time = UINT64_MAX, last_time = 0;
   while (n) {
     size_t ti = heap[0];
@@ -755,19 +762,8 @@ static int convert(const char *raw_path, const char *out_path,
     order_sync(&c, (uint32_t)ti, s);
     conv_event(&c, (uint32_t)ti, e);
     if (!next_event(t)) heap[0] = heap[--n];
-    size_t i = 0;
-    for (;;) {
-      size_t l = 2 * i + 1, r = l + 1, m2 = i;
-      if (l < n && HEAD(heap[l]) < HEAD(heap[m2])) m2 = l;
-      if (r < n && HEAD(heap[r]) < HEAD(heap[m2])) m2 = r;
-      if (m2 == i) break;
-      size_t tmp = heap[i];
-      heap[i] = heap[m2];
-      heap[m2] = tmp;
-      i = m2;
-    }
+    sift_down(heap, n, 0, c.threads);
   }
-#undef HEAD
   c.h.slots = c.nslots;
   c.h.end_live_bytes = c.live_bytes;
   c.h.end_live_blocks = c.live_blocks;
@@ -1207,18 +1203,6 @@ static void *replay_thread(void *arg) {
   return NULL;
 }
 
-static long status_kib(const char *field) {
-  char buf[4096];
-  int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return -1;
-  buf[n] = 0;
-  char *p = strstr(buf, field);
-  return p ? strtol(p + strlen(field) + 1, NULL, 10) : -1;
-}
-
 /* Insertion sorts: qsort may allocate, and the replayer's own allocations
  * must not mix with the trace's. */
 static void sort_by_first(rthread_t *t, size_t n) {
@@ -1301,7 +1285,7 @@ static int run(const char *path) {
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, 256 * 1024);
 
-  long base_kib = status_kib("VmRSS:");
+  long base_kib = proc_status_kib("VmRSS");
   struct rusage ru0, ru1;
   getrusage(RUSAGE_SELF, &ru0);
   uint64_t t0 = now_ns();
@@ -1324,8 +1308,8 @@ static int run(const char *path) {
     pthread_join(running[j]->tid, NULL);
   uint64_t t1 = now_ns();
   getrusage(RUSAGE_SELF, &ru1);
-  long hwm_kib = status_kib("VmHWM:");
-  long rss_kib = status_kib("VmRSS:");
+  long hwm_kib = proc_status_kib("VmHWM");
+  long rss_kib = proc_status_kib("VmRSS");
   char json[1 << 14];
   json[0] = 0;
   size_t (*stats_json)(char *, size_t) =
