@@ -64,9 +64,7 @@ static void *alloc_aligned(size_t align, size_t size) {
   }
   if (align <= SMALL_MAX && size <= SMALL_MAX) {
     size_t cls = aligned_class(size, align);
-    if (cls) {
-      return small_alloc(tls_heap, class_size[cls]);
-    }
+    if (cls) return heap_alloc_class(tls_heap, cls, class_size[cls], "malloc");
   }
   return alloc_big(size, align, false);
 }
@@ -104,12 +102,21 @@ static ALWAYS_INLINE bool small_valid(page_t *pg, const void *p) {
                 ((const block_t *)p)->mark != free_mark(p));
 }
 
+/* p's page descriptor: page_t is 128 bytes, so its offset in the array is
+ * p's page bits moved down by PAGE_SHIFT - 7 (one shift, one mask). */
+_Static_assert(sizeof(page_t) == 128, "small_page assumes 128-byte page_t");
 static ALWAYS_INLINE page_t *small_page(segment_t *s, const void *p) {
-  return &s->pages[(((uintptr_t)p - (uintptr_t)s) >> PAGE_SHIFT) &
-                   (PAGES_PER_SEG - 1)];
+  return (page_t *)((uint8_t *)s->pages +
+                    (((uintptr_t)p >> (PAGE_SHIFT - 7)) &
+                     ((uintptr_t)(PAGES_PER_SEG - 1) << 7)));
 }
 
 static size_t usable_size(const void *p, const char *fn);
+
+/* A free from a thread that does not own the page. */
+static NOINLINE void small_xfree(page_t *pg, block_t *b) {
+  if (unlikely(page_xfree(pg, b))) purge_poll();
+}
 
 /* A size that free_sized may be given for a block of usable size u: not more
  * than u, and more than half of it (a realloc that shrinks by half or more
@@ -118,37 +125,51 @@ static ALWAYS_INLINE bool size_fits(size_t size, size_t u) {
   return size <= u && (u <= 16 || size > u / 2);
 }
 
-/* Free p; `size`, when not SIZE_MAX, is the size the caller says the block
- * has (free_sized, C++ sized delete), checked on the way at no extra lookup. */
-static ALWAYS_INLINE void dealloc_block(void *p, size_t size, const char *fn) {
+/* Free small block p of segment s; `size`, when not SIZE_MAX, is the size
+ * the caller says the block has (free_sized, C++ sized delete), checked on
+ * the way at no extra lookup. */
+static ALWAYS_INLINE void small_free(segment_t *s, void *p, size_t size,
+                                     const char *fn) {
+  page_t *pg = small_page(s, p);
+  if (unlikely(!small_valid(pg, p))) small_bad(pg, p, fn);
+  if (size != SIZE_MAX && unlikely(!size_fits(size, pg->bsize)))
+    fault(fn, "size does not match the block", p);
+  block_t *b = p;
+  heap_t *h = tls_heap;
+  if (likely(atomic_load_explicit(&pg->heap, memory_order_relaxed) == h)) {
+    /* a full page goes back to the available list, under the page lock */
+    if (unlikely(pg->queue == Q_FULL)) {
+      page_free_full(h, pg, b);
+      return;
+    }
+    uintptr_t mark = free_mark(b), next = link_encode(pg->free, b);
+    /* opaque, so that the compiler stores the two words as two words
+     * rather than building them in a vector register (3 more
+     * instructions, and the mark computed twice) */
+    __asm__("" : "+r"(next));
+    b->mark = mark;
+    b->next = next;
+    pg->free = b;
+    /* an emptied page may go back to its segment (not the last of its
+     * class) */
+    if (unlikely(--pg->used == 0) && h->avail[pg->cls].count > 1)
+      page_free_slow(h, pg);
+    return;
+  }
+  small_xfree(pg, b);
+}
+
+/* Any block, by the segment map, ignoring the checked-mode flag: checked.c
+ * frees through here once it has done its checks (free_unchecked). */
+static NOINLINE void dealloc_any(void *p, size_t size, const char *fn) {
   segment_t *s = segment_of(p);
-  if (unlikely(!segmap_has(s))) {
+  unsigned kind = segmap_kind(s) & ~SEGMAP_CHECKED;
+  if (unlikely(kind == 0)) {
     if (p) bad_pointer(p, fn);
     return;
   }
-  if (likely(s->kind == SEG_SMALL)) {
-    page_t *pg = small_page(s, p);
-    if (unlikely(!small_valid(pg, p))) small_bad(pg, p, fn);
-    if (size != SIZE_MAX && unlikely(!size_fits(size, pg->bsize)))
-      fault(fn, "size does not match the block", p);
-    block_t *b = p;
-    heap_t *h = tls_heap;
-    if (likely(atomic_load_explicit(&pg->heap, memory_order_relaxed) == h)) {
-      /* a full page goes back to the available list, under the page lock */
-      if (unlikely(pg->queue == Q_FULL)) {
-        page_free_full(h, pg, b);
-        return;
-      }
-      b->mark = free_mark(b);
-      b->next = link_encode(pg->free, b);
-      pg->free = b;
-      /* an emptied page may go back to its segment (not the last of its
-       * class) */
-      if (unlikely(--pg->used == 0) && h->avail[pg->cls].count > 1)
-        page_free_slow(h, pg);
-    } else if (unlikely(page_xfree(pg, b))) {
-      purge_poll();
-    }
+  if (kind == SEG_SMALL) {
+    small_free(s, p, size, fn);
     return;
   }
   if (size != SIZE_MAX && !size_fits(size, usable_size(p, fn)))
@@ -156,16 +177,36 @@ static ALWAYS_INLINE void dealloc_block(void *p, size_t size, const char *fn) {
   free_big(s, p, fn);
 }
 
+/* The fast path takes a small block in default mode: one byte of the
+ * segment map says both (checked mode flags every segment). The rest —
+ * NULL, checked mode, medium, large, zero-size, foreign — goes out of line. */
+static ALWAYS_INLINE void dealloc_block(void *p, size_t size, const char *fn) {
+  segment_t *s = segment_of(p);
+  if (likely(segmap_kind(s) == SEG_SMALL)) {
+    small_free(s, p, size, fn);
+    return;
+  }
+  dealloc_any(p, size, fn);
+}
+
 void free_unchecked(void *p, const char *fn) {
-  dealloc_block(p, SIZE_MAX, fn);
+  dealloc_any(p, SIZE_MAX, fn);
+}
+
+static NOINLINE void dealloc_other(void *p, const char *fn) {
+  if (unlikely(g.slow_mode))
+    checked_free(p, fn);
+  else
+    dealloc_any(p, SIZE_MAX, fn);
 }
 
 static ALWAYS_INLINE void dealloc(void *p, const char *fn) {
-  if (unlikely(g.slow_mode)) {
-    checked_free(p, fn);
+  segment_t *s = segment_of(p);
+  if (likely(segmap_kind(s) == SEG_SMALL)) {
+    small_free(s, p, SIZE_MAX, fn);
     return;
   }
-  dealloc_block(p, SIZE_MAX, fn);
+  dealloc_other(p, fn);
 }
 
 /* Usable size of a live block, faulting on anything else. */
@@ -249,9 +290,13 @@ static ALWAYS_INLINE bool hint_fits(const void *p, size_t size) {
   if (size > e->usable || size < e->usable - e->usable / 4) return false;
   segment_t *s = segment_of(p);
   heap_t *h = e->heap;
+  /* The block's own size, last: another thread may have grown it in place
+   * since this thread's hint (growth leaves medium_gen as it is), and a
+   * block's size word changes only by a call on that block. */
   return segmap_has(s) && s->kind == SEG_MEDIUM &&
          atomic_load_explicit(&s->heap, memory_order_relaxed) == h &&
-         atomic_load_explicit(&h->medium_gen, memory_order_relaxed) == e->gen;
+         atomic_load_explicit(&h->medium_gen, memory_order_relaxed) == e->gen &&
+         chunk_usable_size(p) == e->usable;
 }
 
 /* Remember a hint in this thread's heap. Not for a first-class heap's block
@@ -300,11 +345,11 @@ static NOINLINE void *realloc_slow(void *p, size_t size) {
   dealloc(p, "realloc");
   segment_t *qs = segment_of(q);
   if (want > SMALL_MAX && qs->kind == SEG_MEDIUM) {
-    /* q holds at least want bytes, and nothing has freed it since */
+    /* nothing has freed q since */
     heap_t *qh = atomic_load_explicit(&qs->heap, memory_order_relaxed);
     realloc_hint_t hint = {
         q, qh, atomic_load_explicit(&qh->medium_gen, memory_order_relaxed),
-        want};
+        chunk_usable_size(q)};
     hint_put(&hint);
   }
   return q;

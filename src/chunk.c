@@ -533,10 +533,6 @@ bool chunk_is_live(const chunk_heap_t *h, const void *p) {
   return p && validate_used(h, p, &u) == NULL;
 }
 
-size_t chunk_usable_size(const void *p) {
-  return SIZE_OF(chunk_of(p)->w1) - CHUNK_HEADER;
-}
-
 bool chunk_resize_in_place(chunk_heap_t *h, void *p, size_t size) {
   uint64_t key = h->key;
   used_view_t u;

@@ -125,8 +125,15 @@ void chunk_free(chunk_heap_t *h, void *p, chunk_fault_fn fault);
  * next chunk's boundary tag). */
 bool chunk_is_live(const chunk_heap_t *h, const void *p);
 
-/* Payload bytes usable at p (>= the size asked for). */
-size_t chunk_usable_size(const void *p);
+/* Payload bytes usable at p (>= the size asked for), from the size word
+ * just before it (bits 4..47 of the header's second word). Inline: realloc
+ * checks it on its lock-free path. */
+static inline size_t chunk_usable_size(const void *p) {
+  typedef uint64_t __attribute__((may_alias)) word_t;
+  uint64_t w1 = ((const word_t *)p)[-1];
+  return (size_t)(w1 & ((((uint64_t)1 << 48) - 1) & ~(uint64_t)15)) -
+         CHUNK_HEADER;
+}
 
 /* Resize in place to at least size bytes, shrinking or growing into a free
  * next neighbour. Returns true on success (contents kept), false if it

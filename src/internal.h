@@ -142,7 +142,10 @@ typedef struct heap {
   page_list_t avail[NCLASSES];
   page_list_t full[NCLASSES];
   _Atomic uint64_t xwake; /* classes with frees into full pages */
-  segment_t *segs;        /* small segments of this heap */
+  /* Classes whose owner freed into full pages lately (page.c): their pages
+   * that run dry stay in `avail` for a while, where a free costs no lock. */
+  uint8_t churn[NCLASSES];
+  segment_t *segs; /* small segments of this heap */
   segment_t *medium_segs;
   os_lock_t medium_lock; /* medium frees from other threads take it */
   chunk_heap_t chunks;
@@ -205,9 +208,18 @@ extern INTERNAL allot_globals_t g;
 extern INTERNAL heap_t empty_heap;
 extern INTERNAL page_t empty_page;
 extern INTERNAL __thread heap_t *tls_heap;
-extern INTERNAL _Atomic uint64_t segmap[(size_t)1 << (VA_BITS - SEG_SHIFT - 6)];
+/* The segment map: a byte per SEG_SIZE unit of the address space, the kind
+ * of the segment that starts there (0: none of allot's), plus
+ * SEGMAP_CHECKED while checked mode is on. free's fast path tests this one
+ * byte for "a small block, default mode". 64 MiB of bss, of which only the
+ * pages covering allot's segments are ever touched. */
+#define SEGMAP_UNITS ((uintptr_t)1 << (VA_BITS - SEG_SHIFT))
+#define SEGMAP_CHECKED 0x80u
+extern INTERNAL _Atomic uint8_t segmap[SEGMAP_UNITS];
 extern INTERNAL const uint32_t class_size[NCLASSES];
 extern INTERNAL const uint8_t class_of_small[SMALL_MAX / 16 + 1];
+#define SMALL_ALIGNS 9 /* 32 .. SMALL_MAX */
+extern INTERNAL const uint8_t class_aligned[SMALL_ALIGNS][NCLASSES];
 
 /* ---- os.c ------------------------------------------------------------- */
 INTERNAL void *os_map(size_t size); /* NULL on failure */
@@ -261,6 +273,8 @@ INTERNAL uint64_t segment_purge_heap(heap_t *h, bool force);
 INTERNAL uint64_t medium_purge_heap(heap_t *h, bool force);
 INTERNAL void segment_collect_cache(bool force);
 INTERNAL void segmap_set(const void *seg, size_t size, bool on);
+/* after g.slow_mode changed at run time: re-mark every segment */
+INTERNAL void segmap_refresh(void);
 INTERNAL void segments_visit(void (*visit)(segment_t *s, void *arg), void *arg);
 INTERNAL void segments_lock_all(void);
 INTERNAL void segments_unlock_all(void);
@@ -409,12 +423,15 @@ static ALWAYS_INLINE uintptr_t free_mark(const void *b) {
 static ALWAYS_INLINE segment_t *segment_of(const void *p) {
   return (segment_t *)(((uintptr_t)p - 1) & ~(uintptr_t)SEG_MASK);
 }
-static ALWAYS_INLINE bool segmap_has(const void *seg) {
+/* The map's byte for seg: 0 for an address that is not the start of one of
+ * allot's segments (non-canonical ones included). */
+static ALWAYS_INLINE unsigned segmap_kind(const void *seg) {
   uintptr_t i = (uintptr_t)seg >> SEG_SHIFT;
-  if (unlikely(i >= ((uintptr_t)1 << (VA_BITS - SEG_SHIFT)))) return false;
-  return (atomic_load_explicit(&segmap[i >> 6], memory_order_relaxed) >>
-          (i & 63)) &
-         1;
+  if (unlikely(i >= SEGMAP_UNITS)) return 0;
+  return atomic_load_explicit(&segmap[i], memory_order_relaxed);
+}
+static ALWAYS_INLINE bool segmap_has(const void *seg) {
+  return segmap_kind(seg) != 0;
 }
 static ALWAYS_INLINE uint8_t *page_start(const segment_t *s, const page_t *pg) {
   return (uint8_t *)s + ((size_t)(pg - s->pages) << PAGE_SHIFT);
@@ -447,9 +464,8 @@ static ALWAYS_INLINE void *heap_alloc_class(heap_t *h, size_t cls, size_t size,
 static inline size_t aligned_class(size_t size, size_t align) {
   size_t need = (size + align - 1) & ~(align - 1);
   if (need > SMALL_MAX) return 0;
-  for (size_t cls = size_class(need ? need : 1); cls < NCLASSES; cls++)
-    if ((class_size[cls] & (align - 1)) == 0) return cls;
-  return 0;
+  if (align <= 16) return size_class(need ? need : 1);
+  return class_aligned[__builtin_ctzl(align) - 5][size_class(need)];
 }
 
 #endif

@@ -317,9 +317,13 @@ EXPORT int allot_option_set(allot_option_t option, long value) {
       atomic_thread_fence(memory_order_seq_cst);
       SET(g.slow_mode, 1);
       drop_current_pages();
+      segmap_refresh(); /* free's fast path: leave blocks to checked.c */
     } else {
       SET(g.stats, 0);
-      if (!meta_modes()) SET(g.slow_mode, 0);
+      if (!meta_modes()) {
+        SET(g.slow_mode, 0);
+        segmap_refresh();
+      }
     }
   } else {
     put_value(option, value);

@@ -56,6 +56,49 @@ const uint8_t class_of_small[SMALL_MAX / 16 + 1] = {
     56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56,
 };
 
+/* For each alignment from 32 to SMALL_MAX (row log2(align) - 5) and class,
+ * the first class from it on whose every block has that alignment (pages
+ * are 64 KiB-aligned, so a block size that is a multiple of the alignment
+ * does it). Generated from class_size. */
+const uint8_t class_aligned[SMALL_ALIGNS][NCLASSES] = {
+    /* 32 */ {2,  2,  2,  4,  4,  6,  6,  8,  8,  10, 10, 12, 12, 14, 14,
+              16, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
+              30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
+              45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56},
+    /* 64 */ {4,  4,  4,  4,  4,  8,  8,  8,  8,  12, 12, 12, 12, 16, 16,
+              16, 16, 18, 18, 20, 20, 22, 22, 24, 24, 25, 26, 27, 28, 29,
+              30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
+              45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56},
+    /* 128 */ {8,  8,  8,  8,  8,  8,  8,  8,  8,  16, 16, 16, 16, 16, 16,
+               16, 16, 20, 20, 20, 20, 24, 24, 24, 24, 26, 26, 28, 28, 30,
+               30, 32, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
+               45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56},
+    /* 256 */ {16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16,
+               16, 16, 24, 24, 24, 24, 24, 24, 24, 24, 28, 28, 28, 28, 32,
+               32, 32, 32, 34, 34, 36, 36, 38, 38, 40, 40, 41, 42, 43, 44,
+               45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56},
+    /* 512 */ {24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24,
+               24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 32, 32, 32, 32, 32,
+               32, 32, 32, 36, 36, 36, 36, 40, 40, 40, 40, 42, 42, 44, 44,
+               46, 46, 48, 48, 49, 50, 51, 52, 53, 54, 55, 56},
+    /* 1024 */ {32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32,
+                32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32,
+                32, 32, 32, 40, 40, 40, 40, 40, 40, 40, 40, 44, 44, 44, 44,
+                48, 48, 48, 48, 50, 50, 52, 52, 54, 54, 56, 56},
+    /* 2048 */ {40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40,
+                40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40,
+                40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 48, 48, 48, 48,
+                48, 48, 48, 48, 52, 52, 52, 52, 56, 56, 56, 56},
+    /* 4096 */ {48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48,
+                48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48,
+                48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48,
+                48, 48, 48, 48, 56, 56, 56, 56, 56, 56, 56, 56},
+    /* 8192 */ {56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56,
+                56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56,
+                56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56,
+                56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56, 56},
+};
+
 INTERNAL page_t empty_page; /* free == NULL: sends the fast path here */
 
 /* ---- lists of pages -------------------------------------------------- */
@@ -283,6 +326,37 @@ static void *page_malloc_slow_inner(heap_t *h, size_t cls, size_t size) {
 
 static void *page_alloc_locked(heap_t *h, size_t cls);
 
+/* How many dry pages a churning class looks past, and how many failed looks
+ * it takes (h->churn) before its dry pages go to the full list again. */
+#define CHURN_SCAN 4
+#define CHURN_HOLD 64
+
+/* A class in churn (random frees spread over a few pages): when the current
+ * page runs dry, the blocks freed meanwhile sit in its other pages. Moving
+ * the dry page to the full list would make the next free into it take the
+ * page lock to bring it back, once per refill; instead, without the lock,
+ * look at the first few pages of `avail` and send dry ones to its back. A
+ * class whose pages stay dry (a phase that only allocates) loses its churn
+ * mark and goes back to the full lists, which the purge thread can retire
+ * from. */
+static NOINLINE void *page_alloc_rotate(heap_t *h, size_t cls) {
+  page_list_t *l = &h->avail[cls];
+  for (int i = 0; i < CHURN_SCAN; i++) {
+    page_t *pg = l->first;
+    if (!pg) break;
+    page_collect(pg);
+    if (pg->free) {
+      set_current(h, cls, pg);
+      return page_pop(pg);
+    }
+    if (pg == l->last) break;
+    plist_remove(l, pg);
+    plist_push_back(l, pg);
+  }
+  h->churn[cls]--;
+  return NULL;
+}
+
 /* A block of class cls from the heap's pages: the current page's free list,
  * then the other pages of the class, then pages freed into while full, then
  * an abandoned heap's pages, then a fresh page. */
@@ -293,6 +367,10 @@ void *page_alloc_block(heap_t *h, size_t cls) {
   if (cur != &empty_page) {
     page_collect(cur);
     if (cur->free) return page_pop(cur);
+  }
+  if (h->churn[cls]) {
+    void *p = page_alloc_rotate(h, cls);
+    if (p) return p;
   }
   if (h->dirty_pages) segment_purge_heap(h, false);
   os_lock(&h->page_lock);
@@ -350,6 +428,7 @@ void page_free_slow(heap_t *h, page_t *pg) {
 /* The owner frees into a full page: under the page lock, since the purge
  * thread may be looking at the full list. */
 void page_free_full(heap_t *h, page_t *pg, block_t *b) {
+  h->churn[pg->cls] = CHURN_HOLD;
   os_lock(&h->page_lock);
   b->mark = free_mark(b);
   b->next = link_encode(pg->free, b);

@@ -8,7 +8,7 @@
  * a loop does not pay for mmap each time. */
 #include "internal.h"
 
-INTERNAL _Atomic uint64_t segmap[(size_t)1 << (VA_BITS - SEG_SHIFT - 6)];
+INTERNAL _Atomic uint8_t segmap[SEGMAP_UNITS];
 
 static os_lock_t seg_list_lock; /* guards all_segs and the cache */
 static os_lock_t zero_lock;     /* guards the zero-size blocks */
@@ -17,17 +17,27 @@ static segment_t *seg_cache;
 static _Atomic size_t seg_cache_count;
 #define SEG_CACHE_MAX 8
 
+/* Only a segment's first unit is marked: pointers into later units of a
+ * large mapping are never valid block starts. `on` marks it with its kind
+ * (segment_register set it), flagged while checked mode is on so that
+ * free's fast path leaves it to checked.c. */
 void segmap_set(const void *seg, size_t size, bool on) {
-  uintptr_t first = (uintptr_t)seg >> SEG_SHIFT;
-  uintptr_t last = ((uintptr_t)seg + size - 1) >> SEG_SHIFT;
-  /* Only a segment's first unit is marked: pointers into later units of a
-   * large mapping are never valid block starts. */
-  (void)last;
-  uint64_t bit = (uint64_t)1 << (first & 63);
-  if (on)
-    atomic_fetch_or_explicit(&segmap[first >> 6], bit, memory_order_release);
-  else
-    atomic_fetch_and_explicit(&segmap[first >> 6], ~bit, memory_order_release);
+  (void)size;
+  const segment_t *s = seg;
+  unsigned v = 0;
+  if (on && s->kind) v = s->kind | (g.slow_mode ? SEGMAP_CHECKED : 0);
+  atomic_store_explicit(&segmap[(uintptr_t)seg >> SEG_SHIFT], (uint8_t)v,
+                        memory_order_release);
+}
+
+/* Statistics mode turned on or off at run time (options.c): mark every
+ * segment again. Under the list lock, as segment_register marks a new one,
+ * so none is left with the old mode. */
+void segmap_refresh(void) {
+  os_lock(&seg_list_lock);
+  for (segment_t *s = all_segs; s; s = s->next)
+    if (segmap_has(s)) segmap_set(s, s->map_size, true);
+  os_unlock(&seg_list_lock);
 }
 
 static void list_insert(segment_t *s) {
@@ -57,8 +67,8 @@ void segment_register(segment_t *s, int kind, size_t map_size) {
   s->map_size = map_size;
   os_lock(&seg_list_lock);
   list_insert(s);
-  os_unlock(&seg_list_lock);
   segmap_set(s, map_size, true);
+  os_unlock(&seg_list_lock);
 }
 
 /* A segment whose mapping the kernel moved (mremap): its header came along. */
@@ -66,8 +76,8 @@ void segment_register_moved(segment_t *s) {
   s->cookie = g.key ^ (uintptr_t)s;
   os_lock(&seg_list_lock);
   list_insert(s);
-  os_unlock(&seg_list_lock);
   segmap_set(s, s->map_size, true);
+  os_unlock(&seg_list_lock);
 }
 
 void segment_unregister(segment_t *s) {
@@ -149,6 +159,7 @@ void segment_free(segment_t *s) {
   /* frees into a cached segment are invalid frees; under the list lock, as
    * allot_check reads kinds while it walks the list */
   s->kind = 0;
+  segmap_set(s, SEG_SIZE, false);
   if (seg_cache_count < SEG_CACHE_MAX) {
     s->hnext = seg_cache;
     seg_cache = s;

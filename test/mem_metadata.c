@@ -77,8 +77,8 @@ typedef struct tally {
 } tally_t;
 
 static void segmap_touch(tally_t *t, const void *seg) {
-  /* the map's word for a segment is (addr >> 22) / 64, eight bytes each */
-  size_t page = (((uintptr_t)seg >> SEG_SHIFT) / 64 * 8) / 4096;
+  /* the map's byte for a segment is (addr >> 22) */
+  size_t page = ((uintptr_t)seg >> SEG_SHIFT) / 4096;
   for (size_t i = 0; i < t->nsegmap; i++)
     if (t->segmap_pages[i] == page) return;
   if (t->nsegmap < 4096) t->segmap_pages[t->nsegmap++] = page;
