@@ -11,18 +11,22 @@
  * keeps a trailer at the end of the usable space the block really has:
  *
  *   p                p+size                       p+U-T          p+U
- *   | caller's bytes | canary (>= 1 byte, keyed)   | frames | size |
+ *   | caller's bytes | canary (keyed)              | frames | size |
  *
  * The size word holds the requested size and a keyed tag of it and of the
  * address; the canary bytes are a keyed function of the address. free checks
- * both, so a 1-byte overflow is caught. Debug mode adds the allocation's
- * return addresses (leak report). Freed blocks wait in a quarantine, bounded
- * per heap, filled with a keyed word (secure) or 0xDD (debug), the free mark
- * in their second word so a second free is caught; when a block leaves the
- * quarantine the fill is checked again, which catches writes after free.
- * Large blocks in quarantine are made inaccessible instead. The secure fill
- * is not zero so that writes of zeros are seen too; blocks are zeroed when
- * they leave the quarantine.
+ * both, so a 1-byte overflow is caught; and as every block has room for 64
+ * checked bytes past its end (the canary, then the trailer when the room
+ * left for the canary is shorter), so is any write up to 64 bytes past the
+ * end, however far it skips. free also checks the block just below (its
+ * trailer if live, its fill if free), which catches underflows. Debug mode
+ * adds the allocation's return addresses (leak report). Freed blocks wait in
+ * a quarantine, bounded per heap, filled with a keyed word (secure) or 0xDD
+ * (debug), the free mark in their second word so a second free is caught;
+ * when a block leaves the quarantine the fill is checked again, which catches
+ * writes after free. Large blocks in quarantine are made inaccessible
+ * instead. The secure fill is not zero so that writes of zeros are seen
+ * too; blocks are zeroed when they leave the quarantine.
  *
  * The C++ operators (new.cpp) come here with their family, kept in the
  * size word's tag: a block freed the wrong way (new[] / delete or free,
@@ -83,10 +87,12 @@ enum { FAM_MALLOC, FAM_NEW, FAM_NEWARR, NFAMILIES };
 #define FILL_NEW 0xA5
 #define FILL_FREED 0xDD
 #define NFRAMES 5 /* return addresses kept per block (debug) */
-/* canary bytes past the end: a linear overflow crosses them first, and a
- * stray write up to this far past the end lands in them (when the block's
- * slack reaches that far) */
-#define CANARY_MAX 64
+/* A stray write up to this far past the end lands in bytes free checks:
+ * every block is asked of the layers with room for them (overhead), so no
+ * size class's slack decides whether such a write is caught. They are the
+ * canary (up to CANARY_REACH bytes, as far as the room goes) and then the
+ * trailer, which is checked too. */
+#define CANARY_REACH 64
 #define LEAD_CANARY 64 /* before a large block, in its header page */
 #define FIELD48 (((uint64_t)1 << 48) - 1)
 #define QCAP 256                 /* quarantine: blocks per heap */
@@ -208,9 +214,17 @@ static NO_ASAN bool canary_ok(const uint8_t *at, size_t n, uint64_t c) {
     bad |= *at ^ canary_byte(at, c);
   return bad == 0;
 }
+/* What a checked block needs beyond its caller's bytes: a trailer and at
+ * least one canary byte, and CANARY_REACH checked bytes in all. */
+static size_t overhead(void) {
+  return cf.tsize + 1 > CANARY_REACH ? cf.tsize + 1 : CANARY_REACH;
+}
+/* The canary after `size` bytes of a block of usable size u: all the room
+ * up to the trailer, or CANARY_REACH bytes (past them, filling and checking
+ * a class's slack would cost time and catch little more). */
 static size_t canary_len(size_t size, size_t u) {
   size_t room = u - cf.tsize - size;
-  return room < CANARY_MAX ? room : CANARY_MAX;
+  return room < CANARY_REACH ? room : CANARY_REACH;
 }
 static uint64_t *trailer_word(void *p, size_t u) {
   return (uint64_t *)((uint8_t *)p + u - 8);
@@ -241,10 +255,10 @@ static void poison_slack(void *p, size_t size, size_t u) {
  * overwritten; *fam (if not NULL) its family, the expected one (want)
  * tried first. */
 static NO_ASAN size_t requested(void *p, size_t u, int want, int *fam) {
-  if (u < cf.tsize + 1) return SIZE_MAX;
+  if (u < overhead()) return SIZE_MAX;
   uint64_t w = *trailer_word(p, u);
   size_t size = (size_t)(w & FIELD48);
-  if (size > u - cf.tsize - 1) return SIZE_MAX;
+  if (size > u - overhead()) return SIZE_MAX;
   uint64_t fh = frames_key(p, u);
   for (int i = 0; i < NFAMILIES; i++) {
     int f = (want + i) % NFAMILIES;
@@ -375,7 +389,7 @@ static void *raw_alloc(heap_t *h, size_t need, size_t align, bool zero,
 /* Secure mode keeps every free small block zero past its first 16 bytes
  * (carved zeroed, scrubbed on free, checked on leaving the quarantine), so
  * anything else there was written after free, or by an underflow. */
-static bool zero_from(const void *p, size_t from, size_t u) {
+static NO_ASAN bool zero_from(const void *p, size_t from, size_t u) {
   const uint64_t *w = p;
   uint64_t bad = 0;
   for (size_t i = from / 8; i < u / 8; i++)
@@ -422,7 +436,7 @@ static void *in_flight(void *p);
 /* A block for size bytes, with room for `room` more (realloc's growth). */
 static void *alloc_in(heap_t *h, size_t size, size_t room, size_t align,
                       bool zero, int fam) {
-  size_t extra = (cf.trailer ? cf.tsize + 1 : 0) + room;
+  size_t extra = (cf.trailer ? overhead() : 0) + room;
   if (size > PTRDIFF_MAX - extra - SEG_SIZE) {
     errno = ENOMEM;
     return NULL;
@@ -559,7 +573,8 @@ static void scrub(void *p, size_t u) {
 }
 
 /* Words [from/8, u/8) of free block p all equal to f? */
-static bool filled_from(const void *p, size_t from, size_t u, uint64_t f) {
+static NO_ASAN bool filled_from(const void *p, size_t from, size_t u,
+                                uint64_t f) {
   const uint64_t *w = p;
   uint64_t bad = 0;
   for (size_t i = from / 8; i < u / 8; i++)
@@ -574,11 +589,48 @@ static bool scrub_intact(void *p, size_t u) {
   return ((w[0] ^ f) | (w[1] ^ free_mark(p))) == 0 && filled_from(p, 16, u, f);
 }
 
-/* Secure mode, at the free of small block p: the block just below it in
- * its page, if free, must still be zero at its end, or p was written below
- * its start. Only the page's owner looks: no other thread allocates from
- * the page, so a free block stays free while we read it. A live block below
- * is checked at its own free (its trailer). */
+static uint64_t ops_now(void);
+static bool busy_with(const void *p);
+static int holder_of(const void *p);
+static size_t inspect(void *p, size_t u, const char **what);
+
+static const char mark_overwritten[] =
+    "write after free (a free block's free mark was overwritten)";
+
+/* The block below p, q (usable u): as it should be at its end? A live one's
+ * canary and trailer intact; a free one (secure mode) zero in its page's
+ * free list or filled in a quarantine. Debug mode's free blocks hold
+ * whatever was there before: not checked. */
+static bool below_intact(block_t *q, size_t u, const char **what) {
+  if (__atomic_load_n(&q->mark, __ATOMIC_ACQUIRE) == free_mark(q)) {
+    size_t from = u - 16 > 64 ? u - 64 : 16;
+    *what = "heap buffer underflow (the free block below was overwritten)";
+    return !cf.zero || zero_from(q, from, u) ||
+           filled_from(q, from, u, fill_word(q, u));
+  }
+  if (inspect(q, u, what) != SIZE_MAX) return true;
+  /* a free block whose free mark a write after free replaced */
+  if (filled_from(q, 16, u, fill_word(q, u)) ||
+      (cf.zero && zero_from(q, 16, u)))
+    *what = mark_overwritten;
+  else
+    *what = "heap buffer underflow (the block below's canary or trailer was "
+            "overwritten: an underflow of this block or an overflow of that "
+            "one)";
+  return false;
+}
+
+/* At the free of small block p: the block just below it in its page must
+ * be intact at its end, or p was written below its start, up to the
+ * canaries' and trailer's length (or the block below past its end): so an
+ * underflow is caught at p's free whatever is below, live or free. Only
+ * the page's owner looks: no other thread allocates from the page, so a
+ * block stays carved, and a free one free, while we read; but other
+ * threads may be freeing the block below, resizing it or taking it out of
+ * their quarantine meanwhile (unfill: mark cleared, then zeroed, then
+ * marked again in the page), and say so (in_flight): look again before
+ * blaming an underflow. The first look costs no more than the block's own
+ * checks; only a block that looks damaged asks the other threads. */
 static void check_below(void *p, const char *fn) {
   segment_t *s = segment_of(p);
   page_t *pg = page_of(s, p);
@@ -587,18 +639,16 @@ static void check_below(void *p, const char *fn) {
       ((uintptr_t)p & (PAGE_SIZE - 1)) < u || u < 32)
     return;
   block_t *q = (block_t *)((uint8_t *)p - u);
-  size_t from = u - 16 > 64 ? u - 64 : 16;
-  /* Zero in a page's free list, filled in a quarantine. Another thread may
-   * be taking it out of its quarantine meanwhile (unfill: mark cleared,
-   * then zeroed, then marked again in the page): look again before
-   * blaming an underflow. */
+  const char *what = NULL;
+  if (below_intact(q, u, &what)) return;
   for (int tries = 0;; tries++) {
-    if (__atomic_load_n(&q->mark, __ATOMIC_ACQUIRE) != free_mark(q)) return;
-    if (zero_from(q, from, u) || filled_from(q, from, u, fill_word(q, u)))
-      return;
-    if (tries == 100)
-      fault(fn, "heap buffer underflow (the free block below was overwritten)",
-            p);
+    uint64_t before = ops_now();
+    if (below_intact(q, u, &what)) return;
+    int holder = holder_of(q);
+    if (holder == 2) return; /* half changed by a thread a fork left behind */
+    bool moving = holder == 1 || ops_now() != before || busy_with(q);
+    if (!moving || tries == 10000)
+      fault(fn, what, what == mark_overwritten ? (void *)q : p);
     sched_yield();
   }
 }
@@ -816,7 +866,7 @@ void checked_heap_destroy(heap_t *h) {
  * so its word is read through walk_read_word. */
 __attribute__((no_sanitize("address"))) size_t checked_walk_size(const void *p,
                                                                  size_t u) {
-  if (!cf.trailer || u < cf.tsize + 1) return u;
+  if (!cf.trailer || u < overhead()) return u;
   const uint64_t *at = (const uint64_t *)((const uint8_t *)p + u - cf.tsize);
   uint64_t t[1 + NFRAMES]; /* frames (debug), then the size word */
   size_t n = cf.tsize / 8;
@@ -833,7 +883,7 @@ __attribute__((no_sanitize("address"))) size_t checked_walk_size(const void *p,
   if (!ok) return u;
   uint64_t w = t[n - 1];
   size_t size = (size_t)(w & FIELD48);
-  if (size > u - cf.tsize - 1) return u;
+  if (size > u - overhead()) return u;
   uint64_t fh = cf.frames ? frames_hash((const uintptr_t *)t) : 0;
   for (int f = 0; f < NFAMILIES; f++)
     if (w == size_word(p, size, f, fh)) return size;
@@ -906,7 +956,7 @@ static void free_as(void *p, const char *fn, int fam, size_t size) {
           size > have ? "size larger than the block"
                       : "size does not match the block",
           p);
-  if (cf.zero && s->kind == SEG_SMALL) check_below(p, fn);
+  if (cf.trailer && s->kind == SEG_SMALL) check_below(p, fn);
   if (g.stats) stats_free(p, u);
   VG(VALGRIND_FREELIKE_BLOCK(p, 0));
   void *was = in_flight(p);
@@ -1049,7 +1099,7 @@ void *checked_realloc(void *p, size_t size) {
     VG(VALGRIND_DISABLE_ERROR_REPORTING);
     void *was = in_flight(p); /* its trailer moves */
     size_t u = block_usable_size(p, "realloc");
-    size_t extra = cf.tsize + 1;
+    size_t extra = overhead();
     /* a large block that a medium one would now hold moves, as in the
      * default mode (large blocks are the ones without a heap) */
     bool fits = size + extra <= u && (size > old / 2 || u <= 64) &&
@@ -1149,6 +1199,15 @@ static bool busy_with(const void *p) {
   }
   return false;
 }
+/* Which thread has block p itself in hand: 0 none, 1 a running one, 2 one
+ * that a fork left behind (it never finishes). */
+static int holder_of(const void *p) {
+  for (heap_t *h = heaps_first(); h; h = h->next_all) {
+    quarantine_t *q = h->checked;
+    if (q && atomic_load(&q->busy) == p) return q->orphan ? 2 : 1;
+  }
+  return 0;
+}
 
 /* Live block p's requested size, or SIZE_MAX with *what saying what is
  * damaged. */
@@ -1165,6 +1224,20 @@ static size_t inspect(void *p, size_t u, const char **what) {
   return size;
 }
 
+/* Is p still a live block? Another thread may free it while the walk
+ * looks: its fill, or its pages given back, then read as a damaged trailer.
+ * Once free it stays so during the walk (only the examined heap's own
+ * thread allocates from its pages; medium frees wait for the lock the walk
+ * holds), and its quarantine's walk judges it. */
+static bool still_live(const void *p) {
+  segment_t *s = segment_of(p);
+  if (s->kind == SEG_LARGE)
+    return atomic_load_explicit(&s->large_state, memory_order_acquire) ==
+           LARGE_LIVE;
+  return __atomic_load_n(&((const block_t *)p)->mark, __ATOMIC_ACQUIRE) !=
+         free_mark(p);
+}
+
 static void leak(walk_t *w, void *p, size_t u) {
   for (size_t i = 0; i < w->nhalf; i++)
     if (w->half_made[i] == p) return;
@@ -1172,12 +1245,26 @@ static void leak(walk_t *w, void *p, size_t u) {
   const char *what = NULL;
   /* A block another running thread is freeing, resizing or making (large
    * blocks belong to no heap; other threads free into examined heaps) is
-   * not damaged: look again until no thread was busy while we looked. */
+   * not damaged: look again until no thread was busy while we looked. A
+   * thread that has this very block in hand may take long (debug mode
+   * fills a new large block whole): wait for it up to a few seconds, not a
+   * number of tries (the bound only keeps a thread that waits for a lock
+   * the walk holds from waiting forever). */
+  uint64_t since = 0;
   for (int tries = 0; cf.trailer; tries++) {
     uint64_t before = ops_now();
     size = inspect(p, u, &what);
     if (size != SIZE_MAX) break;
-    if ((ops_now() != before || busy_with(p)) && tries < 1000) {
+    if (!still_live(p)) return; /* freed meanwhile: not a leak */
+    bool held = holder_of(p) == 1;
+    /* a thread giving it back to the layers from its quarantine (its mark
+     * cleared, its fill or zeros still there), which may wait for the lock
+     * this walk holds: free, not damaged */
+    if (held && (filled_from(p, 16, u, fill_word(p, u)) || zero_from(p, 16, u)))
+      return;
+    if (held && !since) since = os_now_ms();
+    if ((held && os_now_ms() - since < 5000) ||
+        ((ops_now() != before || busy_with(p)) && tries < 1000)) {
       sched_yield();
       continue;
     }

@@ -45,10 +45,20 @@ c = ctypes.CDLL(None)
 c.malloc.restype = ctypes.c_void_p
 c.allot_owns.argtypes = [ctypes.c_void_p]
 p = c.malloc(100)
-print("allot" if c.allot_owns(p) == 1 else "not allot")'
-  local who
-  who=$(PYTHONMALLOC=malloc LD_PRELOAD="$lib" "$py" -c "$probe" 2>/dev/null)
+print("allot" if c.allot_owns(p) == 1 else "not allot")
+print(c.allot_option_get(9))  # ALLOT_OPTION_DEBUG'
+  local probed who debug
+  probed=$(PYTHONMALLOC=malloc LD_PRELOAD="$lib" "$py" -c "$probe" 2>/dev/null)
+  who=$(printf '%s\n' "$probed" | sed -n 1p)
+  debug=$(printf '%s\n' "$probed" | sed -n 2p)
   [ "$who" = allot ] || fail "malloc in the preloaded python is not allot's ($who)"
+  # Debug mode (ALLOT_DEBUG=1, e.g. the whole suite run in debug mode) ends
+  # every process with a leak report on stderr, and Python's test runner
+  # reads its workers' and subprocesses' stderr: the summaries cannot match.
+  if [ "$debug" != 0 ]; then
+    say "skip: debug mode writes a leak report on every process's stderr, which Python's regression tests read as output"
+    exit 77
+  fi
 
   local mode
   for mode in plain allot; do
