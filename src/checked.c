@@ -289,10 +289,13 @@ static __thread int in_unwind;
  * unwinder cannot run during the C library's own start-up mallocs. */
 static _Atomic int unwind_ready;
 static __attribute__((constructor)) void checked_ready(void) {
+  /* debug mode records sites: find the unwinder now, outside malloc */
+  if (options_env_on(ALLOT_OPTION_DEBUG)) os_unwind();
   atomic_store_explicit(&unwind_ready, 1, memory_order_release);
 }
 
 typedef struct unwind_buf {
+  const os_unwind_t *u;
   uintptr_t ip[24];
   int n, outside; /* frames, and how many of them are not allot's */
 } unwind_buf_t;
@@ -301,7 +304,7 @@ typedef struct unwind_buf {
  * the caller's frames are in. */
 static _Unwind_Reason_Code unwind_step(struct _Unwind_Context *ctx, void *arg) {
   unwind_buf_t *b = arg;
-  uintptr_t ip = _Unwind_GetIP(ctx);
+  uintptr_t ip = b->u->get_ip(ctx);
   if (!ip || b->n == 24) return _URC_END_OF_STACK;
   b->ip[b->n++] = ip;
   if (!(ip >= self_lo && ip < self_hi) && ++b->outside == NFRAMES)
@@ -327,7 +330,8 @@ static NOINLINE void capture_frames(uintptr_t *out) {
   }
   unwind_buf_t b;
   b.n = b.outside = 0;
-  _Unwind_Backtrace(unwind_step, &b);
+  b.u = os_unwind();
+  if (b.u) b.u->backtrace(unwind_step, &b);
   int i = 0;
   while (i < b.n && b.ip[i] >= self_lo && b.ip[i] < self_hi)
     i++;
@@ -1862,13 +1866,12 @@ static void report_leaks(walk_t *w, bool classified) {
 
 /* Debug mode at exit: the whole heap checked (allot_check, which includes
  * checked_verify below), then the leak report. */
-static __attribute__((destructor)) void checked_at_exit(void) {
+static COLD void checked_exit_report(void) {
   /* the registers as exit left them, and where its frames start: roots of
    * the leak report's scan (what this code does below is not) */
   jmp_buf regs;
   setjmp(regs);
   uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
-  if (!g.debug || !g.slow_mode) return;
   char line[256];
   VG(VALGRIND_DISABLE_ERROR_REPORTING);
   int bad = allot_check_report(line, sizeof line);
@@ -1900,6 +1903,13 @@ static __attribute__((destructor)) void checked_at_exit(void) {
     os_unmap(w.sites, NSITES * sizeof(site_t));
   }
   if (w.blocks) os_unmap(w.blocks, w.blocks_cap * sizeof(lblock_t));
+}
+
+/* Every process runs this, so it is a test and a call: the report's code
+ * stays out of the window of code the default mode keeps resident
+ * (cmake/hot-functions.txt). */
+static __attribute__((destructor)) void checked_at_exit(void) {
+  if (g.debug && g.slow_mode) checked_exit_report();
 }
 
 /* For the heap check on demand (allot_check): the first problem checked

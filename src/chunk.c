@@ -76,8 +76,11 @@ static inline bool w1_ok(uint64_t key, const chunk_t *c, uint64_t w) {
 static inline void set_w0(uint64_t key, chunk_t *c, size_t prev) {
   c->w0 = mk_w0(key, c, prev);
 }
+/* Atomic (a plain store): realloc reads a live block's size word without
+ * the heap's lock (chunk_usable_size) while a free of the chunk before it
+ * clears its "previous in use" bit, which the size does not include. */
 static inline void set_w1(uint64_t key, chunk_t *c, uint64_t head) {
-  c->w1 = mk_w1(key, c, head);
+  __atomic_store_n(&c->w1, mk_w1(key, c, head), __ATOMIC_RELAXED);
 }
 
 /* Address arithmetic through integers: a bad size must not be UB. */

@@ -130,7 +130,7 @@ bool chunk_is_live(const chunk_heap_t *h, const void *p);
  * checks it on its lock-free path. */
 static inline size_t chunk_usable_size(const void *p) {
   typedef uint64_t __attribute__((may_alias)) word_t;
-  uint64_t w1 = ((const word_t *)p)[-1];
+  uint64_t w1 = __atomic_load_n(&((const word_t *)p)[-1], __ATOMIC_RELAXED);
   return (size_t)(w1 & ((((uint64_t)1 << 48) - 1) & ~(uint64_t)15)) -
          CHUNK_HEADER;
 }

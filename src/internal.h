@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <unwind.h>
+
 #include "allot.h"
 #include "chunk.h"
 
@@ -65,8 +67,9 @@ typedef struct page {
   uint32_t bsize;              /* block size; 0 when the page is not in use */
   uint32_t recip;              /* ceil(2^32 / bsize): block index by multiply */
   uint8_t cls;
-  uint8_t queue; /* which heap list holds it: Q_AVAIL, Q_FULL */
-  uint8_t dirty; /* free, but memory not yet given back */
+  uint8_t queue;    /* which heap list holds it: Q_AVAIL, Q_FULL */
+  uint8_t dirty;    /* free, but memory not yet given back */
+  uint8_t last_cls; /* dirty: the class it held, on its heap's dirty_free */
   _Alignas(64) _Atomic uintptr_t xfree; /* blocks freed by other threads */
   _Atomic uint8_t full;                 /* set while in the full list */
   struct page *next, *prev; /* in the owner's list for its class (cold) */
@@ -146,6 +149,9 @@ typedef struct heap {
    * that run dry stay in `avail` for a while, where a free costs no lock. */
   uint8_t churn[NCLASSES];
   segment_t *segs; /* small segments of this heap */
+  /* Their free pages still resident, by the class each last held (under
+   * seg_lock): a class needing a fresh page takes one of its own first. */
+  page_list_t dirty_free[NCLASSES];
   segment_t *medium_segs;
   os_lock_t medium_lock; /* medium frees from other threads take it */
   chunk_heap_t chunks;
@@ -172,12 +178,18 @@ typedef struct heap {
   /* bumped (under medium_lock) by every free and shrink of a medium block
    * of this heap; read without the lock by realloc's hints and the purge */
   _Atomic uint64_t medium_gen;
-  realloc_hint_t rhint[REALLOC_HINTS]; /* this thread's (api.c) */
+  /* under medium_lock: bytes of medium blocks freed, less those allocated,
+   * since free chunks were last purged: free memory still resident, which
+   * small blocks may use (medium_small) */
+  size_t medium_idle;
   void *checked; /* checked.c's per-heap state (quarantine); NULL until used */
   /* heapapi.c: first-class heaps (allot_heap_new) */
   uint64_t owner;        /* thread_uid() of the one thread that allocates */
   int first_class;       /* made by allot_heap_new, not a thread's heap */
   segment_t *large_segs; /* first-class: its live large blocks (medium_lock) */
+  /* Last, as only realloc and statistics mode touch them: the heap's later
+   * pages stay untouched (not resident) until they do. */
+  realloc_hint_t rhint[REALLOC_HINTS]; /* this thread's (api.c) */
   heap_stats_t stats;
 } heap_t;
 
@@ -244,6 +256,15 @@ INTERNAL bool os_trylock(os_lock_t *l);
  * program's; for backtraces that drop allot's own frames. */
 INTERNAL bool os_code_range(const void *code, uintptr_t *lo, uintptr_t *hi,
                             bool *shared);
+/* libgcc's unwinder (os.c): NULL when liballot.so cannot find it. The
+ * first call may load it (and allocate): make it outside malloc. */
+struct dwarf_eh_bases;
+typedef struct os_unwind {
+  _Unwind_Reason_Code (*backtrace)(_Unwind_Trace_Fn fn, void *arg);
+  _Unwind_Ptr (*get_ip)(struct _Unwind_Context *ctx);
+  const void *(*find_fde)(void *pc, struct dwarf_eh_bases *bases);
+} os_unwind_t;
+INTERNAL const os_unwind_t *os_unwind(void);
 INTERNAL void os_unlock(os_lock_t *l);
 INTERNAL void os_lock_init(os_lock_t *l);
 INTERNAL void os_write_err(const char *s);
@@ -267,7 +288,10 @@ INTERNAL void segment_register(segment_t *s, int kind, size_t map_size);
 INTERNAL void segment_register_moved(segment_t *s);
 INTERNAL void segment_unregister(segment_t *s);
 INTERNAL void segment_free(segment_t *s);
-INTERNAL page_t *segment_page_alloc(heap_t *h);
+INTERNAL page_t *segment_page_alloc(heap_t *h, size_t cls);
+/* heap_absorb, both page locks held: from's small segments go to into */
+INTERNAL void segment_move_all(heap_t *into, heap_t *from);
+INTERNAL size_t segment_pages_in_use(heap_t *h);
 INTERNAL void segment_page_free(heap_t *h, page_t *pg);
 INTERNAL uint64_t segment_purge_heap(heap_t *h, bool force);
 INTERNAL uint64_t medium_purge_heap(heap_t *h, bool force);
@@ -280,6 +304,9 @@ INTERNAL void segments_lock_all(void);
 INTERNAL void segments_unlock_all(void);
 INTERNAL void segments_reset_locks(void);
 INTERNAL void *medium_malloc(heap_t *h, size_t size, size_t align);
+/* Small requests of this size and up may be cut from free medium chunks */
+#define MEDIUM_SMALL_MIN 1024u
+INTERNAL void *medium_small(heap_t *h, size_t size);
 INTERNAL void chunk_fault_malloc(const char *what, const void *addr);
 INTERNAL void medium_free(segment_t *s, void *p, const char *fn);
 INTERNAL bool medium_resize(segment_t *s, void *p, size_t size);
@@ -381,16 +408,19 @@ INTERNAL heap_t *heap_new_detached(void); /* a fresh heap for allot_heap_new */
 
 /* ---- prof.c: the sampled heap profile; every call is behind g.prof ------ */
 INTERNAL void prof_configure(void); /* end of option parsing */
-INTERNAL void *prof_small(void *p); /* small slow path: p, or a sampled block */
+/* out of line from prof_count_small / prof_count_medium (below) */
+INTERNAL void *prof_small(void *p, page_t *pg, int64_t bytes);
 INTERNAL void prof_medium(heap_t *h, void *p, size_t size);
 INTERNAL void prof_large(void *p, size_t size);
-INTERNAL void prof_free(segment_t *s, void *p); /* medium and large frees */
+/* medium and large frees; true: p is kept (a sample's chunk), not freed */
+INTERNAL bool prof_free(segment_t *s, void *p);
 INTERNAL void prof_moved(void *from, void *to); /* large realloc moved p */
 INTERNAL size_t prof_usable(segment_t *s, const void *p, size_t u);
 INTERNAL void prof_resized(segment_t *s, void *p); /* medium resized in place */
 
 /* ---- options.c, introspect.c, heapapi.c (docs/api.md) ------------------ */
 INTERNAL void options_init(void); /* ALLOT_* environment -> g; no allocation */
+INTERNAL bool options_env_on(allot_option_t o); /* before options_init */
 /* statistics mode: checked.c reports each block made and each block freed */
 INTERNAL void stats_alloc(const void *p, size_t requested);
 INTERNAL void stats_free(const void *p, size_t usable);
@@ -466,6 +496,56 @@ static inline size_t aligned_class(size_t size, size_t align) {
   if (need > SMALL_MAX) return 0;
   if (align <= 16) return size_class(need ? need : 1);
   return class_aligned[__builtin_ctzl(align) - 5][size_class(need)];
+}
+
+/* ---- prof.c's hooks, inlined into the slow paths (behind g.prof) ---------
+ * prof_left: bytes until the thread's next small sample; prof_left_big:
+ * until its next medium or large one. A hook subtracts the bytes it hands
+ * out and calls prof.c only when that reaches 0, and prof.c adds them back
+ * and decides. Both are 0 before the thread's first call, and prof_left is
+ * held at 0 while a small sample is pending, so that every hook comes. */
+extern INTERNAL __thread int64_t prof_left, prof_left_big;
+/* counts per slot of the live samples' addresses (prof.c): 0, no sample */
+#define PROF_FILTER_BITS 16
+extern INTERNAL _Atomic uint8_t prof_filter[(size_t)1 << PROF_FILTER_BITS];
+
+static ALWAYS_INLINE size_t prof_filter_slot(const void *p) {
+  return (size_t)(((uintptr_t)p * 0x9E3779B97F4A7C15ull) >>
+                  (64 - PROF_FILTER_BITS));
+}
+/* A medium or large block being freed may be a sample. */
+static ALWAYS_INLINE bool prof_maybe_sample(const void *p) {
+  return atomic_load_explicit(&prof_filter[prof_filter_slot(p)],
+                              memory_order_relaxed) != 0;
+}
+/* prof_left -= bytes, and whether it is still above 0: on x86-64 one
+ * subtraction from memory, whose flags say it (a refill pays it). */
+static ALWAYS_INLINE bool prof_count_left(int64_t bytes) {
+#if defined(__x86_64__) && defined(__GCC_ASM_FLAG_OUTPUTS__)
+  bool more;
+  uintptr_t at;
+  __asm__("movq prof_left@gottpoff(%%rip), %[at]\n\t"
+          "subq %[b], %%fs:(%[at])"
+          : [at] "=&r"(at), "=@ccg"(more)
+          : [b] "r"(bytes)
+          : "memory");
+  return more;
+#else
+  return (prof_left -= bytes) > 0;
+#endif
+}
+/* The small slow path popped p from a page whose list now goes to the fast
+ * path: count p's block and the list's. */
+static ALWAYS_INLINE void *prof_count_small(void *p) {
+  segment_t *s = segment_of(p);
+  if (unlikely(s->kind != SEG_SMALL)) return p; /* malloc(0)'s */
+  page_t *pg = page_of(s, p);
+  int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
+  if (likely(prof_count_left(bytes))) return p;
+  return prof_small(p, pg, bytes);
+}
+static ALWAYS_INLINE void prof_count_medium(heap_t *h, void *p, size_t size) {
+  if (unlikely((prof_left_big -= (int64_t)size) <= 0)) prof_medium(h, p, size);
 }
 
 #endif

@@ -349,7 +349,7 @@ void large_free(segment_t *s, void *p, const char *fn) {
                !atomic_compare_exchange_strong(&s->large_state, &live,
                                                LARGE_CACHED)))
     large_bad(s, p, fn);
-  if (unlikely(g.prof)) prof_free(s, p); /* heap profile: a sample? */
+  if (unlikely(g.prof) && prof_maybe_sample(p)) prof_free(s, p); /* profile */
   /* a first-class heap's block leaves its list (heapapi.c) */
   if (unlikely(atomic_load_explicit(&s->heap, memory_order_relaxed) != NULL))
     heap_large_unlink(s);

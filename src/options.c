@@ -233,6 +233,17 @@ static void put_value(allot_option_t o, long v) {
   }
 }
 
+/* Whether the environment turns option o on, read without setting anything:
+ * for constructors that prepare a mode before allot's start-up (at the first
+ * malloc) reads the options. */
+bool options_env_on(allot_option_t o) {
+  if (getauxval(AT_SECURE)) return defs[o].def != 0;
+  const char *v = getenv(defs[o].env);
+  long x;
+  if (!v || !*v || !parse_value(&defs[o], v, &x)) return defs[o].def != 0;
+  return x != 0;
+}
+
 void options_init(void) {
   os_lock_init(&set_lock);
   for (int i = 0; i < ALLOT_OPTION_COUNT; i++)

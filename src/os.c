@@ -2,11 +2,12 @@
  *
  * Mapping and unmapping, aligned reservations, giving pages back (madvise),
  * moving mappings (mremap), the clock, the random seed, a futex lock that
- * works before libc's threads are set up and after fork, and fatal error
- * reports that use nothing but write(2) and abort(). No layer above calls the
- * kernel directly. */
+ * works before libc's threads are set up and after fork, finding libgcc's
+ * unwinder, and fatal error reports that use nothing but write(2) and
+ * abort(). No layer above calls the kernel directly. */
 #include "internal.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <link.h>
 #include <linux/futex.h>
@@ -337,6 +338,57 @@ bool os_code_range(const void *code, uintptr_t *lo, uintptr_t *hi,
   *shared = q.shared;
   return q.found;
 }
+
+/* ---- the unwinder ------------------------------------------------------
+ * Backtraces (debug mode's allocation sites, the heap profile) come from
+ * libgcc's unwinder. The static library refers to it by name, so a program's
+ * link brings it in (libgcc_s, or libgcc_eh when fully static). liballot.so
+ * is built with ALLOT_SHARED_LIB and does not link libgcc_s: every process
+ * that preloads allot would map it (84 KiB of RSS) for two modes that few
+ * use. It looks the unwinder up at its first use instead: in the process (a
+ * C++ program has libgcc_s loaded, or another unwinder with the same
+ * interface), else in libgcc_s.so.1 loaded then. dlopen allocates, so the
+ * modes call os_unwind() first from their constructors, outside malloc. */
+#if ALLOT_SHARED_LIB
+static os_unwind_t unwind_fns;
+static bool unwind_found;
+static _Atomic int unwind_state; /* 0 not looked for, 1 looking, 2 done */
+
+static bool unwind_lookup(void *lib) {
+  unwind_fns.backtrace = (_Unwind_Reason_Code(*)(
+      _Unwind_Trace_Fn, void *))dlsym(lib, "_Unwind_Backtrace");
+  unwind_fns.get_ip =
+      (_Unwind_Ptr(*)(struct _Unwind_Context *))dlsym(lib, "_Unwind_GetIP");
+  unwind_fns.find_fde = (const void *(*)(void *, struct dwarf_eh_bases *))dlsym(
+      lib, "_Unwind_Find_FDE");
+  return unwind_fns.backtrace && unwind_fns.get_ip && unwind_fns.find_fde;
+}
+
+const os_unwind_t *os_unwind(void) {
+  int state = atomic_load_explicit(&unwind_state, memory_order_acquire);
+  if (likely(state == 2)) return unwind_found ? &unwind_fns : NULL;
+  /* another thread is looking: no backtrace this once, rather than a wait
+   * (or a lock that a fork could leave taken) */
+  if (state == 1 || !atomic_compare_exchange_strong(&unwind_state, &state, 1))
+    return NULL;
+  bool found = unwind_lookup(RTLD_DEFAULT);
+  if (!found) {
+    void *lib = dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_LOCAL);
+    found = lib && unwind_lookup(lib); /* never closed */
+  }
+  unwind_found = found;
+  atomic_store_explicit(&unwind_state, 2, memory_order_release);
+  return found ? &unwind_fns : NULL;
+}
+#else
+extern const void *_Unwind_Find_FDE(void *pc, struct dwarf_eh_bases *bases);
+
+const os_unwind_t *os_unwind(void) {
+  static const os_unwind_t direct = {_Unwind_Backtrace, _Unwind_GetIP,
+                                     _Unwind_Find_FDE};
+  return &direct;
+}
+#endif
 
 bool os_trylock(os_lock_t *l) {
   int c = 0;

@@ -279,6 +279,7 @@ static void heap_wake_full(heap_t *h, size_t cls) {
 }
 
 static void *page_malloc_slow_inner(heap_t *h, size_t cls, size_t size);
+static void *page_alloc_sized(heap_t *h, size_t cls, size_t size);
 
 /* In checked mode (statistics, debug, secure) no page is ever made current,
  * so every malloc comes through page_malloc_slow and its hooks. */
@@ -307,7 +308,7 @@ void *page_malloc_slow(heap_t *h, size_t cls, size_t size) {
   if (unlikely(!p))
     errno = ENOMEM;
   else if (unlikely(g.prof))
-    p = prof_small(p); /* heap profile (prof.c) */
+    p = prof_count_small(p); /* heap profile (prof.c) */
   return p;
 }
 
@@ -321,10 +322,10 @@ static void *page_malloc_slow_inner(heap_t *h, size_t cls, size_t size) {
   }
   if (unlikely(cls == 0)) return zero_alloc();
   if (unlikely(g.slow_mode)) return checked_malloc(h, cls, size);
-  return page_alloc_block(h, cls);
+  return page_alloc_sized(h, cls, size);
 }
 
-static void *page_alloc_locked(heap_t *h, size_t cls);
+static void *page_alloc_locked(heap_t *h, size_t cls, size_t size);
 
 /* How many dry pages a churning class looks past, and how many failed looks
  * it takes (h->churn) before its dry pages go to the full list again. */
@@ -359,8 +360,9 @@ static NOINLINE void *page_alloc_rotate(heap_t *h, size_t cls) {
 
 /* A block of class cls from the heap's pages: the current page's free list,
  * then the other pages of the class, then pages freed into while full, then
- * an abandoned heap's pages, then a fresh page. */
-void *page_alloc_block(heap_t *h, size_t cls) {
+ * an abandoned heap's pages, then the heap's free medium chunks (size below
+ * the class's size: see medium_small), then a fresh page. */
+static void *page_alloc_sized(heap_t *h, size_t cls, size_t size) {
   /* Refilling the current page needs no lock: only the owner touches pages
    * outside the full lists. */
   page_t *cur = h->current[cls];
@@ -372,15 +374,30 @@ void *page_alloc_block(heap_t *h, size_t cls) {
     void *p = page_alloc_rotate(h, cls);
     if (p) return p;
   }
+  /* a class already served from medium chunks (below) while its pages
+   * stay full: straight there, without the page lock */
+  if (cur == &empty_page && size < class_size[cls] &&
+      size >= MEDIUM_SMALL_MIN && !h->avail[cls].first &&
+      !((atomic_load_explicit(&h->xwake, memory_order_relaxed) |
+         atomic_load_explicit(&h->xstrand, memory_order_relaxed)) &
+        ((uint64_t)1 << cls))) {
+    void *p = medium_small(h, size);
+    if (p) return p;
+  }
   if (h->dirty_pages) segment_purge_heap(h, false);
   os_lock(&h->page_lock);
-  void *p = page_alloc_locked(h, cls);
+  void *p = page_alloc_locked(h, cls, size);
   os_unlock(&h->page_lock);
   purge_poll();
   return p;
 }
 
-static void *page_alloc_locked(heap_t *h, size_t cls) {
+/* For checked mode: the size is the class's, so no medium chunk. */
+void *page_alloc_block(heap_t *h, size_t cls) {
+  return page_alloc_sized(h, cls, class_size[cls]);
+}
+
+static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
   for (int round = 0; round < 3; round++) {
     page_t *pg = h->avail[cls].first;
     while (pg) {
@@ -402,7 +419,16 @@ static void *page_alloc_locked(heap_t *h, size_t cls) {
     if (round == 0 && heap_absorb_abandoned(h) && h->avail[cls].first) continue;
     break;
   }
-  page_t *pg = segment_page_alloc(h);
+  /* Aligned requests come with the class's size: their blocks must keep the
+   * class's alignment, which a chunk does not have. */
+  if (size < class_size[cls] && size >= MEDIUM_SMALL_MIN) {
+    void *p = medium_small(h, size);
+    if (p) {
+      set_current(h, cls, &empty_page); /* never a page of the full list */
+      return p;
+    }
+  }
+  page_t *pg = segment_page_alloc(h, cls);
   if (!pg) {
     set_current(h, cls,
                 h->avail[cls].first ? h->avail[cls].first : &empty_page);
@@ -582,31 +608,7 @@ void page_reclaim_locked(heap_t *h) {
 
 /* Take over the small pages of an abandoned heap. */
 void heap_absorb(heap_t *into, heap_t *from) {
-  /* Both segment locks, in the order of the all-heaps list: the order
-   * fork_prepare takes them in, so neither can wait for the other. */
-  heap_t *first = from;
-  for (heap_t *x = heaps_first(); x; x = x->next_all)
-    if (x == into || x == from) {
-      first = x;
-      break;
-    }
-  heap_t *second = first == into ? from : into;
-  os_lock(&first->seg_lock);
-  os_lock(&second->seg_lock);
-  while (from->segs) {
-    segment_t *s = from->segs;
-    from->segs = s->hnext;
-    atomic_store_explicit(&s->heap, into, memory_order_release);
-    s->hprev = NULL;
-    s->hnext = into->segs;
-    if (into->segs) into->segs->hprev = s;
-    into->segs = s;
-  }
-  into->dirty_pages += from->dirty_pages;
-  from->dirty_pages = 0;
-  into->purge_due = 0; /* recomputed by the next purge pass */
-  os_unlock(&from->seg_lock);
-  os_unlock(&into->seg_lock);
+  segment_move_all(into, from);
   for (size_t cls = 1; cls < NCLASSES; cls++) {
     page_list_t *lists[2] = {&from->avail[cls], &from->full[cls]};
     for (int k = 0; k < 2; k++) {

@@ -4,16 +4,18 @@
  * totals with their peak snapshot, and the profile written at exit. Nothing
  * is added to the malloc and free fast paths: bytes are counted where the
  * slow paths hand memory out (a small page's blocks when they are given to
- * the fast path, each medium and large allocation), against a per-thread
- * countdown drawn from an exponential distribution (mean ALLOT_PROF_RATE,
+ * the fast path, each medium and large allocation), against per-thread
+ * countdowns drawn from an exponential distribution (mean ALLOT_PROF_RATE,
  * 512 KiB), so the sampled bytes form a Poisson process over the bytes
- * counted. A sampled small allocation is served from a heap of its own
- * (prof_heap) instead of its page, so that its free reaches medium_free; the
- * frees of medium and large blocks test a counting filter over the samples'
- * addresses, and only on a hit take the lock and look the block up.
- * Each sample keeps its stack and the weight size / P(sampled), so the sums
- * are unbiased estimates (docs/tools.md). Tables live in os_map'd memory:
- * this file never calls malloc. */
+ * counted. The counting is inlined into those slow paths (internal.h:
+ * prof_count_small, prof_count_medium), a subtraction from a thread-local
+ * countdown; this file is called when one ends. A sampled small allocation
+ * is served from a heap of its own (prof_heap) instead of its page, so that
+ * its free reaches medium_free; the frees of medium and large blocks test a
+ * counting filter over the samples' addresses, and only on a hit take the
+ * lock and look the block up. Each sample keeps its stack and the weight
+ * size / P(sampled), so the sums are unbiased estimates (docs/tools.md).
+ * Tables live in os_map'd memory or .bss: this file never calls malloc. */
 #include "internal.h"
 
 #include <fcntl.h>
@@ -50,26 +52,40 @@ typedef struct pstack {
 } pstack_t;
 
 typedef struct psample {
-  uintptr_t addr; /* 0: empty slot */
-  uint32_t stack;
-  uint32_t usable; /* the usable size it reports (OVERRIDE_MAX), or 0 */
+  uintptr_t addr;  /* 0: empty slot */
+  uint32_t stack;  /* SPARE: a spare chunk (below), no sample */
+  uint16_t usable; /* the usable size it reports (OVERRIDE_MAX), or 0 */
+  uint8_t cls;     /* a small sample's class (its chunk is prof_heap's) */
   int64_t weight;
 } psample_t;
 
+/* A small sample's chunk, freed, is kept for the next sample of its class
+ * (up to SPARES a class, SPARE_BYTES in all): a chunk allocated and freed
+ * in prof_heap was a third of a small sample's cost. It stays in the sample
+ * table, so that a second free of it is caught as a double free. */
+#define SPARE UINT32_MAX
+#define SPARES 4
+#define SPARE_BYTES ((size_t)256 << 10)
+
+/* The countdowns themselves are prof_left and prof_left_big (internal.h),
+ * which the hooks decrement inline. */
 typedef struct pthread_state {
-  int64_t left;     /* bytes until the next sample */
+  int64_t held;     /* the countdown while prof_left is held at 0 (pending) */
   uint64_t rng;     /* xorshift64* */
   uint64_t pending; /* classes whose next slow-path malloc is a sample */
   int init, busy;
+  int big; /* prof_left_big drawn (at the thread's first medium or large) */
 } pthread_state_t;
 
 static __thread pthread_state_t T;
+INTERNAL __thread int64_t prof_left, prof_left_big;
 
 static int64_t rate = PROF_RATE_DEFAULT;
 static char out_path[1024];
 static _Atomic int ready;          /* the constructor ran with ALLOT_PROF set */
 static heap_t *_Atomic prof_heap;  /* sampled small blocks; made at the first */
 static uintptr_t self_lo, self_hi; /* allot's code: leading frames skipped */
+static const os_unwind_t *uw;      /* libgcc's unwinder, found by prof_start */
 static os_lock_t lock;             /* guards everything below */
 
 static pstack_t *stacks;
@@ -79,21 +95,39 @@ static size_t index_cap;
 static psample_t *samples;
 static size_t nsamples, samples_cap;
 static uint8_t *arena_next, *arena_end; /* frames of the stacks */
+static uintptr_t spares[NCLASSES][SPARES];
+static uint8_t nspares[NCLASSES];
+static size_t spare_bytes;
 /* Counting filter over the addresses of live samples: a free whose slot
  * counts 0 is no sample, known without the lock (a count that reached 255
- * stays there). */
-#define FILTER_BITS 16
-static _Atomic uint8_t *filter;
+ * stays there). In .bss: untouched, and so not resident, unless profiling. */
+INTERNAL _Atomic uint8_t prof_filter[(size_t)1 << PROF_FILTER_BITS];
 
 static int64_t live_total, peak_total;
 static uint64_t epoch; /* snapshots taken */
-static uint64_t start_ns, peak_ns, busy_ns;
+static uint64_t start_ns, start_ticks, peak_ticks, busy_ticks;
 static uint64_t taken, dropped;
+static _Atomic uint64_t threads; /* seeds the threads' generators */
 
 static uint64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* A sample's timestamps: the CPU's counter, a few cycles where
+ * clock_gettime is a hundred instructions; converted to nanoseconds at exit
+ * by the run's length in both. */
+static ALWAYS_INLINE uint64_t ticks(void) {
+#if defined(__x86_64__)
+  return __builtin_ia32_rdtsc();
+#elif defined(__aarch64__)
+  uint64_t v;
+  __asm__ volatile("isb\n\tmrs %0, cntvct_el0" : "=r"(v));
+  return v;
+#else
+  return now_ns();
+#endif
 }
 
 /* ---- numbers: no libm in allot --------------------------------------------
@@ -120,31 +154,37 @@ static double ln(double u) {
   return s + e * 0.6931471805599453;
 }
 
-/* 1 - e^-x for x >= 0: the series below 1/2, else e^-x by halving x until
- * it is below 1/2 and squaring back. */
+/* 1 - e^-x for 0 <= x < ln 2: x (1 - x/2! + x^2/3! - ... - x^13/14!), by
+ * Horner; the first term left out, x^14/15!, is below 1e-14 of the sum. */
+static double one_minus_exp_neg_small(double x) {
+  double r = -1.0 / 87178291200;
+  r = r * x + 1.0 / 6227020800;
+  r = r * x - 1.0 / 479001600;
+  r = r * x + 1.0 / 39916800;
+  r = r * x - 1.0 / 3628800;
+  r = r * x + 1.0 / 362880;
+  r = r * x - 1.0 / 40320;
+  r = r * x + 1.0 / 5040;
+  r = r * x - 1.0 / 720;
+  r = r * x + 1.0 / 120;
+  r = r * x - 1.0 / 24;
+  r = r * x + 1.0 / 6;
+  r = r * x - 1.0 / 2;
+  r = r * x + 1;
+  return x * r;
+}
+
+/* 1 - e^-x for x >= 0: above 1/2, e^-x = 2^-n e^-r with x = n ln 2 + r,
+ * 0 <= r < ln 2; above 37, e^-x is below half an ulp of 1. */
 static double one_minus_exp_neg(double x) {
-  if (x > 40) return 1;
-  if (x < 0.5) {
-    double term = x, sum = 0;
-    for (int k = 1; k < 16; k++) {
-      sum += term;
-      term *= -x / (k + 1);
-    }
-    return sum;
-  }
-  int n = 0;
-  while (x > 0.5) {
-    x /= 2;
-    n++;
-  }
-  double term = 1, e = 0;
-  for (int k = 0; k < 16; k++) {
-    e += term;
-    term *= -x / (k + 1);
-  }
-  while (n--)
-    e *= e;
-  return 1 - e;
+  if (x >= 37) return 1;
+  if (x <= 0.5) return one_minus_exp_neg_small(x);
+  int n = (int)(x * 1.4426950408889634);
+  double r = x - n * 0.6931471805599453;
+  uint64_t bits = (uint64_t)(1023 - n) << 52; /* 2^-n */
+  double scale;
+  memcpy(&scale, &bits, 8);
+  return 1 - (1 - one_minus_exp_neg_small(r)) * scale;
 }
 
 /* An allocation of size bytes is sampled with probability 1 - e^(-size/rate)
@@ -170,10 +210,21 @@ static int64_t draw(pthread_state_t *t) {
   return (int64_t)(-(double)rate * ln(u)) + 1;
 }
 
+static uint64_t seed; /* the process's, from the constructor */
+
+/* A thread's first count. Its generator starts from the process's seed and
+ * the thread's number, mixed (splitmix64): no system call per thread. */
 static void thread_start(pthread_state_t *t) {
-  t->rng = os_random_seed() ^ (uintptr_t)t;
-  if (!t->rng) t->rng = 1;
-  t->left = draw(t);
+  uint64_t x =
+      seed + atomic_fetch_add_explicit(&threads, 1, memory_order_relaxed) *
+                 0x9E3779B97F4A7C15ull;
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  t->rng = x ? x : 1;
+  prof_left = draw(t);
   t->init = 1;
 }
 
@@ -187,7 +238,7 @@ typedef struct ubuf {
 
 static _Unwind_Reason_Code unwind_step(struct _Unwind_Context *ctx, void *arg) {
   ubuf_t *b = arg;
-  uintptr_t ip = _Unwind_GetIP(ctx);
+  uintptr_t ip = uw->get_ip(ctx);
   if (!ip) return _URC_END_OF_STACK;
   if (b->n == 0 && ip >= self_lo && ip < self_hi) return _URC_NO_REASON;
   b->ip[b->n++] = ip;
@@ -196,12 +247,19 @@ static _Unwind_Reason_Code unwind_step(struct _Unwind_Context *ctx, void *arg) {
 
 static ALWAYS_INLINE int capture_libgcc(uintptr_t *ip) {
   ubuf_t b = {ip, 0};
-  _Unwind_Backtrace(unwind_step, &b);
+  uw->backtrace(unwind_step, &b);
   return b.n;
 }
 
 static int check_unwind; /* ALLOT_PROF_CHECK=1: both unwinders, compared */
 static _Atomic uint64_t unwind_fallbacks, unwind_mismatches;
+
+struct walk;
+typedef struct walk_ref {
+  struct walk *w; /* where capture_fast stored this walk, or NULL */
+  uint32_t gen;
+  long id; /* its stack id if known, else -1 */
+} walk_ref_t;
 
 #if defined(__x86_64__)
 /* A cached unwinder for x86-64. libgcc's interprets a function's call frame
@@ -215,7 +273,6 @@ static _Atomic uint64_t unwind_fallbacks, unwind_mismatches;
 struct dwarf_eh_bases {
   void *tbase, *dbase, *func;
 };
-extern const void *_Unwind_Find_FDE(void *pc, struct dwarf_eh_bases *bases);
 
 enum { RULE_EMPTY, RULE_OK, RULE_LAST, RULE_HARD };
 #define RBP_SAME INT16_MIN
@@ -415,7 +472,7 @@ static bool run_cfa(const uint8_t *p, const uint8_t *end, uintptr_t loc,
 static void rule_for(uintptr_t target, urule_t *r) {
   r->kind = RULE_HARD;
   struct dwarf_eh_bases bases;
-  const uint8_t *fde = _Unwind_Find_FDE((void *)target, &bases);
+  const uint8_t *fde = uw->find_fde((void *)target, &bases);
   if (!fde) {
     r->kind = RULE_LAST; /* no information: the unwinders stop here */
     return;
@@ -483,14 +540,78 @@ static size_t urule_slot(uintptr_t ip) {
   return (size_t)((ip * 0x9E3779B97F4A7C15ull) >> 51) & (URULES - 1);
 }
 
+/* The walks taken lately, by where they started. A program that allocates
+ * in a loop is sampled at the same stack again and again: then each value
+ * the walk reads from the stack (the return addresses and saved rbp) is the
+ * one it read last time at the same place, and since the rest is a function
+ * of those values (the rules are of the addresses read), the walk and its
+ * frames are the same, found by checking them instead of looking each
+ * frame's rule up; so is the stack's id in the table (record). */
+#define WALKS 64
+#define WALK_READS 96
+typedef struct walk {
+  uintptr_t sp, bp; /* the walk's start (bp 1: not used); sp 0: no walk */
+  uintptr_t thread; /* &T: the same thread block, so the same stack */
+  uint32_t gen;     /* which walk is stored: record's id goes to its own */
+  uint32_t next;    /* in a set's first: the way to be replaced next */
+  int nreads, n;
+  long id;                       /* the frames' stack id, -1 until known */
+  uintptr_t read[WALK_READS][2]; /* the words it read: address, value */
+  uintptr_t out[PROF_FRAMES];
+} walk_t;
+static walk_t *walks;         /* under ulock */
+static uint64_t walks_reused; /* under ulock */
+
+/* A set of WALK_WAYS slots: walks from one depth by different paths (the
+ * aligned_alloc and memalign of a loop) share it. The walks of one thread
+ * from different depths take different sets, those of two threads sets far
+ * apart: sp itself, not a hash of it, picks one. */
+#define WALK_WAYS 4
+static walk_t *walk_set(uintptr_t sp) {
+  uintptr_t t = (((uintptr_t)&T >> 12) * 0x9E3779B97F4A7C15ull) >> 32;
+  return &walks[(((sp >> 4) + t) & (WALKS / WALK_WAYS - 1)) * WALK_WAYS];
+}
+
+/* The stored walk from (sp, bp) if every value it read is still there. */
+static ALWAYS_INLINE bool walk_same(const walk_t *w, uintptr_t sp,
+                                    uintptr_t bp) {
+  if (w->sp != sp || (w->bp != bp && w->bp != 1) || w->thread != (uintptr_t)&T)
+    return false;
+  const uintptr_t(*r)[2] = w->read, (*end)[2] = r + w->nreads;
+  for (; r < end; r++)
+    if (*(const uintptr_t *)(*r)[0] != (*r)[1]) return false;
+  return true;
+}
+
 /* -1: libgcc must do this one. */
-static NOINLINE int capture_fast(uintptr_t *out) {
+static NOINLINE int capture_fast(uintptr_t *out, walk_ref_t *ref) {
   uintptr_t ip, sp, bp;
   __asm__ volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2"
                    : "=r"(ip), "=r"(sp), "=r"(bp));
+  uintptr_t sp0 = sp, bp0 = bp;
+  os_lock(&ulock);
+  walk_t *set = walks ? walk_set(sp) : NULL, *w = NULL;
+  for (int i = 0; set && i < WALK_WAYS; i++) {
+    w = &set[i];
+    if (walk_same(w, sp, bp)) {
+      int n = w->n;
+      memcpy(out, w->out, (size_t)n * sizeof *out);
+      *ref = (walk_ref_t){w, w->gen, w->id};
+      walks_reused++;
+      os_unlock(&ulock);
+      return n;
+    }
+  }
+  if (set) w = &set[set->next++ % WALK_WAYS]; /* replaced in turn */
+  uintptr_t reads[WALK_READS][2];
+  int nreads = 0;
   uintptr_t target = ip; /* the first frame is not a return address */
   int n = 0;
-  os_lock(&ulock);
+  /* In code built without frame pointers rbp holds anything, and so do the
+   * copies of it the frames save: only a value that a frame's CFA is taken
+   * from is kept to be checked (bp_at: where bp was read, 0 for bp0). */
+  bool bp_used = false, bp_kept = false;
+  uintptr_t bp_at = 0;
   for (;;) {
     urule_t *r = &urules[urule_slot(ip)];
     if (r->ip != ip || r->kind == RULE_EMPTY) {
@@ -507,10 +628,22 @@ static NOINLINE int capture_fast(uintptr_t *out) {
       return -1;
     }
     if (r->kind == RULE_LAST) break;
+    if (r->cfa_rbp && !bp_at) bp_used = true;
+    if (r->cfa_rbp && bp_at && !bp_kept) {
+      if (nreads < WALK_READS) reads[nreads][0] = bp_at, reads[nreads][1] = bp;
+      nreads++;
+      bp_kept = true;
+    }
     uintptr_t cfa = (r->cfa_rbp ? bp : sp) + (uintptr_t)(int64_t)r->cfa_off;
     if (cfa <= sp || (cfa & 7)) break; /* the stack grows down */
-    if (r->rbp_off != RBP_SAME) bp = *(uintptr_t *)(cfa + r->rbp_off);
+    if (r->rbp_off != RBP_SAME) {
+      bp_at = cfa + (uintptr_t)(int64_t)r->rbp_off;
+      bp = *(uintptr_t *)bp_at;
+      bp_kept = false;
+    }
     uintptr_t ret = *(uintptr_t *)(cfa - 8);
+    if (nreads < WALK_READS) reads[nreads][0] = cfa - 8, reads[nreads][1] = ret;
+    nreads++;
     sp = cfa;
     if (!ret) break;
     if (n || ret < self_lo || ret >= self_hi) {
@@ -520,17 +653,44 @@ static NOINLINE int capture_fast(uintptr_t *out) {
     ip = ret;
     target = ret - 1; /* the call, not the instruction after it */
   }
+  *ref = (walk_ref_t){NULL, 0, -1};
+  if (w && nreads <= WALK_READS) {
+    w->sp = sp0;
+    w->bp = bp_used ? bp0 : 1;
+    w->thread = (uintptr_t)&T;
+    w->gen++;
+    w->nreads = nreads;
+    w->n = n;
+    w->id = -1;
+    memcpy(w->read, reads, (size_t)nreads * sizeof *reads);
+    memcpy(w->out, out, (size_t)n * sizeof *out);
+    *ref = (walk_ref_t){w, w->gen, -1};
+  }
   os_unlock(&ulock);
   return n;
+}
+
+/* record found the stack's id of a walk that capture_fast stored. */
+static void walk_set_id(const walk_ref_t *ref, long id) {
+  os_lock(&ulock);
+  if (ref->w->gen == ref->gen) ref->w->id = id;
+  os_unlock(&ulock);
+}
+#else
+static void walk_set_id(const walk_ref_t *ref, long id) {
+  (void)ref;
+  (void)id;
 }
 #endif
 
 /* Inlined into the hooks: each frame of allot's own that the unwinder walks
- * costs as much as one of the program's. */
-static ALWAYS_INLINE int capture(uintptr_t *ip) {
+ * costs as much as one of the program's. ref: the walk as capture_fast
+ * stored it (x86-64), for its stack id. */
+static ALWAYS_INLINE int capture(uintptr_t *ip, walk_ref_t *ref) {
+  *ref = (walk_ref_t){NULL, 0, -1};
 #if defined(__x86_64__)
   if (urules) {
-    int n = capture_fast(ip);
+    int n = capture_fast(ip, ref);
     if (n < 0) {
       atomic_fetch_add_explicit(&unwind_fallbacks, 1, memory_order_relaxed);
       return capture_libgcc(ip);
@@ -541,6 +701,7 @@ static ALWAYS_INLINE int capture(uintptr_t *ip) {
       if (m != n || memcmp(other, ip, (size_t)n * sizeof *ip)) {
         atomic_fetch_add_explicit(&unwind_mismatches, 1, memory_order_relaxed);
         memcpy(ip, other, (size_t)m * sizeof *ip);
+        *ref = (walk_ref_t){NULL, 0, -1};
         return m;
       }
     }
@@ -660,22 +821,15 @@ static psample_t *sample_find(uintptr_t a) {
   return NULL;
 }
 
-static size_t filter_slot(uintptr_t a) {
-  return (size_t)(((a >> 4) * 0x9E3779B97F4A7C15ull) >> (64 - FILTER_BITS));
-}
 static void filter_add(uintptr_t a, int d) {
-  _Atomic uint8_t *f = &filter[filter_slot(a)];
+  _Atomic uint8_t *f = &prof_filter[prof_filter_slot((const void *)a)];
   uint8_t v = atomic_load_explicit(f, memory_order_relaxed);
   if (v != 255)
     atomic_store_explicit(f, (uint8_t)(v + d), memory_order_relaxed);
 }
-static bool filter_maybe(const void *p) {
-  return atomic_load_explicit(&filter[filter_slot((uintptr_t)p)],
-                              memory_order_relaxed) != 0;
-}
 
 static bool sample_put(uintptr_t a, uint32_t stack, uint32_t usable,
-                       int64_t w) {
+                       uint8_t cls, int64_t w) {
   if ((nsamples + 1) * 2 > samples_cap) {
     size_t cap = samples_cap ? samples_cap * 2 : 4096;
     psample_t *ns = os_map(cap * sizeof *ns);
@@ -694,7 +848,7 @@ static bool sample_put(uintptr_t a, uint32_t stack, uint32_t usable,
   size_t j = addr_slot(a, samples_cap);
   while (samples[j].addr)
     j = (j + 1) & (samples_cap - 1);
-  samples[j] = (psample_t){a, stack, usable, w};
+  samples[j] = (psample_t){a, stack, (uint16_t)usable, cls, w};
   nsamples++;
   filter_add(a, 1);
   return true;
@@ -719,15 +873,27 @@ static void sample_remove(psample_t *e) {
 /* ---- taking a sample ------------------------------------------------------
  */
 
-/* Record block p (size bytes) as a sample taken here. */
-static ALWAYS_INLINE void record(void *p, size_t size, uint32_t usable) {
-  uint64_t t0 = now_ns();
+/* Record block p (size bytes) as a sample taken here; cls: a small
+ * sample's class, and spare: p is a spare chunk of it. */
+static ALWAYS_INLINE void record(void *p, size_t size, uint32_t usable,
+                                 uint8_t cls, bool spare) {
+  uint64_t t0 = ticks();
   uintptr_t ip[PROF_FRAMES];
-  int n = capture(ip);
+  walk_ref_t ref;
+  int n = capture(ip, &ref);
   int64_t w = weight_of(size);
   os_lock(&lock);
-  long id = stack_id(ip, n);
-  if (id >= 0 && sample_put((uintptr_t)p, (uint32_t)id, usable, w)) {
+  long id = ref.id >= 0 ? ref.id : stack_id(ip, n);
+  psample_t *e = spare ? sample_find((uintptr_t)p) : NULL;
+  if (e && id < 0) /* a plain chunk of prof_heap from now on */
+    sample_remove(e);
+  if (e && id >= 0) {
+    e->stack = (uint32_t)id;
+    e->usable = (uint16_t)usable;
+    e->weight = w;
+  }
+  if (id >= 0 &&
+      (e || sample_put((uintptr_t)p, (uint32_t)id, usable, cls, w))) {
     pstack_t *s = &stacks[id];
     touch(s);
     s->live += w;
@@ -739,13 +905,14 @@ static ALWAYS_INLINE void record(void *p, size_t size, uint32_t usable) {
     if (live_total > peak_total) { /* a new peak: snapshot */
       epoch++;
       peak_total = live_total;
-      peak_ns = t0;
+      peak_ticks = t0;
     }
   } else {
     dropped++;
   }
-  busy_ns += now_ns() - t0;
+  busy_ticks += ticks() - t0;
   os_unlock(&lock);
+  if (ref.w && ref.id < 0 && id >= 0) walk_set_id(&ref, id);
 }
 
 /* The heap of sampled small blocks, made at the first one (not in the
@@ -764,26 +931,46 @@ static NOINLINE heap_t *sample_heap(void) {
   return h;
 }
 
-/* A sampled small allocation of size bytes from prof_heap; usable is what
- * malloc_usable_size shall say of it (OVERRIDE_MAX), or 0: its chunk's. */
+/* A sampled small allocation of size bytes (class cls) from prof_heap, a
+ * spare chunk if there is one; usable is what malloc_usable_size shall say
+ * of it (OVERRIDE_MAX), or 0: its chunk's. */
 static ALWAYS_INLINE void *sample_block(pthread_state_t *t, size_t size,
-                                        size_t align, uint32_t usable) {
+                                        size_t align, uint32_t usable,
+                                        size_t cls) {
   t->busy = 1;
-  heap_t *h = atomic_load_explicit(&prof_heap, memory_order_acquire);
-  if (unlikely(!h)) h = sample_heap();
-  void *p = h ? medium_malloc(h, size, align) : NULL;
-  if (p) record(p, size, usable);
+  void *p = NULL;
+  if (nspares[cls]) { /* a racy peek: the lock decides */
+    os_lock(&lock);
+    if (nspares[cls]) {
+      p = (void *)spares[cls][--nspares[cls]];
+      spare_bytes -= chunk_usable_size(p);
+    }
+    os_unlock(&lock);
+  }
+  bool spare = p != NULL;
+  if (!p) {
+    int64_t left = prof_left_big; /* the profiler's chunk: not counted */
+    heap_t *h = atomic_load_explicit(&prof_heap, memory_order_acquire);
+    if (unlikely(!h)) h = sample_heap();
+    p = h ? medium_malloc(h, size, align) : NULL;
+    prof_left_big = left;
+  }
+  if (p) record(p, size, usable, (uint8_t)cls, spare);
   t->busy = 0;
   return p;
 }
 
-static ALWAYS_INLINE bool eligible(heap_t *h, pthread_state_t *t) {
-  if (h == atomic_load_explicit(&prof_heap, memory_order_relaxed) ||
-      h->first_class || g.slow_mode || t->busy ||
-      !atomic_load_explicit(&ready, memory_order_acquire))
-    return false;
-  if (unlikely(!t->init)) thread_start(t);
-  return true;
+/* Out of line, with the hook's bytes given back to prof_left: while a
+ * sample is pending the countdown is in t->held, and prof_left at 0 brings
+ * every hook here. */
+static ALWAYS_INLINE void countdown_take(pthread_state_t *t) {
+  if (t->pending) prof_left = t->held;
+}
+static ALWAYS_INLINE void countdown_hold(pthread_state_t *t) {
+  if (t->pending) {
+    t->held = prof_left;
+    prof_left = 0;
+  }
 }
 
 /* ---- small blocks -----------------------------------------------------
@@ -844,39 +1031,20 @@ static void unpop(page_t *pg, void *p) {
 
 /* The small-object slow path has just refilled the thread's current page
  * for p's class and popped p: the page's list (capacity - used blocks) now
- * goes to the fast path. Count p's block and those; when the countdown ends
- * inside them, cut the list where it ends, so that the malloc that would
- * take that block comes back here, pending, and is the sample: an exact
- * position, not whichever malloc happens to find the list empty (for sites
- * that alternate within a class, that would always be the same site). No
- * allot lock is held here. */
-static NOINLINE void *small_sample(void *p, page_t *pg, pthread_state_t *t);
-
-void *prof_small(void *p) {
-  pthread_state_t *t = &T;
-  segment_t *s = segment_of(p);
-  if (unlikely(g.slow_mode | t->busy) || s->kind != SEG_SMALL) return p;
-  page_t *pg = page_of(s, p); /* not malloc(0)'s, nor checked mode's */
-  /* the mallocs to come take p's block, then the list's; no call on this
-   * path, so no registers to save. A first-class heap's bytes count too,
-   * and a sample point among them is dropped: the points elsewhere stay a
-   * Poisson process. */
-  int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
-  if (likely(t->init && bytes < t->left && !(t->pending >> pg->cls & 1))) {
-    t->left -= bytes;
-    return p;
-  }
-  return small_sample(p, pg, t); /* a tail call: no frame to unwind */
-}
-
-/* The countdown ends in this batch, or p's malloc is a pending sample, or
- * the thread has not started counting yet. */
-static NOINLINE void *small_sample(void *p, page_t *pg, pthread_state_t *t) {
-  if (!atomic_load_explicit(&ready, memory_order_acquire)) return p;
-  if (unlikely(!t->init)) thread_start(t);
+ * goes to the fast path. The hook (prof_count_small) counts p's block and
+ * those; when the countdown ends inside them, it comes here, and the list
+ * is cut where it ends, so that the malloc that would take that block comes
+ * back here, pending, and is the sample: an exact position, not whichever
+ * malloc happens to find the list empty (for sites that alternate within a
+ * class, that would always be the same site). Here too when the thread has
+ * not started counting yet, or a sample is pending. No allot lock is held
+ * here. */
+static NOINLINE void *small_sample(pthread_state_t *t, void *p, page_t *pg) {
+  /* A first-class heap's bytes count too, and a sample point among them is
+   * dropped: the points elsewhere stay a Poisson process. */
   if (atomic_load_explicit(&pg->heap, memory_order_relaxed)->first_class) {
     int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
-    t->left = bytes < t->left ? t->left - bytes : draw(t);
+    prof_left = bytes < prof_left ? prof_left - bytes : draw(t);
     return p;
   }
   size_t b = pg->bsize;
@@ -888,7 +1056,7 @@ static NOINLINE void *small_sample(void *p, page_t *pg, pthread_state_t *t) {
   uint32_t usable = b <= OVERRIDE_CLASS_MAX ? (uint32_t)b : 0;
   if (t->pending & bit) {
     t->pending &= ~bit;
-    if ((got = sample_block(t, b, align, usable))) {
+    if ((got = sample_block(t, b, align, usable, pg->cls))) {
       unpop(pg, p);
       p = NULL;
     }
@@ -896,14 +1064,14 @@ static NOINLINE void *small_sample(void *p, page_t *pg, pthread_state_t *t) {
   for (;;) {
     size_t held = p ? 1 : 0;
     int64_t bytes = (int64_t)(pg->capacity - pg->used + held) * (int64_t)b;
-    if (bytes < t->left) {
-      t->left -= bytes;
+    if (bytes < prof_left) {
+      prof_left -= bytes;
       break;
     }
-    size_t k = (size_t)((t->left - 1) / (int64_t)b); /* where it ends */
-    t->left = draw(t);
+    size_t k = (size_t)((prof_left - 1) / (int64_t)b); /* where it ends */
+    prof_left = draw(t);
     if (k == 0 && held) { /* p's malloc is the sample */
-      if (!(got = sample_block(t, b, align, usable))) break;
+      if (!(got = sample_block(t, b, align, usable, pg->cls))) break;
       unpop(pg, p);
       p = NULL;
       continue; /* the list is whole again: count it afresh */
@@ -915,34 +1083,78 @@ static NOINLINE void *small_sample(void *p, page_t *pg, pthread_state_t *t) {
   return got ? got : p;
 }
 
+static NOINLINE void *small_slow(pthread_state_t *t, void *p, page_t *pg) {
+  countdown_take(t);
+  if (atomic_load_explicit(&ready, memory_order_acquire) && !g.slow_mode) {
+    if (unlikely(!t->init)) thread_start(t);
+    int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
+    if (bytes < prof_left && !(t->pending >> pg->cls & 1))
+      prof_left -= bytes; /* a thread's first call, or one held */
+    else
+      p = small_sample(t, p, pg);
+  }
+  countdown_hold(t);
+  return p;
+}
+
+void *prof_small(void *p, page_t *pg, int64_t bytes) {
+  pthread_state_t *t = &T;
+  prof_left += bytes;
+  if (unlikely(t->busy)) return p;
+  /* while another class's sample is pending, most calls only count */
+  uint64_t pending = t->pending;
+  if (pending && !(pending >> pg->cls & 1) && bytes < t->held) {
+    t->held -= bytes;
+    return p;
+  }
+  return small_slow(t, p, pg); /* a tail call: no frame to unwind */
+}
+
 /* ---- medium and large ---------------------------------------------------
  */
 
 /* Medium and large samples stay where they are (a block of their own in
  * prof_heap would be memory the program has not touched yet, and page
- * faults for it): their frees find them through the filter. */
-static ALWAYS_INLINE void count_block(pthread_state_t *t, void *p,
-                                      size_t size) {
-  t->left -= (int64_t)size;
-  if (t->left > 0) return;
-  t->left = draw(t);
+ * faults for it): their frees find them through the filter. A sample point
+ * in a first-class heap's block is dropped, as for small blocks. Their
+ * bytes have a countdown of their own, prof_left_big, which a pending small
+ * sample does not hold: two independent exponential countdowns over two
+ * sets of bytes sample each allocation with the same probability as one
+ * over both. */
+static NOINLINE void count_block(pthread_state_t *t, void *p, size_t size,
+                                 bool drop) {
+  if (!atomic_load_explicit(&ready, memory_order_acquire) || g.slow_mode)
+    return;
+  if (unlikely(!t->init)) thread_start(t);
+  if (unlikely(!t->big)) {
+    prof_left_big = draw(t);
+    t->big = 1;
+  }
+  prof_left_big -= (int64_t)size;
+  if (prof_left_big > 0) return;
+  prof_left_big = draw(t);
+  if (drop) return;
   t->busy = 1;
-  record(p, size, 0);
+  record(p, size, 0, 0, false);
   t->busy = 0;
 }
 
 void prof_medium(heap_t *h, void *p, size_t size) {
   pthread_state_t *t = &T;
-  if (eligible(h, t)) count_block(t, p, size);
+  prof_left_big += (int64_t)size;
+  /* busy: prof_heap's chunk for a small sample (sample_block) */
+  if (unlikely(t->busy)) return;
+  count_block(t, p, size,
+              h->first_class ||
+                  h == atomic_load_explicit(&prof_heap, memory_order_relaxed));
 }
 
 void prof_large(void *p, size_t size) {
+  if (likely((prof_left_big -= (int64_t)size) > 0)) return;
   pthread_state_t *t = &T;
-  if (g.slow_mode || t->busy ||
-      !atomic_load_explicit(&ready, memory_order_acquire))
-    return;
-  if (unlikely(!t->init)) thread_start(t);
-  count_block(t, p, size);
+  prof_left_big += (int64_t)size;
+  if (unlikely(t->busy)) return;
+  count_block(t, p, size, false);
 }
 
 static bool prof_block(segment_t *s) {
@@ -950,32 +1162,50 @@ static bool prof_block(segment_t *s) {
   return h && atomic_load_explicit(&s->heap, memory_order_relaxed) == h;
 }
 
-/* A medium or large block is being freed: drop its sample, if it is one. */
-void prof_free(segment_t *s, void *p) {
+/* A medium or large block is being freed: drop its sample, if it is one.
+ * True if p is kept as a spare, and must not be freed. */
+bool prof_free(segment_t *s, void *p) {
   (void)s;
-  if (!filter || !filter_maybe(p)) return;
+  if (!prof_maybe_sample(p)) return false;
+  bool keep = false;
   os_lock(&lock);
   psample_t *e = sample_find((uintptr_t)p);
+  if (e && e->stack == SPARE) {
+    os_unlock(&lock);
+    fault("free", "double free", p);
+  }
   if (e) {
     pstack_t *st = &stacks[e->stack];
     touch(st);
     st->live -= e->weight;
     st->live_n--;
     live_total -= e->weight;
-    sample_remove(e);
+    /* not a chunk resized since, nor one whose size is overridden */
+    size_t cls = e->cls, b = class_size[cls], u = chunk_usable_size(p);
+    keep = cls && !e->usable && nspares[cls] < SPARES && u >= b &&
+           u <= b + 16 && spare_bytes + u <= SPARE_BYTES;
+    if (keep) {
+      e->stack = SPARE;
+      e->weight = 0;
+      spares[cls][nspares[cls]++] = (uintptr_t)p;
+      spare_bytes += u;
+    } else {
+      sample_remove(e);
+    }
   }
   os_unlock(&lock);
+  return keep;
 }
 
 /* realloc moved a large block's pages: its sample moves along. */
 void prof_moved(void *from, void *to) {
-  if (!filter || !filter_maybe(from)) return;
+  if (!prof_maybe_sample(from)) return;
   os_lock(&lock);
   psample_t *e = sample_find((uintptr_t)from);
   if (e) {
     psample_t keep = *e;
     sample_remove(e);
-    sample_put((uintptr_t)to, keep.stack, keep.usable, keep.weight);
+    sample_put((uintptr_t)to, keep.stack, keep.usable, keep.cls, keep.weight);
   }
   os_unlock(&lock);
 }
@@ -1098,13 +1328,14 @@ static __attribute__((constructor)) void prof_start(void) {
    * at the first malloc); prof_configure decides, with the modes known */
   const char *on = getenv("ALLOT_PROF");
   if (getauxval(AT_SECURE) || !on || !word_in(on, yes)) return;
-  start_ns = now_ns();
-  filter = os_map((size_t)1 << FILTER_BITS);
-  if (!filter) {
-    warn("ALLOT_PROF: no memory for the profile's tables; ", "not profiling",
-         "");
+  uw = os_unwind(); /* may load libgcc_s: here, outside malloc */
+  if (!uw) {
+    warn("ALLOT_PROF: no unwinder (libgcc_s.so.1); ", "not profiling", "");
     return;
   }
+  start_ns = now_ns();
+  start_ticks = ticks();
+  seed = os_random_seed();
   /* allot's own code, when it is a library of its own: its frames lead
    * every stack and are dropped. Linked into the program, nothing is dropped
    * here (the command leaves out allot's functions by name). */
@@ -1120,9 +1351,11 @@ static __attribute__((constructor)) void prof_start(void) {
 #if defined(__x86_64__)
   os_lock_init(&ulock);
   urules = os_map(URULES * sizeof *urules); /* NULL: libgcc's only */
+  walks = os_map(WALKS * sizeof *walks);    /* NULL: no walk kept */
 #endif
   uintptr_t ip[PROF_FRAMES];
-  capture(ip);
+  walk_ref_t ref;
+  capture(ip, &ref);
   pthread_atfork(fork_prepare, fork_parent, fork_child);
   atomic_store_explicit(&ready, 1, memory_order_release);
 }
@@ -1201,23 +1434,34 @@ static __attribute__((destructor)) void prof_finish(void) {
     return;
   }
   os_lock(&lock);
-  uint64_t end = now_ns();
+  uint64_t end = now_ns(), end_ticks = ticks();
   if (live_total > peak_total) { /* the exit is the peak */
     epoch++;
     peak_total = live_total;
-    peak_ns = end;
+    peak_ticks = end_ticks;
   }
+  double ns_per_tick =
+      end_ticks > start_ticks
+          ? (double)(end - start_ns) / (double)(end_ticks - start_ticks)
+          : 0;
+  int64_t peak_ns =
+      peak_ticks > start_ticks
+          ? (int64_t)((double)(peak_ticks - start_ticks) * ns_per_tick)
+          : 0;
   out_str(&o, "allot-prof 1\n");
   out_kv(&o, "pid", getpid());
   out_kv(&o, "rate", rate);
   out_kv(&o, "run_ns", (int64_t)(end - start_ns));
   out_kv(&o, "samples", (int64_t)taken);
   out_kv(&o, "dropped", (int64_t)dropped);
-  out_kv(&o, "sampling_ns", (int64_t)busy_ns);
+  out_kv(&o, "sampling_ns", (int64_t)((double)busy_ticks * ns_per_tick));
   out_kv(&o, "unwind_fallbacks", (int64_t)unwind_fallbacks);
   out_kv(&o, "unwind_mismatches", (int64_t)unwind_mismatches);
+#if defined(__x86_64__)
+  out_kv(&o, "unwind_reused", (int64_t)walks_reused);
+#endif
   out_kv(&o, "peak_bytes", peak_total);
-  out_kv(&o, "peak_ns", peak_ns ? (int64_t)(peak_ns - start_ns) : 0);
+  out_kv(&o, "peak_ns", peak_ns);
   out_kv(&o, "exit_bytes", live_total);
   out_kv(&o, "stacks", (int64_t)nstacks);
   /* s peak_bytes peak_n exit_bytes exit_n total_bytes total_n depth frames */

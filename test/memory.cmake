@@ -68,6 +68,21 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   # ALLOT_PURGE_MADV=free: purged memory is lazily freed, and reusable
   allot_mem_add(mem.madv_free 60 ALLOT_PURGE_MADV=free mem_return lazyfree)
 
+  # the fixed footprint of liballot.so in a small C program: its code
+  # resident in one 64 KiB window, libgcc_s not loaded (mem_footprint.c)
+  # (not in sanitizer builds: their instrumentation is code too, and
+  # libubsan loads libgcc_s)
+  if(TARGET allot AND NOT ALLOT_SANITIZE)
+    add_executable(mem_footprint ${CMAKE_CURRENT_LIST_DIR}/mem_footprint.c)
+    target_compile_options(mem_footprint PRIVATE ${ALLOT_MEM_TEST_FLAGS})
+    target_link_libraries(mem_footprint PRIVATE Threads::Threads)
+    set(_footprint_env LD_PRELOAD=$<TARGET_FILE:allot>)
+    if(NOT ALLOT_LAYOUT_SCRIPT)
+      list(APPEND _footprint_env FOOTPRINT_NO_LAYOUT=1)
+    endif()
+    allot_mem_add(mem.footprint 60 "${_footprint_env}" mem_footprint)
+  endif()
+
   # ALLOT_HUGE_PAGES: the advice on segments and large mappings, and its effect
   foreach(v on off auto)
     allot_mem_add(mem.thp.${v} 60 ALLOT_HUGE_PAGES=${v} mem_thp check ${v})
