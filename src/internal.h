@@ -434,6 +434,41 @@ INTERNAL void heap_large_link(heap_t *h, segment_t *s);
 extern INTERNAL __thread heap_t *checked_heap;
 
 /* ---- inline helpers ----------------------------------------------------- */
+/* Doubly linked lists of pages (page.c's avail and full lists, segment.c's
+ * dirty_free lists), under whichever lock guards the list. */
+static inline void plist_push_front(page_list_t *l, page_t *pg) {
+  pg->prev = NULL;
+  pg->next = l->first;
+  if (l->first)
+    l->first->prev = pg;
+  else
+    l->last = pg;
+  l->first = pg;
+  l->count++;
+}
+static inline void plist_push_back(page_list_t *l, page_t *pg) {
+  pg->next = NULL;
+  pg->prev = l->last;
+  if (l->last)
+    l->last->next = pg;
+  else
+    l->first = pg;
+  l->last = pg;
+  l->count++;
+}
+static inline void plist_remove(page_list_t *l, page_t *pg) {
+  if (pg->prev)
+    pg->prev->next = pg->next;
+  else
+    l->first = pg->next;
+  if (pg->next)
+    pg->next->prev = pg->prev;
+  else
+    l->last = pg->prev;
+  pg->next = pg->prev = NULL;
+  l->count--;
+}
+
 /* Class of a size <= SMALL_MAX: one table load. */
 static ALWAYS_INLINE size_t size_class(size_t size) {
   return class_of_small[(size + 15) >> 4];

@@ -101,40 +101,6 @@ const uint8_t class_aligned[SMALL_ALIGNS][NCLASSES] = {
 
 INTERNAL page_t empty_page; /* free == NULL: sends the fast path here */
 
-/* ---- lists of pages -------------------------------------------------- */
-static void plist_push_front(page_list_t *l, page_t *pg) {
-  pg->prev = NULL;
-  pg->next = l->first;
-  if (l->first)
-    l->first->prev = pg;
-  else
-    l->last = pg;
-  l->first = pg;
-  l->count++;
-}
-static void plist_push_back(page_list_t *l, page_t *pg) {
-  pg->next = NULL;
-  pg->prev = l->last;
-  if (l->last)
-    l->last->next = pg;
-  else
-    l->first = pg;
-  l->last = pg;
-  l->count++;
-}
-static void plist_remove(page_list_t *l, page_t *pg) {
-  if (pg->prev)
-    pg->prev->next = pg->next;
-  else
-    l->first = pg->next;
-  if (pg->next)
-    pg->next->prev = pg->prev;
-  else
-    l->last = pg->prev;
-  pg->next = pg->prev = NULL;
-  l->count--;
-}
-
 /* ---- blocks ---------------------------------------------------------- */
 
 /* Index of block p in its page, or fault if p is not a block start. */

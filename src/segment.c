@@ -101,31 +101,13 @@ static void heap_seg_remove(segment_t **head, segment_t *s) {
 /* The dirty_free lists, under the owner's seg_lock. A dirty free page is on
  * the list of the class it last held, last_cls (0: on none). */
 static void dirty_push(heap_t *h, page_t *pg, size_t cls) {
-  page_list_t *l = &h->dirty_free[cls];
   pg->last_cls = (uint8_t)cls;
-  pg->prev = NULL;
-  pg->next = l->first;
-  if (l->first)
-    l->first->prev = pg;
-  else
-    l->last = pg;
-  l->first = pg;
-  l->count++;
+  plist_push_front(&h->dirty_free[cls], pg);
 }
 static void dirty_unlink(heap_t *h, page_t *pg) {
   if (!pg->last_cls) return;
-  page_list_t *l = &h->dirty_free[pg->last_cls];
-  if (pg->prev)
-    pg->prev->next = pg->next;
-  else
-    l->first = pg->next;
-  if (pg->next)
-    pg->next->prev = pg->prev;
-  else
-    l->last = pg->prev;
-  pg->next = pg->prev = NULL;
+  plist_remove(&h->dirty_free[pg->last_cls], pg);
   pg->last_cls = 0;
-  l->count--;
 }
 /* A dirty page stops being dirty: purged, or taken for blocks. */
 static void page_clean(heap_t *h, page_t *pg) {
