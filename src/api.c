@@ -52,7 +52,16 @@ static ALWAYS_INLINE void *alloc(size_t size) {
   return alloc_big(size, 16, false);
 }
 
-static void *alloc_aligned(size_t align, size_t size) {
+/* The aligned calls' fast path: a block of a small class whose blocks all
+ * have the alignment, from the thread's current page; NULL (errno as it
+ * was) when that takes a slow path. Checked mode and a thread not yet
+ * started have no current page, so they get NULL here. */
+static ALWAYS_INLINE void *aligned_take(size_t align, size_t size) {
+  if (align > SMALL_MAX || size > SMALL_MAX) return NULL;
+  return page_take(tls_heap->current[aligned_class(size, align)], "malloc");
+}
+
+static NOINLINE void *alloc_aligned(size_t align, size_t size) {
   if (align <= 16) return alloc(size);
   if (unlikely(g.slow_mode)) { /* also set until start-up (heap.c) */
     allot_process_init();
@@ -420,17 +429,27 @@ EXPORT void *allot_aligned_alloc(size_t align, size_t size) {
     errno = EINVAL;
     return NULL;
   }
-  return alloc_aligned(align, size);
+  void *p = aligned_take(align, size);
+  return p ? p : alloc_aligned(align, size);
 }
 
-EXPORT int allot_posix_memalign(void **out, size_t align, size_t size) {
-  if (!power_of_two(align) || align % sizeof(void *) != 0) return EINVAL;
+/* posix_memalign reports by its return value: errno stays as it was. Out
+ * of line, so that the fast path needs no stack frame. */
+static NOINLINE int posix_memalign_slow(void **out, size_t align, size_t size) {
   int saved = errno;
   void *p = alloc_aligned(align, size);
   if (!p) {
     errno = saved;
     return ENOMEM;
   }
+  *out = p;
+  return 0;
+}
+
+EXPORT int allot_posix_memalign(void **out, size_t align, size_t size) {
+  if (!power_of_two(align) || align % sizeof(void *) != 0) return EINVAL;
+  void *p = aligned_take(align, size);
+  if (unlikely(!p)) return posix_memalign_slow(out, align, size);
   *out = p;
   return 0;
 }
@@ -447,7 +466,8 @@ EXPORT void *allot_memalign(size_t align, size_t size) {
       a <<= 1;
     align = a;
   }
-  return alloc_aligned(align, size);
+  void *p = aligned_take(align, size);
+  return p ? p : alloc_aligned(align, size);
 }
 
 EXPORT void *allot_valloc(size_t size) {

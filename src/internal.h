@@ -505,21 +505,25 @@ static ALWAYS_INLINE page_t *page_of(const segment_t *s, const void *p) {
   return (page_t *)&s->pages[((uintptr_t)p - (uintptr_t)s) >> PAGE_SHIFT];
 }
 
-/* The malloc fast path: pop a block of class cls from the heap's current
- * page, checking that the decoded link stays in the page. */
+/* Pop a block from page pg's free list, checking that the decoded link
+ * stays in the page; NULL when the list is empty. */
+static ALWAYS_INLINE void *page_take(page_t *pg, const char *fn) {
+  block_t *b = pg->free;
+  if (unlikely(b == NULL)) return NULL;
+  block_t *next = link_decode(b->next, b);
+  if (unlikely((((uintptr_t)next ^ (uintptr_t)b) >> PAGE_SHIFT) && next))
+    fault(fn, "corrupted free list", b);
+  pg->free = next;
+  pg->used++;
+  b->mark = 0;
+  return b;
+}
+
+/* The malloc fast path: a block of class cls from the heap's current page. */
 static ALWAYS_INLINE void *heap_alloc_class(heap_t *h, size_t cls, size_t size,
                                             const char *fn) {
-  page_t *pg = h->current[cls];
-  block_t *b = pg->free;
-  if (likely(b != NULL)) {
-    block_t *next = link_decode(b->next, b);
-    if (unlikely((((uintptr_t)next ^ (uintptr_t)b) >> PAGE_SHIFT) && next))
-      fault(fn, "corrupted free list", b);
-    pg->free = next;
-    pg->used++;
-    b->mark = 0;
-    return b;
-  }
+  void *b = page_take(h->current[cls], fn);
+  if (likely(b != NULL)) return b;
   return page_malloc_slow(h, cls, size);
 }
 
