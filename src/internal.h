@@ -538,12 +538,19 @@ static inline size_t aligned_class(size_t size, size_t align) {
 }
 
 /* ---- prof.c's hooks, inlined into the slow paths (behind g.prof) ---------
- * prof_left: bytes until the thread's next small sample; prof_left_big:
- * until its next medium or large one. A hook subtracts the bytes it hands
- * out and calls prof.c only when that reaches 0, and prof.c adds them back
- * and decides. Both are 0 before the thread's first call, and prof_left is
- * held at 0 while a small sample is pending, so that every hook comes. */
-extern INTERNAL __thread int64_t prof_left, prof_left_big;
+ * prof_small_tls.left: bytes until the thread's next small sample;
+ * prof_left_big: until its next medium or large one. A hook subtracts the
+ * bytes it hands out and calls prof.c only when that reaches 0, and prof.c
+ * adds them back and decides. Both are 0 before the thread's first call.
+ * prof_small_tls.pending: the classes whose next refill is a small sample
+ * (prof.c cut their lists there); their hooks come too. Side by side, one
+ * TLS address serves both. */
+typedef struct prof_small_tls {
+  int64_t left;
+  uint64_t pending;
+} prof_small_tls_t;
+extern INTERNAL __thread prof_small_tls_t prof_small_tls;
+extern INTERNAL __thread int64_t prof_left_big;
 /* counts per slot of the live samples' addresses (prof.c): 0, no sample */
 #define PROF_FILTER_BITS 16
 extern INTERNAL _Atomic uint8_t prof_filter[(size_t)1 << PROF_FILTER_BITS];
@@ -557,34 +564,59 @@ static ALWAYS_INLINE bool prof_maybe_sample(const void *p) {
   return atomic_load_explicit(&prof_filter[prof_filter_slot(p)],
                               memory_order_relaxed) != 0;
 }
-/* prof_left -= bytes, and whether it is still above 0: on x86-64 one
- * subtraction from memory, whose flags say it (a refill pays it). */
-static ALWAYS_INLINE bool prof_count_left(int64_t bytes) {
+/* left -= bytes, and whether it is still above 0 with class cls not
+ * pending: on x86-64 one subtraction from memory, whose flags say the
+ * first, and a load and a bit test (a refill pays them). */
+static ALWAYS_INLINE bool prof_count_left(int64_t bytes, size_t cls) {
 #if defined(__x86_64__) && defined(__GCC_ASM_FLAG_OUTPUTS__)
   bool more;
   uintptr_t at;
-  __asm__("movq prof_left@gottpoff(%%rip), %[at]\n\t"
+  uint64_t pending;
+  __asm__("movq prof_small_tls@gottpoff(%%rip), %[at]\n\t"
           "subq %[b], %%fs:(%[at])"
           : [at] "=&r"(at), "=@ccg"(more)
           : [b] "r"(bytes)
           : "memory");
-  return more;
+  if (!more) return false;
+  __asm__ volatile("movq %%fs:8(%[at]), %[p]"
+                   : [p] "=r"(pending)
+                   : [at] "r"(at));
+  return !(pending >> cls & 1);
 #else
-  return (prof_left -= bytes) > 0;
+  return (prof_small_tls.left -= bytes) > 0 &&
+         !(prof_small_tls.pending >> cls & 1);
 #endif
 }
-/* The small slow path popped p from a page whose list now goes to the fast
- * path: count p's block and the list's. */
-static ALWAYS_INLINE void *prof_count_small(void *p) {
-  segment_t *s = segment_of(p);
-  if (unlikely(s->kind != SEG_SMALL)) return p; /* malloc(0)'s */
-  page_t *pg = page_of(s, p);
+/* The small slow path popped p from h->current[cls], whose list now goes
+ * to the fast path: count p's block and the list's. That page is read, not
+ * found from p (6 instructions less a refill). When it is empty_page its
+ * bytes are 0: p is malloc(0)'s or a medium chunk's (medium_small's own
+ * hook counts it), or h was empty_heap and prof_small finds p's page. */
+static ALWAYS_INLINE void *prof_count_small(heap_t *h, size_t cls, void *p) {
+  page_t *pg = h->current[cls];
   int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
-  if (likely(prof_count_left(bytes))) return p;
+  if (likely(bytes != 0)) {
+    if (likely(prof_count_left(bytes, cls))) return p;
+  } else if (segment_of(p)->kind != SEG_SMALL) {
+    return p;
+  }
   return prof_small(p, pg, bytes);
 }
+/* prof_left_big -= size, and prof_medium when that reaches 0: on x86-64,
+ * as above, a subtraction from memory (3 instructions a medium malloc). */
 static ALWAYS_INLINE void prof_count_medium(heap_t *h, void *p, size_t size) {
+#if defined(__x86_64__) && defined(__GCC_ASM_FLAG_OUTPUTS__)
+  bool more;
+  uintptr_t at;
+  __asm__("movq prof_left_big@gottpoff(%%rip), %[at]\n\t"
+          "subq %[b], %%fs:(%[at])"
+          : [at] "=&r"(at), "=@ccg"(more)
+          : [b] "r"((int64_t)size)
+          : "memory");
+  if (unlikely(!more)) prof_medium(h, p, size);
+#else
   if (unlikely((prof_left_big -= (int64_t)size) <= 0)) prof_medium(h, p, size);
+#endif
 }
 
 #endif

@@ -274,7 +274,7 @@ void *page_malloc_slow(heap_t *h, size_t cls, size_t size) {
   if (unlikely(!p))
     errno = ENOMEM;
   else if (unlikely(g.prof))
-    p = prof_count_small(p); /* heap profile (prof.c) */
+    p = prof_count_small(h, cls, p); /* heap profile (prof.c) */
   return p;
 }
 

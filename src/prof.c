@@ -67,18 +67,18 @@ typedef struct psample {
 #define SPARES 4
 #define SPARE_BYTES ((size_t)256 << 10)
 
-/* The countdowns themselves are prof_left and prof_left_big (internal.h),
- * which the hooks decrement inline. */
+/* The countdowns themselves, and the classes whose next slow-path malloc
+ * is a sample, are prof_small_tls and prof_left_big (internal.h), which the
+ * hooks read inline. */
 typedef struct pthread_state {
-  int64_t held;     /* the countdown while prof_left is held at 0 (pending) */
-  uint64_t rng;     /* xorshift64* */
-  uint64_t pending; /* classes whose next slow-path malloc is a sample */
+  uint64_t rng; /* xorshift64* */
   int init, busy;
   int big; /* prof_left_big drawn (at the thread's first medium or large) */
 } pthread_state_t;
 
 static __thread pthread_state_t T;
-INTERNAL __thread int64_t prof_left, prof_left_big;
+INTERNAL __thread prof_small_tls_t prof_small_tls;
+INTERNAL __thread int64_t prof_left_big;
 
 static int64_t rate = PROF_RATE_DEFAULT;
 static char out_path[1024];
@@ -195,6 +195,15 @@ static int64_t weight_of(size_t size) {
   return (int64_t)((double)size / p + 0.5);
 }
 
+/* A small sample's weight by class, made by prof_configure once the rate
+ * is known. */
+static int64_t class_weight[NCLASSES];
+
+static void tables_init(void) {
+  for (size_t cls = 1; cls < NCLASSES; cls++)
+    class_weight[cls] = weight_of(class_size[cls]);
+}
+
 static uint64_t next_random(pthread_state_t *t) {
   uint64_t x = t->rng;
   x ^= x >> 12;
@@ -224,7 +233,7 @@ static void thread_start(pthread_state_t *t) {
   x *= 0x94D049BB133111EBull;
   x ^= x >> 31;
   t->rng = x ? x : 1;
-  prof_left = draw(t);
+  prof_small_tls.left = draw(t);
   t->init = 1;
 }
 
@@ -595,7 +604,9 @@ static NOINLINE int capture_fast(uintptr_t *out, walk_ref_t *ref) {
     w = &set[i];
     if (walk_same(w, sp, bp)) {
       int n = w->n;
-      memcpy(out, w->out, (size_t)n * sizeof *out);
+      /* with the stack's id known, record needs no frames */
+      if (w->id < 0 || check_unwind)
+        memcpy(out, w->out, (size_t)n * sizeof *out);
       *ref = (walk_ref_t){w, w->gen, w->id};
       walks_reused++;
       os_unlock(&ulock);
@@ -881,7 +892,7 @@ static ALWAYS_INLINE void record(void *p, size_t size, uint32_t usable,
   uintptr_t ip[PROF_FRAMES];
   walk_ref_t ref;
   int n = capture(ip, &ref);
-  int64_t w = weight_of(size);
+  int64_t w = cls ? class_weight[cls] : weight_of(size);
   os_lock(&lock);
   long id = ref.id >= 0 ? ref.id : stack_id(ip, n);
   psample_t *e = spare ? sample_find((uintptr_t)p) : NULL;
@@ -960,19 +971,6 @@ static ALWAYS_INLINE void *sample_block(pthread_state_t *t, size_t size,
   return p;
 }
 
-/* Out of line, with the hook's bytes given back to prof_left: while a
- * sample is pending the countdown is in t->held, and prof_left at 0 brings
- * every hook here. */
-static ALWAYS_INLINE void countdown_take(pthread_state_t *t) {
-  if (t->pending) prof_left = t->held;
-}
-static ALWAYS_INLINE void countdown_hold(pthread_state_t *t) {
-  if (t->pending) {
-    t->held = prof_left;
-    prof_left = 0;
-  }
-}
-
 /* ---- small blocks -----------------------------------------------------
  */
 
@@ -1037,14 +1035,15 @@ static void unpop(page_t *pg, void *p) {
  * back here, pending, and is the sample: an exact position, not whichever
  * malloc happens to find the list empty (for sites that alternate within a
  * class, that would always be the same site). Here too when the thread has
- * not started counting yet, or a sample is pending. No allot lock is held
- * here. */
+ * not started counting yet, or when its class's sample is pending (the hook
+ * tests prof_small_tls.pending). No allot lock is held here. */
 static NOINLINE void *small_sample(pthread_state_t *t, void *p, page_t *pg) {
   /* A first-class heap's bytes count too, and a sample point among them is
    * dropped: the points elsewhere stay a Poisson process. */
   if (atomic_load_explicit(&pg->heap, memory_order_relaxed)->first_class) {
     int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
-    prof_left = bytes < prof_left ? prof_left - bytes : draw(t);
+    prof_small_tls.left =
+        bytes < prof_small_tls.left ? prof_small_tls.left - bytes : draw(t);
     return p;
   }
   size_t b = pg->bsize;
@@ -1054,8 +1053,8 @@ static NOINLINE void *small_sample(pthread_state_t *t, void *p, page_t *pg) {
   if (align < 16) align = 16;
   void *got = NULL;
   uint32_t usable = b <= OVERRIDE_CLASS_MAX ? (uint32_t)b : 0;
-  if (t->pending & bit) {
-    t->pending &= ~bit;
+  if (prof_small_tls.pending & bit) {
+    prof_small_tls.pending &= ~bit;
     if ((got = sample_block(t, b, align, usable, pg->cls))) {
       unpop(pg, p);
       p = NULL;
@@ -1064,12 +1063,13 @@ static NOINLINE void *small_sample(pthread_state_t *t, void *p, page_t *pg) {
   for (;;) {
     size_t held = p ? 1 : 0;
     int64_t bytes = (int64_t)(pg->capacity - pg->used + held) * (int64_t)b;
-    if (bytes < prof_left) {
-      prof_left -= bytes;
+    if (bytes < prof_small_tls.left) {
+      prof_small_tls.left -= bytes;
       break;
     }
-    size_t k = (size_t)((prof_left - 1) / (int64_t)b); /* where it ends */
-    prof_left = draw(t);
+    size_t k =
+        (size_t)((prof_small_tls.left - 1) / (int64_t)b); /* where it ends */
+    prof_small_tls.left = draw(t);
     if (k == 0 && held) { /* p's malloc is the sample */
       if (!(got = sample_block(t, b, align, usable, pg->cls))) break;
       unpop(pg, p);
@@ -1077,36 +1077,40 @@ static NOINLINE void *small_sample(pthread_state_t *t, void *p, page_t *pg) {
       continue; /* the list is whole again: count it afresh */
     }
     cut(pg, k - held, pg->capacity - pg->used);
-    t->pending |= bit;
+    prof_small_tls.pending |= bit;
     break;
   }
   return got ? got : p;
 }
 
+/* p's own page; NULL for a block outside the small pages (malloc(0)'s, a
+ * medium chunk's). */
+static page_t *small_page(void *p) {
+  segment_t *s = segment_of(p);
+  return s->kind == SEG_SMALL ? page_of(s, p) : NULL;
+}
+
 static NOINLINE void *small_slow(pthread_state_t *t, void *p, page_t *pg) {
-  countdown_take(t);
+  /* The hook counted h->current[cls], which is p's page on every path of
+   * page_malloc_slow; a sample cuts and unpops, so that is made sure of. */
+  if (unlikely(small_page(p) != pg)) {
+    if (!(pg = small_page(p))) return p;
+  }
   if (atomic_load_explicit(&ready, memory_order_acquire) && !g.slow_mode) {
     if (unlikely(!t->init)) thread_start(t);
     int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
-    if (bytes < prof_left && !(t->pending >> pg->cls & 1))
-      prof_left -= bytes; /* a thread's first call, or one held */
+    if (bytes < prof_small_tls.left && !(prof_small_tls.pending >> pg->cls & 1))
+      prof_small_tls.left -= bytes; /* a first call, or a page found from p */
     else
       p = small_sample(t, p, pg);
   }
-  countdown_hold(t);
   return p;
 }
 
 void *prof_small(void *p, page_t *pg, int64_t bytes) {
   pthread_state_t *t = &T;
-  prof_left += bytes;
+  prof_small_tls.left += bytes;
   if (unlikely(t->busy)) return p;
-  /* while another class's sample is pending, most calls only count */
-  uint64_t pending = t->pending;
-  if (pending && !(pending >> pg->cls & 1) && bytes < t->held) {
-    t->held -= bytes;
-    return p;
-  }
   return small_slow(t, p, pg); /* a tail call: no frame to unwind */
 }
 
@@ -1162,11 +1166,11 @@ static bool prof_block(segment_t *s) {
   return h && atomic_load_explicit(&s->heap, memory_order_relaxed) == h;
 }
 
-/* A medium or large block is being freed: drop its sample, if it is one.
- * True if p is kept as a spare, and must not be freed. */
+/* A medium or large block whose filter slot is set (the caller tested
+ * prof_maybe_sample) is being freed: drop its sample, if it is one. True if
+ * p is kept as a spare, and must not be freed. */
 bool prof_free(segment_t *s, void *p) {
   (void)s;
-  if (!prof_maybe_sample(p)) return false;
   bool keep = false;
   os_lock(&lock);
   psample_t *e = sample_find((uintptr_t)p);
@@ -1181,7 +1185,8 @@ bool prof_free(segment_t *s, void *p) {
     st->live_n--;
     live_total -= e->weight;
     /* not a chunk resized since, nor one whose size is overridden */
-    size_t cls = e->cls, b = class_size[cls], u = chunk_usable_size(p);
+    size_t cls = e->cls, b = class_size[cls],
+           u = cls ? chunk_usable_size(p) : 0;
     keep = cls && !e->usable && nspares[cls] < SPARES && u >= b &&
            u <= b + 16 && spare_bytes + u <= SPARE_BYTES;
     if (keep) {
@@ -1298,6 +1303,7 @@ void prof_configure(void) {
   if (n >= sizeof out_path) n = sizeof out_path - 1;
   memcpy(out_path, o, n);
   out_path[n] = 0;
+  tables_init();
   os_lock_init(&lock);
   g.prof = 1;
 }
