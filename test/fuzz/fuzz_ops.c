@@ -367,6 +367,10 @@ static void do_realloc(int idx, size_t size, int array, size_t n) {
     check_prefix(&moved, keep, "after realloc");
   }
   admit(idx, q, total, 16, FREE_SIZED_REALLOC);
+  /* kept in place, the block keeps the alignment it was made with: one of
+   * more than MEDIUM_MAX / 4 made it a large block, whose heap is none
+   * (allot_heap_of, ownership_check) whatever its size */
+  if (q == old.p && old.align > s->align) s->align = old.align;
   if (old.heap >= 0) {
     /* a first-class heap's block stays in it when realloc keeps it in place;
      * one that must move goes to the calling thread's default heap */
