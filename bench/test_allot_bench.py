@@ -16,22 +16,12 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
+# the drivers' shared checks (test/checks.py)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "test"))
+from checks import Checks  # noqa: E402
+
 SKIP = 77
-
-
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, cond, what, detail=""):
-        if cond:
-            self.passed += 1
-            print("ok   " + what)
-        else:
-            self.failed += 1
-            print("FAIL " + what + (": " + detail if detail else ""))
-        return cond
 
 
 def run(opts, *args, timeout=100):

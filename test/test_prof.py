@@ -18,34 +18,11 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
+from checks import Checks, env_clean
+
 MIB = 1 << 20
 TRUTH = {"site_a": 30 * MIB, "site_a2": 12 * MIB, "site_b": 10 * MIB,
          "site_e": 8 * MIB, "site_c": 2 * MIB}
-
-
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, cond, what, detail=""):
-        if cond:
-            self.passed += 1
-            print("ok   " + what)
-        else:
-            self.failed += 1
-            print("FAIL " + what + (": " + str(detail)[-3000:]
-                                    if detail else ""))
-        sys.stdout.flush()
-        return cond
-
-
-def env_clean():
-    env = dict(os.environ)
-    for k in list(env):
-        if k.startswith("ALLOT_") or k == "LD_PRELOAD":
-            del env[k]
-    return env
 
 
 def allot(opts, *args, timeout=120):

@@ -19,32 +19,7 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
-
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, cond, what, detail=""):
-        if cond:
-            self.passed += 1
-            print("ok   " + what)
-        else:
-            self.failed += 1
-            print("FAIL " + what + (": " + str(detail)[-3000:]
-                                    if detail else ""))
-        sys.stdout.flush()
-        return cond
-
-
-def env_clean():
-    env = dict(os.environ)
-    for v in ("LD_PRELOAD", "ALLOT_LIB", "ALLOT_HELPER_DIR"):
-        env.pop(v, None)
-    for k in list(env):
-        if k.startswith("ALLOT_"):
-            del env[k]
-    return env
+from checks import Checks, env_clean
 
 
 def allot(opts, *args, timeout=100, cwd=None):
