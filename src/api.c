@@ -172,7 +172,7 @@ static ALWAYS_INLINE void small_free(segment_t *s, void *p, size_t size,
  * frees through here once it has done its checks (free_unchecked). */
 static NOINLINE void dealloc_any(void *p, size_t size, const char *fn) {
   segment_t *s = segment_of(p);
-  unsigned kind = segmap_kind(s) & ~SEGMAP_CHECKED;
+  unsigned kind = seg_kind(s);
   if (unlikely(kind == 0)) {
     if (p) bad_pointer(p, fn);
     return;
@@ -302,7 +302,7 @@ static ALWAYS_INLINE bool hint_fits(const void *p, size_t size) {
   /* The block's own size, last: another thread may have grown it in place
    * since this thread's hint (growth leaves medium_gen as it is), and a
    * block's size word changes only by a call on that block. */
-  return segmap_has(s) && s->kind == SEG_MEDIUM &&
+  return seg_kind(s) == SEG_MEDIUM &&
          atomic_load_explicit(&s->heap, memory_order_relaxed) == h &&
          atomic_load_explicit(&h->medium_gen, memory_order_relaxed) == e->gen &&
          chunk_usable_size(p) == e->usable;
@@ -328,7 +328,7 @@ static void hint_put(const realloc_hint_t *x) {
 static NOINLINE void *realloc_slow(void *p, size_t size) {
   segment_t *s = segment_of(p);
   size_t old, want = size;
-  if (likely(segmap_has(s)) && s->kind == SEG_MEDIUM) {
+  if (seg_kind(s) == SEG_MEDIUM) {
     /* validated and resized under one lock */
     realloc_hint_t hint;
     if (medium_realloc(s, p, size, &old, &hint)) {
@@ -409,7 +409,7 @@ EXPORT void allot_free_aligned_sized(void *p, size_t align, size_t size) {
   segment_t *s = segment_of(p);
   if (align <= 16) {
     check_size(p, size, "free_aligned_sized");
-  } else if (segmap_has(s) && s->kind == SEG_SMALL) {
+  } else if (seg_kind(s) == SEG_SMALL) {
     page_t *pg = small_page(s, p);
     usable_size(p, "free_aligned_sized");
     if (pg->cls != aligned_class(size, align))

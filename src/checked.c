@@ -901,7 +901,7 @@ __attribute__((no_sanitize("address"))) size_t checked_walk_size(const void *p,
  * the quarantine's (medium and large blocks there are live to the layers). */
 static size_t live_usable(void *p, const char *fn, bool freeing) {
   segment_t *s = segment_of(p);
-  if (segmap_has(s) && s->kind == SEG_LARGE && large_quarantined(p))
+  if (seg_kind(s) == SEG_LARGE && large_quarantined(p))
     fault(fn, freeing ? "double free" : "pointer already freed", p);
   size_t u = block_usable_size(p, fn);
   if (u && cf.quarantine && s->kind == SEG_MEDIUM &&
@@ -947,7 +947,7 @@ static size_t checked_size(void *p, size_t u, const char *fn, int want) {
 static void free_as(void *p, const char *fn, int fam, size_t size) {
   if (!p) return;
   segment_t *s = segment_of(p);
-  if (!segmap_has(s) || s->kind == SEG_ZERO) {
+  if (seg_kind(s) == 0 || seg_kind(s) == SEG_ZERO) {
     free_unchecked(p, fn); /* faults on anything but a zero-size block */
     return;
   }
@@ -985,7 +985,7 @@ void checked_free(void *p, const char *fn) {
 static size_t usable_as(const void *cp, const char *fn, int want) {
   void *p = (void *)cp;
   segment_t *s = segment_of(p);
-  if (segmap_has(s) && s->kind == SEG_ZERO) return block_usable_size(p, fn);
+  if (seg_kind(s) == SEG_ZERO) return block_usable_size(p, fn);
   VG(VALGRIND_DISABLE_ERROR_REPORTING);
   size_t size = checked_size(p, live_usable(p, fn, false), fn, want);
   VG(VALGRIND_ENABLE_ERROR_REPORTING);

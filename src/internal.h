@@ -498,6 +498,11 @@ static ALWAYS_INLINE unsigned segmap_kind(const void *seg) {
 static ALWAYS_INLINE bool segmap_has(const void *seg) {
   return segmap_kind(seg) != 0;
 }
+/* seg's kind, SEG_SMALL ... SEG_ZERO, by the map alone (the same as its
+ * header's kind, without loading the header); 0 for none of allot's. */
+static ALWAYS_INLINE unsigned seg_kind(const void *seg) {
+  return segmap_kind(seg) & ~SEGMAP_CHECKED;
+}
 static ALWAYS_INLINE uint8_t *page_start(const segment_t *s, const page_t *pg) {
   return (uint8_t *)s + ((size_t)(pg - s->pages) << PAGE_SHIFT);
 }
