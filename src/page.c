@@ -324,6 +324,14 @@ static NOINLINE void *page_alloc_rotate(heap_t *h, size_t cls) {
   return NULL;
 }
 
+/* Whether a request may be cut from free medium chunks (medium_small): of
+ * MEDIUM_SMALL_MIN bytes and up, and below its class's size -- aligned
+ * requests come with the class's size, since their blocks must keep the
+ * class's alignment, which a chunk does not have. */
+static ALWAYS_INLINE bool medium_small_ok(size_t cls, size_t size) {
+  return size < class_size[cls] && size >= MEDIUM_SMALL_MIN;
+}
+
 /* A block of class cls from the heap's pages: the current page's free list,
  * then the other pages of the class, then pages freed into while full, then
  * an abandoned heap's pages, then the heap's free medium chunks (size below
@@ -342,8 +350,8 @@ static void *page_alloc_sized(heap_t *h, size_t cls, size_t size) {
   }
   /* a class already served from medium chunks (below) while its pages
    * stay full: straight there, without the page lock */
-  if (cur == &empty_page && size < class_size[cls] &&
-      size >= MEDIUM_SMALL_MIN && !h->avail[cls].first &&
+  if (cur == &empty_page && medium_small_ok(cls, size) &&
+      !h->avail[cls].first &&
       !((atomic_load_explicit(&h->xwake, memory_order_relaxed) |
          atomic_load_explicit(&h->xstrand, memory_order_relaxed)) &
         ((uint64_t)1 << cls))) {
@@ -385,9 +393,7 @@ static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
     if (round == 0 && heap_absorb_abandoned(h) && h->avail[cls].first) continue;
     break;
   }
-  /* Aligned requests come with the class's size: their blocks must keep the
-   * class's alignment, which a chunk does not have. */
-  if (size < class_size[cls] && size >= MEDIUM_SMALL_MIN) {
+  if (medium_small_ok(cls, size)) {
     void *p = medium_small(h, size);
     if (p) {
       set_current(h, cls, &empty_page); /* never a page of the full list */
