@@ -386,12 +386,16 @@ def t_map(opts, c, tmp):
             show(r))
     # on a signal: the shell signals itself, then becomes the workload
     out3 = os.path.join(tmp, "sig.svg")
+    dump3 = os.path.join(tmp, "sigdump")
     r = allot(opts, "map", "--lib", opts.lib, "-o", out3, "--signal", "USR2",
-              "--", "sh", "-c", "kill -USR2 $$; sleep 1; exec %s 1 2000" %
-              opts.workload)
+              "--dump", dump3, "--", "sh", "-c",
+              "kill -USR2 $$; sleep 1; exec %s 1 2000" % opts.workload)
     c.check(r.returncode == 0 and os.path.isfile(
         os.path.join(tmp, "sig-1.svg")) and svg_ok(out3)[0],
         "--signal takes a map on the signal, and one at exit", show(r))
+    c.check(os.path.isfile(dump3 + "-1") and
+            open(dump3 + "-1").read().startswith("allot-map 1"),
+            "--dump names a signal's dump FILE-1 (no .svg added)", show(r))
     # from a running program
     prog = [sys.executable, "-c", "import time; x = [bytes(100) for i in "
             "range(20000)]; print('ready', flush=True); time.sleep(30)"]
