@@ -53,12 +53,89 @@ static bool hook_fail(const char *site) {
 #define hook_fail(site) false
 #endif
 
+/* ---- the clock ---------------------------------------------------------
+ * Read straight from the vDSO, whose function is found once in the auxiliary
+ * vector's ELF image, not through libc's clock_gettime: that sits in a
+ * 64 KiB window of libc's code that a program which never reads the clock
+ * does not otherwise touch, and fault-around made the whole window resident
+ * in every such process (64 kB of RSS in bignum, logicmin, cache-scratch,
+ * threadchurn; docs/memory.md, "The fixed footprint"). No vDSO, or no such
+ * symbol in it: the system call. */
+typedef int (*vdso_clock_t)(clockid_t, struct timespec *);
+#if defined(__aarch64__)
+#define VDSO_CLOCK "__kernel_clock_gettime"
+#else
+#define VDSO_CLOCK "__vdso_clock_gettime"
+#endif
+/* an array, not a literal: .rodata is laid out with the hot code, string
+ * literals are not (cmake/layout.cmake) */
+static const char vdso_name[] = VDSO_CLOCK;
+#define VDSO_NONE ((uintptr_t)1)
+static _Atomic uintptr_t vdso_clock; /* 0 not looked for, VDSO_NONE, or fn */
+
+static bool name_is(const char *a, const char *b) {
+  while (*a && *a == *b) {
+    a++;
+    b++;
+  }
+  return *a == *b;
+}
+
+static uintptr_t vdso_lookup(void) {
+  uintptr_t base = (uintptr_t)getauxval(AT_SYSINFO_EHDR);
+  if (!base) return VDSO_NONE;
+  const ElfW(Ehdr) *eh = (const ElfW(Ehdr) *)base;
+  const ElfW(Phdr) *ph = (const ElfW(Phdr) *)(base + eh->e_phoff);
+  const ElfW(Dyn) *dyn = NULL;
+  uintptr_t bias = 0;
+  bool loaded = false;
+  for (int i = 0; i < eh->e_phnum; i++) {
+    if (ph[i].p_type == PT_LOAD && !loaded) {
+      bias = base + ph[i].p_offset - ph[i].p_vaddr;
+      loaded = true;
+    } else if (ph[i].p_type == PT_DYNAMIC) {
+      dyn = (const ElfW(Dyn) *)(base + ph[i].p_offset);
+    }
+  }
+  if (!loaded || !dyn) return VDSO_NONE;
+  const char *strtab = NULL;
+  const ElfW(Sym) *sym = NULL;
+  const Elf32_Word *hash = NULL; /* [1]: the number of symbols */
+  for (; dyn->d_tag != DT_NULL; dyn++) {
+    if (dyn->d_tag == DT_STRTAB)
+      strtab = (const char *)(bias + dyn->d_un.d_ptr);
+    else if (dyn->d_tag == DT_SYMTAB)
+      sym = (const ElfW(Sym) *)(bias + dyn->d_un.d_ptr);
+    else if (dyn->d_tag == DT_HASH)
+      hash = (const Elf32_Word *)(bias + dyn->d_un.d_ptr);
+  }
+  if (!strtab || !sym || !hash) return VDSO_NONE;
+  for (Elf32_Word i = 0; i < hash[1]; i++)
+    if ((sym[i].st_info & 0xf) == STT_FUNC && sym[i].st_shndx != SHN_UNDEF &&
+        name_is(strtab + sym[i].st_name, vdso_name))
+      return bias + sym[i].st_value;
+  return VDSO_NONE;
+}
+
+static void clock_read(clockid_t id, struct timespec *ts) {
+  uintptr_t fn = atomic_load_explicit(&vdso_clock, memory_order_relaxed);
+  if (unlikely(!fn)) {
+    /* threads racing here find the same answer */
+    fn = vdso_lookup();
+    atomic_store_explicit(&vdso_clock, fn, memory_order_relaxed);
+  }
+  if (fn != VDSO_NONE && ((vdso_clock_t)fn)(id, ts) == 0) return;
+  int saved = errno;
+  if (syscall(SYS_clock_gettime, id, ts) != 0) ts->tv_sec = ts->tv_nsec = 0;
+  errno = saved;
+}
+
 /* Statistics mode: the time spent in the kernel calls below (allot run
  * --stats reports it). Two vDSO clock reads per call, and only then. */
 static uint64_t os_clock(void) {
   if (likely(!g.stats)) return 0;
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_read(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
@@ -251,7 +328,7 @@ bool os_remap_inplace(void *old, size_t old_size, size_t new_size) {
 
 uint64_t os_now_ms(void) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  clock_read(CLOCK_MONOTONIC_COARSE, &ts);
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
@@ -266,7 +343,7 @@ uint64_t os_random_seed(void) {
     x ^= r0 ^ (r1 << 1);
   }
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_read(CLOCK_MONOTONIC, &ts);
   x ^= (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull;
   x ^= (uintptr_t)&x; /* stack address: ASLR adds entropy */
   /* splitmix64 finaliser */
