@@ -474,6 +474,148 @@ static void test_split_merge(void) {
   printf("split/merge: ok\n");
 }
 
+/* ---- bin lists: merges and splits inside shared lists ------------------
+ * chunk_free and chunk_malloc leave a chunk where it is when its new size
+ * keeps it in its bin, put a merged or split chunk in its neighbour's list
+ * place, and unlink neighbours from the middle of a list: these build lists
+ * of several chunks and take each of those paths, checking the whole heap
+ * after every step. */
+
+static void free_blk(arena_t *a, void *p) {
+  size_t k = 0;
+  while (k < a->nblk && a->blk[k].p != p)
+    k++;
+  CHECK(k < a->nblk);
+  verify(&a->blk[k], a->blk[k].size, a->blk[k].size);
+  chunk_free(a->hp, p, on_fault);
+  del_blk(a, k);
+  check_heap(a);
+  check_walk(a);
+}
+
+static uint8_t *alloc_blk(arena_t *a, size_t size) {
+  uint8_t *p = chunk_malloc(a->hp, size);
+  CHECK(p);
+  add_blk(a, p, size);
+  check_heap(a);
+  return p;
+}
+
+static void test_bin_lists(void) {
+  arena_t a;
+  arena_init(&a, 0x5EEDull);
+  enum { R = 3, N = 6 };
+  const size_t big_size = 580 * KIB;
+  /* Three regions laid out alike: a big block, two small ones, pairs of an
+   * F and a G block, then the free tail. Chunks of equal size in different
+   * regions share a bin, so the lists below hold several chunks. */
+  uint8_t *big[R], *s1[R], *f[R][N], *g[R][N], *plug[R];
+  for (int r = 0; r < R; r++) {
+    arena_add(&a, 1 * MIB);
+    big[r] = alloc_blk(&a, big_size);
+    s1[r] = alloc_blk(&a, 1000);
+    alloc_blk(&a, 1000);
+    for (int i = 0; i < N; i++) {
+      f[r][i] = alloc_blk(&a, 20000);
+      g[r][i] = alloc_blk(&a, 3000);
+    }
+    /* the tail, taken whole so the next region's blocks come from that
+     * region (its head is a valid header: the usable size is read there) */
+    plug[r] = g[r][N - 1] + chunk_need(3000);
+    CHECK(alloc_blk(&a, chunk_usable_size(plug[r])) == plug[r]);
+    CHECK(big[r] == (uint8_t *)a.reg[r] + 2 * CHUNK_HEADER &&
+          s1[r] == big[r] + chunk_need(big_size));
+  }
+  /* All F chunks but the last of each region: one list of R * (N - 1). */
+  for (int i = 0; i < N - 1; i++)
+    for (int r = 0; r < R; r++)
+      free_blk(&a, f[r][i]);
+  /* A G between two free F chunks: both leave the middle of that list. */
+  for (int r = 0; r < R; r++) {
+    free_blk(&a, g[r][2]);
+    CHECK(chunk_usable_size(f[r][2]) ==
+          2 * chunk_need(20000) + chunk_need(3000) - CHUNK_HEADER);
+  }
+  /* A left merge into a big free chunk that stays in its bin, and in its
+   * place in the list the other big chunks share. */
+  for (int r = 0; r < R; r++)
+    free_blk(&a, big[r]);
+  size_t bs = chunk_need(big_size);
+  CHECK(bin_floor_of(bs + chunk_need(1000)) == bin_floor_of(bs));
+  for (int r = 0; r < R; r++) {
+    free_blk(&a, s1[r]);
+    CHECK(chunk_usable_size(big[r]) == bs + chunk_need(1000) - CHUNK_HEADER);
+  }
+  /* A right-only merge (the F before it is live) into the free tail: the
+   * freed chunk takes the tail's place in its list, the other tails around
+   * it. */
+  for (int r = 0; r < R; r++)
+    free_blk(&a, plug[r]);
+  for (int r = 0; r < R; r++) {
+    size_t ts = chunk_usable_size(plug[r]) + CHUNK_HEADER;
+    CHECK(bin_floor_of(ts + chunk_need(3000)) == bin_floor_of(ts));
+    free_blk(&a, g[r][N - 1]);
+    CHECK(chunk_usable_size(g[r][N - 1]) ==
+          ts + chunk_need(3000) - CHUNK_HEADER);
+  }
+  /* Splits that change the bin, from lists of several chunks. */
+  for (int k = 0; k < 2 * R; k++)
+    alloc_blk(&a, 9000);
+  while (a.nblk)
+    free_blk(&a, a.blk[rnd() % a.nblk].p);
+  for (int r = 0; r < R; r++)
+    CHECK(chunk_region_empty(a.hp, a.reg[r], a.rsz[r]));
+  arena_destroy(&a);
+
+  /* Splits whose rest stays in the bin of the chunk split (two regions'
+   * whole chunks share one): the rest takes its place in the list, the
+   * other chunk after it. */
+  arena_init(&a, 0xB1Bull);
+  arena_add(&a, 1 * MIB);
+  arena_add(&a, 1 * MIB);
+  size_t whole = 1 * MIB - CHUNK_REGION_OVERHEAD, taken = 0;
+  uint8_t *first = NULL;
+  for (int k = 0; k < 8; k++) {
+    size_t n = 4000 + 16 * (size_t)k;
+    uint8_t *p = alloc_blk(&a, n);
+    if (!first) first = p;
+    CHECK(p == first + taken); /* carved one after another from one chunk */
+    taken += chunk_need(n);
+    CHECK(bin_floor_of(whole - taken) == bin_floor_of(whole));
+  }
+  while (a.nblk)
+    free_blk(&a, a.blk[rnd() % a.nblk].p);
+  arena_destroy(&a);
+
+  /* memalign's leading gap in the bin of the chunk it is cut from: the
+   * chunk stays where it is. A free chunk C of 64 KiB + 1 KiB, the only one
+   * (the rest of the region is taken), whose payload lies 16 bytes below a
+   * 64 KiB boundary: the gap is then 64 KiB + 16 (16 cannot be a chunk). */
+  const size_t A = 64 * KIB, got = A + 1024;
+  arena_init(&a, 0xA11Cull);
+  arena_add(&a, 1 * MIB);
+  uintptr_t r0 = (uintptr_t)a.reg[0];
+  size_t need_x = (A - (r0 + 3 * CHUNK_HEADER) % A) % A;
+  if (need_x < CHUNK_MIN) need_x += A;
+  uint8_t *x = alloc_blk(&a, need_x - CHUNK_HEADER);
+  uint8_t *cb = alloc_blk(&a, got - CHUNK_HEADER);
+  CHECK(cb == x + need_x && ((uintptr_t)cb + CHUNK_HEADER) % A == 0);
+  uint8_t *rest = cb + got;
+  CHECK(alloc_blk(&a, chunk_usable_size(rest)) == rest);
+  free_blk(&a, cb);
+  CHECK(bin_floor_of(A + CHUNK_HEADER) == bin_floor_of(got));
+  uint8_t *q = chunk_memalign(a.hp, A, 32);
+  CHECK(q == cb + A + CHUNK_HEADER && (uintptr_t)q % A == 0);
+  add_blk(&a, q, 32);
+  check_heap(&a);
+  check_walk(&a);
+  CHECK(chunk_usable_size(cb) == A); /* the gap: a free chunk of A + 16 */
+  while (a.nblk)
+    free_blk(&a, a.blk[rnd() % a.nblk].p);
+  arena_destroy(&a);
+  printf("bin lists: ok\n");
+}
+
 /* ---- memalign and resize, deterministic cases -----------------------------
  */
 
@@ -1147,6 +1289,7 @@ int main(int argc, char **argv) {
   printf("seed %#llx (set CHUNK_TEST_SEED to repeat another)\n",
          (unsigned long long)rng_state);
   test_split_merge();
+  test_bin_lists();
   test_memalign_resize();
   test_faults();
   test_exhaustion();
