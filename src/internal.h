@@ -293,6 +293,7 @@ INTERNAL page_t *segment_page_alloc(heap_t *h, size_t cls);
 INTERNAL void segment_move_all(heap_t *into, heap_t *from);
 INTERNAL size_t segment_pages_in_use(heap_t *h);
 INTERNAL void segment_page_free(heap_t *h, page_t *pg);
+INTERNAL void segment_page_release(heap_t *h, page_t *pg); /* purged now */
 INTERNAL uint64_t segment_purge_heap(heap_t *h, bool force);
 INTERNAL uint64_t medium_purge_heap(heap_t *h, bool force);
 INTERNAL void segment_collect_cache(bool force);
@@ -304,6 +305,7 @@ INTERNAL void segments_lock_all(void);
 INTERNAL void segments_unlock_all(void);
 INTERNAL void segments_reset_locks(void);
 INTERNAL void *medium_malloc(heap_t *h, size_t size, size_t align);
+INTERNAL void *medium_malloc_joined(heap_t *h, size_t size); /* page.c */
 /* Small requests of this size and up may be cut from free medium chunks */
 #define MEDIUM_SMALL_MIN 1024u
 INTERNAL void *medium_small(heap_t *h, size_t size);
@@ -344,6 +346,7 @@ INTERNAL void *large_malloc(size_t size, size_t align, bool zero);
 INTERNAL void large_free(segment_t *s, void *p, const char *fn);
 INTERNAL void *large_realloc(segment_t *s, void *p, size_t size);
 INTERNAL uint64_t large_collect(bool force);
+INTERNAL void large_cache_yield(size_t want); /* before a fresh segment */
 INTERNAL void large_lock_all(void);
 INTERNAL void large_unlock_all(void);
 INTERNAL void large_reset_lock(void);

@@ -184,6 +184,35 @@ uint64_t large_collect(bool force) {
   return next;
 }
 
+/* A fresh segment is about to be mapped (segment.c): the oldest cached
+ * mappings, want bytes or more of them, go back to the OS first. Their pages
+ * are resident, and a program whose small or medium memory grows does not
+ * take them: in sqlite, a block grown by realloc to about 20 MiB and freed
+ * just before the page cache grew stayed cached beside the new segments
+ * until large_collect came round, in 3 runs of 5 on a loaded machine (peak
+ * RSS 130 MiB against 120 when it was gone in time). */
+void large_cache_yield(size_t want) {
+  if (!atomic_load_explicit(&cache_bytes, memory_order_relaxed)) return;
+  segment_t *drop[CACHE_SLOTS];
+  size_t n = 0, got = 0;
+  os_lock(&large_lock);
+  while (got < want) {
+    size_t old = CACHE_SLOTS;
+    for (size_t i = 0; i < CACHE_SLOTS; i++)
+      if (cache[i] &&
+          (old == CACHE_SLOTS || cache[i]->cached_at < cache[old]->cached_at))
+        old = i;
+    if (old == CACHE_SLOTS) break;
+    drop[n] = cache[old];
+    cache[old] = NULL;
+    cache_bytes -= drop[n]->map_size;
+    got += drop[n++]->map_size;
+  }
+  os_unlock(&large_lock);
+  for (size_t i = 0; i < n; i++)
+    cache_unmap(drop[i]);
+}
+
 /* A cached mapping that serves map_size as it is: large enough, with at most
  * 1/8 to spare (the spare stays with the block; size classes waste as much). */
 static segment_t *cache_take_whole(size_t map_size) {
