@@ -23,6 +23,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/auxv.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 #include <unwind.h>
@@ -101,13 +102,44 @@ static size_t spare_bytes;
 /* Counting filter over the addresses of live samples: a free whose slot
  * counts 0 is no sample, known without the lock (a count that reached 255
  * stays there). In .bss: untouched, and so not resident, unless profiling. */
-INTERNAL _Atomic uint8_t prof_filter[(size_t)1 << PROF_FILTER_BITS];
+INTERNAL _Alignas(4096) _Atomic uint8_t
+    prof_filter[(size_t)1 << PROF_FILTER_BITS];
 
 static int64_t live_total, peak_total;
 static uint64_t epoch; /* snapshots taken */
 static uint64_t start_ns, start_ticks, peak_ticks, busy_ticks;
 static uint64_t taken, dropped;
 static _Atomic uint64_t threads; /* seeds the threads' generators */
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+/* The hash tables (samples, stack index, filter) are made resident when
+ * they are made, in one system call. A page of them that is first read (a
+ * probe) is the kernel's shared zero page, and the write that follows
+ * faults again to replace it and flushes its TLB entry, with an
+ * interprocessor interrupt when another thread of the process is running
+ * (microseconds on both CPUs in a virtual machine). `threadchurn 400` took
+ * 72 such faults a run in these tables and the unwinder's (tlb:tlb_flush
+ * from do_wp_page, perf record); 0.1 after. */
+static void populate(void *p, size_t bytes) {
+  if (madvise(p, bytes, MADV_POPULATE_WRITE) == 0) return;
+  for (size_t i = 0; i < bytes; i += 4096) /* before Linux 5.14 */
+    atomic_store_explicit((_Atomic uint8_t *)p + i, 0, memory_order_relaxed);
+}
+static void *table_map(size_t bytes) {
+  void *p = os_map(bytes);
+  if (p) populate(p, bytes);
+  return p;
+}
+/* The unwinder's tables, bigger and used in a few places, instead get a
+ * write that changes nothing on each page before it is first read: a fault
+ * for a fresh page, and no flush. */
+static void write_first(void *p, size_t bytes) {
+  uintptr_t a = (uintptr_t)p, end = a + bytes;
+  for (; a < end; a = (a | 4095) + 1)
+    __atomic_fetch_or((uint8_t *)a, 0, __ATOMIC_RELAXED);
+}
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -294,6 +326,9 @@ typedef struct urule {
 #define URULES 8192
 static urule_t *urules; /* direct-mapped by ip; under ulock */
 static os_lock_t ulock;
+/* urules' pages written to (write_first); under ulock */
+static uint64_t urules_ready[(URULES * 16 / 4096 + 63) / 64];
+_Static_assert(sizeof(urule_t) == 16, "urules_ready counts 256 a page");
 
 static uint64_t uleb(const uint8_t **p) {
   uint64_t v = 0;
@@ -576,9 +611,25 @@ static uint64_t walks_reused; /* under ulock */
  * from different depths take different sets, those of two threads sets far
  * apart: sp itself, not a hash of it, picks one. */
 #define WALK_WAYS 4
+static uint32_t sets_ready; /* sets written to (write_first); under ulock */
+_Static_assert(WALKS / WALK_WAYS <= 32, "sets_ready has a bit a set");
 static walk_t *walk_set(uintptr_t sp) {
   uintptr_t t = (((uintptr_t)&T >> 12) * 0x9E3779B97F4A7C15ull) >> 32;
-  return &walks[(((sp >> 4) + t) & (WALKS / WALK_WAYS - 1)) * WALK_WAYS];
+  size_t i = ((sp >> 4) + t) & (WALKS / WALK_WAYS - 1);
+  if (unlikely(!(sets_ready >> i & 1))) {
+    sets_ready |= (uint32_t)1 << i;
+    write_first(&walks[i * WALK_WAYS], WALK_WAYS * sizeof *walks);
+  }
+  return &walks[i * WALK_WAYS];
+}
+
+static urule_t *urule_at(uintptr_t ip) {
+  size_t i = urule_slot(ip), pg = i >> 8;
+  if (unlikely(!(urules_ready[pg >> 6] >> (pg & 63) & 1))) {
+    urules_ready[pg >> 6] |= (uint64_t)1 << (pg & 63);
+    write_first(&urules[i], sizeof *urules);
+  }
+  return &urules[i];
 }
 
 /* The stored walk from (sp, bp) if every value it read is still there. */
@@ -624,14 +675,14 @@ static NOINLINE int capture_fast(uintptr_t *out, walk_ref_t *ref) {
   bool bp_used = false, bp_kept = false;
   uintptr_t bp_at = 0;
   for (;;) {
-    urule_t *r = &urules[urule_slot(ip)];
+    urule_t *r = urule_at(ip);
     if (r->ip != ip || r->kind == RULE_EMPTY) {
       urule_t fresh;
       os_unlock(&ulock); /* _Unwind_Find_FDE may take the loader's lock */
       rule_for(target, &fresh);
       fresh.ip = ip;
       os_lock(&ulock);
-      r = &urules[urule_slot(ip)];
+      r = urule_at(ip);
       *r = fresh;
     }
     if (r->kind == RULE_HARD) {
@@ -750,7 +801,7 @@ static size_t addr_slot(uintptr_t a, size_t cap) {
 }
 
 static bool index_rebuild(size_t cap) {
-  uint32_t *idx = os_map(cap * sizeof *idx);
+  uint32_t *idx = table_map(cap * sizeof *idx);
   if (!idx) return false;
   for (size_t i = 0; i < nstacks; i++) {
     size_t j = stacks[i].hash & (cap - 1);
@@ -786,7 +837,7 @@ static long stack_id(const uintptr_t *ip, int n) {
     stacks_cap = cap;
   }
   if ((nstacks + 1) * 2 > index_cap &&
-      !index_rebuild(index_cap ? index_cap * 2 : 4096))
+      !index_rebuild(index_cap ? index_cap * 2 : 1024))
     return -1;
   size_t bytes = (size_t)n * sizeof *ip;
   if (!arena_next || bytes > (size_t)(arena_end - arena_next)) {
@@ -842,8 +893,8 @@ static void filter_add(uintptr_t a, int d) {
 static bool sample_put(uintptr_t a, uint32_t stack, uint32_t usable,
                        uint8_t cls, int64_t w) {
   if ((nsamples + 1) * 2 > samples_cap) {
-    size_t cap = samples_cap ? samples_cap * 2 : 4096;
-    psample_t *ns = os_map(cap * sizeof *ns);
+    size_t cap = samples_cap ? samples_cap * 2 : 512;
+    psample_t *ns = table_map(cap * sizeof *ns);
     if (!ns) return false;
     for (size_t i = 0; i < samples_cap; i++) {
       if (!samples[i].addr) continue;
@@ -981,12 +1032,43 @@ static block_t *next_checked(block_t *b) {
   return next;
 }
 
+/* The blocks other threads freed into pg, taken over to the front of its
+ * free list, with the checks page_collect_xfree (page.c) makes: how many. */
+static size_t take_xfree(page_t *pg) {
+  uintptr_t head =
+      atomic_exchange_explicit(&pg->xfree, 0, memory_order_acquire);
+  if (!head) return 0;
+  const uint8_t *start = page_start(segment_of(pg), pg);
+  block_t *b = (block_t *)head, *last = NULL;
+  size_t m = 0;
+  while (b) {
+    if ((const uint8_t *)b < start || (const uint8_t *)b >= start + PAGE_SIZE ||
+        page_block_index_fault(pg, b) == SIZE_MAX)
+      fault("malloc", "corrupted cross-thread free list", b);
+    if (++m > pg->used) fault("free", "double free (cross-thread)", b);
+    last = b;
+    b = link_decode(b->next, b);
+  }
+  last->next = link_encode(pg->free, last);
+  pg->free = (block_t *)head;
+  pg->used -= (uint32_t)m;
+  heap_t *owner = atomic_load_explicit(&pg->heap, memory_order_relaxed);
+  atomic_fetch_add_explicit(&owner->stats.xfrees, m, memory_order_relaxed);
+  return m;
+}
+
 /* Leave the first k blocks of the page's free list to the fast path and put
  * the rest on the page's cross-thread list (counted in `used`, as blocks
  * there are), so the slow path comes back exactly at the (k+1)-th next
  * malloc of the class. Every path that empties a page's free list collects
- * that list, so the blocks are never lost. */
+ * that list, so the blocks are never lost. What other threads freed into
+ * the page is taken over first, as the allocator's next refill would have:
+ * then the rest goes onto an empty list in one compare-and-swap. Appended
+ * to a list that was not empty it was walked to its end here, and again
+ * when the allocator collected it (threadchurn 400: a quarter of the CPU
+ * samples in small_sample, in cache misses on that walk). */
 static void cut(page_t *pg, size_t k, size_t n) {
+  n += take_xfree(pg);
   block_t *rest;
   if (k == 0) {
     rest = pg->free;
@@ -1352,6 +1434,7 @@ static __attribute__((constructor)) void prof_start(void) {
     self_lo = lo;
     self_hi = hi;
   }
+  populate(prof_filter, sizeof prof_filter);
   const char *chk = getenv("ALLOT_PROF_CHECK");
   check_unwind = chk && chk[0] == '1';
 #if defined(__x86_64__)
