@@ -135,11 +135,13 @@ static void page_init(heap_t *h, page_t *pg, size_t cls) {
 }
 
 /* Carve the next blocks of a page into its free list, about one OS page at a
- * time, so memory is touched (and becomes resident) only as it is used. */
+ * time (one block of the classes above 2 KiB: four of them made a single
+ * 4 KiB block, stdio's buffer, touch 16 KiB), so memory is touched (and
+ * becomes resident) only as it is used. */
 static void page_extend(page_t *pg) {
   size_t n = pg->reserved - pg->capacity;
   size_t step = OS_PAGE / pg->bsize;
-  if (step < 4) step = 4;
+  if (step < 1) step = 1;
   if (n > step) n = step;
   segment_t *s = segment_of(pg);
   uint8_t *first = page_start(s, pg) + (size_t)pg->capacity * pg->bsize;
