@@ -333,6 +333,7 @@ INTERNAL void *page_alloc_block(heap_t *h, size_t cls);
 INTERNAL void page_free_slow(heap_t *h, page_t *pg);
 INTERNAL void page_free_full(heap_t *h, page_t *pg, block_t *b);
 INTERNAL bool page_xfree(page_t *pg, block_t *b);
+INTERNAL size_t page_collect_xfree(page_t *pg); /* blocks taken over */
 INTERNAL void heap_collect_pages(heap_t *h, bool abandoning);
 /* both heaps' page locks held by the caller */
 INTERNAL void heap_absorb(heap_t *into, heap_t *from);

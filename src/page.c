@@ -166,11 +166,12 @@ static void check_block(page_t *pg, block_t *b, const char *what) {
     fault("malloc", what, b);
 }
 
-/* Take over the blocks other threads freed into this page. */
-static void page_collect_xfree(page_t *pg) {
+/* Take over the blocks other threads freed into this page, to the front of
+ * its free list: how many. Also the profiler's cut (prof.c). */
+size_t page_collect_xfree(page_t *pg) {
   uintptr_t head =
       atomic_exchange_explicit(&pg->xfree, 0, memory_order_acquire);
-  if (!head) return;
+  if (!head) return 0;
   block_t *b = (block_t *)head, *last = NULL;
   size_t n = 0;
   while (b) {
@@ -185,6 +186,7 @@ static void page_collect_xfree(page_t *pg) {
   /* statistics: counted here, on the owner's slow path, not per free */
   heap_t *owner = atomic_load_explicit(&pg->heap, memory_order_relaxed);
   atomic_fetch_add_explicit(&owner->stats.xfrees, n, memory_order_relaxed);
+  return n;
 }
 
 /* Gather every free block of the page into `free`. */

@@ -1032,31 +1032,6 @@ static block_t *next_checked(block_t *b) {
   return next;
 }
 
-/* The blocks other threads freed into pg, taken over to the front of its
- * free list, with the checks page_collect_xfree (page.c) makes: how many. */
-static size_t take_xfree(page_t *pg) {
-  uintptr_t head =
-      atomic_exchange_explicit(&pg->xfree, 0, memory_order_acquire);
-  if (!head) return 0;
-  const uint8_t *start = page_start(segment_of(pg), pg);
-  block_t *b = (block_t *)head, *last = NULL;
-  size_t m = 0;
-  while (b) {
-    if ((const uint8_t *)b < start || (const uint8_t *)b >= start + PAGE_SIZE ||
-        page_block_index_fault(pg, b) == SIZE_MAX)
-      fault("malloc", "corrupted cross-thread free list", b);
-    if (++m > pg->used) fault("free", "double free (cross-thread)", b);
-    last = b;
-    b = link_decode(b->next, b);
-  }
-  last->next = link_encode(pg->free, last);
-  pg->free = (block_t *)head;
-  pg->used -= (uint32_t)m;
-  heap_t *owner = atomic_load_explicit(&pg->heap, memory_order_relaxed);
-  atomic_fetch_add_explicit(&owner->stats.xfrees, m, memory_order_relaxed);
-  return m;
-}
-
 /* Leave the first k blocks of the page's free list to the fast path and put
  * the rest on the page's cross-thread list (counted in `used`, as blocks
  * there are), so the slow path comes back exactly at the (k+1)-th next
@@ -1068,7 +1043,7 @@ static size_t take_xfree(page_t *pg) {
  * when the allocator collected it (threadchurn 400: a quarter of the CPU
  * samples in small_sample, in cache misses on that walk). */
 static void cut(page_t *pg, size_t k, size_t n) {
-  n += take_xfree(pg);
+  n += page_collect_xfree(pg);
   block_t *rest;
   if (k == 0) {
     rest = pg->free;
