@@ -238,7 +238,8 @@ INTERNAL void *os_map(size_t size); /* NULL on failure */
 INTERNAL void *os_map_aligned(size_t size, size_t align);
 INTERNAL void *os_reserve_aligned(size_t size, size_t align); /* PROT_NONE */
 INTERNAL void os_unmap(void *p, size_t size);
-INTERNAL void os_purge(void *p, size_t size); /* contents may be lost */
+INTERNAL void os_purge(void *p, size_t size);    /* contents may be lost */
+INTERNAL void os_populate(void *p, size_t size); /* resident, written */
 INTERNAL bool os_protect_none(void *p, size_t size);
 /* secure mode: make part of a PROT_NONE reservation usable (counted as
  * mapped), and give back a reservation that was never committed */

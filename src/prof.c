@@ -23,7 +23,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/auxv.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 #include <unwind.h>
@@ -111,25 +110,17 @@ static uint64_t start_ns, start_ticks, peak_ticks, busy_ticks;
 static uint64_t taken, dropped;
 static _Atomic uint64_t threads; /* seeds the threads' generators */
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
 /* The hash tables (samples, stack index, filter) are made resident when
- * they are made, in one system call. A page of them that is first read (a
- * probe) is the kernel's shared zero page, and the write that follows
- * faults again to replace it and flushes its TLB entry, with an
- * interprocessor interrupt when another thread of the process is running
- * (microseconds on both CPUs in a virtual machine). `threadchurn 400` took
- * 72 such faults a run in these tables and the unwinder's (tlb:tlb_flush
- * from do_wp_page, perf record); 0.1 after. */
-static void populate(void *p, size_t bytes) {
-  if (madvise(p, bytes, MADV_POPULATE_WRITE) == 0) return;
-  for (size_t i = 0; i < bytes; i += 4096) /* before Linux 5.14 */
-    atomic_store_explicit((_Atomic uint8_t *)p + i, 0, memory_order_relaxed);
-}
+ * they are made (os_populate). A page of them that is first read (a probe)
+ * is the kernel's shared zero page, and the write that follows faults again
+ * to replace it and flushes its TLB entry, with an interprocessor interrupt
+ * when another thread of the process is running (microseconds on both CPUs
+ * in a virtual machine). `threadchurn 400` took 72 such faults a run in
+ * these tables and the unwinder's (tlb:tlb_flush from do_wp_page, perf
+ * record); 0.1 after. */
 static void *table_map(size_t bytes) {
   void *p = os_map(bytes);
-  if (p) populate(p, bytes);
+  if (p) os_populate(p, bytes);
   return p;
 }
 /* The unwinder's tables, bigger and used in a few places, instead get a
@@ -1409,7 +1400,7 @@ static __attribute__((constructor)) void prof_start(void) {
     self_lo = lo;
     self_hi = hi;
   }
-  populate(prof_filter, sizeof prof_filter);
+  os_populate(prof_filter, sizeof prof_filter);
   const char *chk = getenv("ALLOT_PROF_CHECK");
   check_unwind = chk && chk[0] == '1';
 #if defined(__x86_64__)
