@@ -231,7 +231,11 @@ extern INTERNAL _Atomic uint8_t segmap[SEGMAP_UNITS];
 extern INTERNAL const uint32_t class_size[NCLASSES];
 extern INTERNAL const uint8_t class_of_small[SMALL_MAX / 16 + 1];
 #define SMALL_ALIGNS 9 /* 32 .. SMALL_MAX */
-extern INTERNAL const uint8_t class_aligned[SMALL_ALIGNS][NCLASSES];
+/* class_aligned's rows padded to a power of two: the row is a shift, not a
+ * multiply by NCLASSES, on the aligned calls' inline path */
+#define CLASS_ROW 64
+_Static_assert(NCLASSES <= CLASS_ROW, "class_aligned rows hold every class");
+extern INTERNAL const uint8_t class_aligned[SMALL_ALIGNS][CLASS_ROW];
 
 /* ---- os.c ------------------------------------------------------------- */
 INTERNAL void *os_map(size_t size); /* NULL on failure */
@@ -544,7 +548,10 @@ static inline size_t aligned_class(size_t size, size_t align) {
   size_t need = (size + align - 1) & ~(align - 1);
   if (need > SMALL_MAX) return 0;
   if (align <= 16) return size_class(need ? need : 1);
-  return class_aligned[__builtin_ctzl(align) - 5][size_class(need)];
+  /* row log2(align) - 5, as one flat index (the - 5 rows fold into the
+   * load's displacement) */
+  return (&class_aligned[0][0])[(size_t)__builtin_ctzl(align) * CLASS_ROW +
+                                size_class(need) - 5 * CLASS_ROW];
 }
 
 /* ---- prof.c's hooks, inlined into the slow paths (behind g.prof) ---------

@@ -68,7 +68,7 @@ const uint8_t class_of_small[SMALL_MAX / 16 + 1] = {
  * the first class from it on whose every block has that alignment (pages
  * are 64 KiB-aligned, so a block size that is a multiple of the alignment
  * does it). Generated from class_size. */
-const uint8_t class_aligned[SMALL_ALIGNS][NCLASSES] = {
+const uint8_t class_aligned[SMALL_ALIGNS][CLASS_ROW] = {
     /* 32 */ {2,  2,  2,  4,  4,  6,  6,  8,  8,  10, 10, 12, 12, 14, 14,
               16, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
               30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
