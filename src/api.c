@@ -424,11 +424,15 @@ static bool power_of_two(size_t x) {
   return x && !(x & (x - 1));
 }
 
+/* Out of line: errno's address is a call, which would give the aligned
+ * calls' fast paths a stack frame. */
+static COLD void *invalid_alignment(void) {
+  errno = EINVAL;
+  return NULL;
+}
+
 EXPORT void *allot_aligned_alloc(size_t align, size_t size) {
-  if (!power_of_two(align)) {
-    errno = EINVAL;
-    return NULL;
-  }
+  if (!power_of_two(align)) return invalid_alignment();
   void *p = aligned_take(align, size);
   return p ? p : alloc_aligned(align, size);
 }
@@ -457,10 +461,8 @@ EXPORT int allot_posix_memalign(void **out, size_t align, size_t size) {
 EXPORT void *allot_memalign(size_t align, size_t size) {
   /* glibc rounds a non-power-of-two alignment up */
   if (!power_of_two(align)) {
-    if (align > ((size_t)1 << (sizeof(size_t) * 8 - 2))) {
-      errno = EINVAL;
-      return NULL;
-    }
+    if (align > ((size_t)1 << (sizeof(size_t) * 8 - 2)))
+      return invalid_alignment();
     size_t a = 16;
     while (a < align)
       a <<= 1;
