@@ -201,17 +201,6 @@ static void page_collect(page_t *pg) {
   }
 }
 
-static ALWAYS_INLINE void *page_pop(page_t *pg) {
-  block_t *b = pg->free;
-  block_t *next = link_decode(b->next, b);
-  if (unlikely((((uintptr_t)next ^ (uintptr_t)b) >> PAGE_SHIFT) && next))
-    fault("malloc", "corrupted free list", b);
-  pg->free = next;
-  pg->used++;
-  b->mark = 0;
-  return b;
-}
-
 /* ---- full pages ------------------------------------------------------ */
 
 /* Move a page without free blocks to the full list. The store to `full` and
@@ -305,7 +294,7 @@ static void *page_malloc_slow_inner(heap_t *h, size_t cls, size_t size) {
     if (!h) return NULL;
     if (cls == 0) return zero_alloc();
     page_t *pg = h->current[cls];
-    if (pg->free) return page_pop(pg);
+    if (pg->free) return page_take(pg, "malloc");
   }
   if (unlikely(cls == 0)) return zero_alloc();
   if (unlikely(g.slow_mode)) return checked_malloc(h, cls, size);
@@ -335,7 +324,7 @@ static NOINLINE void *page_alloc_rotate(heap_t *h, size_t cls) {
     page_collect(pg);
     if (pg->free) {
       set_current(h, cls, pg);
-      return page_pop(pg);
+      return page_take(pg, "malloc");
     }
     if (pg == l->last) break;
     plist_remove(l, pg);
@@ -363,7 +352,7 @@ static void *page_alloc_sized(heap_t *h, size_t cls, size_t size) {
   page_t *cur = h->current[cls];
   if (cur != &empty_page) {
     page_collect(cur);
-    if (cur->free) return page_pop(cur);
+    if (cur->free) return page_take(cur, "malloc");
   }
   if (h->churn[cls]) {
     void *p = page_alloc_rotate(h, cls);
@@ -404,7 +393,7 @@ static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
           plist_push_front(&h->avail[cls], pg);
         }
         set_current(h, cls, pg);
-        return page_pop(pg);
+        return page_take(pg, "malloc");
       }
       if (!page_to_full(h, pg)) continue; /* a block arrived: look again */
       pg = next;
@@ -435,7 +424,7 @@ static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
   else
     page_extend(pg);
   set_current(h, cls, pg);
-  return page_pop(pg);
+  return page_take(pg, "malloc");
 }
 
 /* After a local free that emptied a page outside the full lists. */

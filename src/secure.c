@@ -185,7 +185,7 @@ void secure_large_unmap(segment_t *s) {
 /* Pick a random block among the first few of its page's free list instead
  * of b (just popped from that page), so the order of allocation does not
  * follow the order of frees either. The caller owns the page. The blocks
- * looked at are checked as page_pop checks a link, and more: each must be a
+ * looked at are checked as page_take checks a link, and more: each must be a
  * block of the page and still carry its free mark, so a stray write into
  * the first bytes of a free block (an overflow that skipped the canaries of
  * the block below) is caught before that block is handed out. */
