@@ -569,12 +569,59 @@ void *chunk_memalign(chunk_heap_t *h, size_t alignment, size_t size) {
   return carve(h, ac, f.n, got - gap, need, 0, false, 0, true);
 }
 
+/* A free's change once every check has passed, shared by chunk_free and
+ * free_slow. Chunk c (size bytes) becomes free, merged with prev (psize
+ * bytes, bin pidx) when that is free (else NULL) and with its successor n
+ * (header word nw1) when n is free (nsize bytes, bin nidx; else 0), after
+ * being the chunk that follows n. ac, an, ap, aa: addr_mix of c, n, prev,
+ * after, as the caller's checks computed them. A chunk that stays in its bin
+ * stays put in its list. */
+typedef struct merge {
+  chunk_t *c, *prev, *n, *after;
+  size_t size, psize, nsize;
+  uint64_t ac, ap, an, aa, nw1;
+  unsigned pidx, nidx;
+} merge_t;
+
+static inline __attribute__((always_inline)) void free_merge(chunk_heap_t *h,
+                                                             const merge_t *m) {
+  h->used_bytes -= m->size;
+  h->used_count--;
+  h->free_bytes += m->size;
+  size_t total = m->size + m->psize + m->nsize;
+  unsigned tidx = bin_idx(total);
+  if (m->prev) {
+    /* Leave a stale but valid "free" header behind, so freeing p again is
+     * reported as a double free rather than an invalid pointer. */
+    store_w1(m->c, word_of(half1(m->ac), m->size));
+    if (m->nsize) bin_unlink(h, m->n, m->nidx);
+    if (tidx != m->pidx) {
+      bin_unlink(h, m->prev, m->pidx);
+      bin_link(h, m->prev, tidx);
+    }
+    store_w1(m->prev, word_of(half1(m->ap), total | PUSED));
+  } else {
+    if (m->nsize && tidx == m->nidx) {
+      bin_replace(h, m->n, m->c, m->nidx);
+    } else {
+      if (m->nsize) bin_unlink(h, m->n, m->nidx);
+      bin_link(h, m->c, tidx);
+    }
+    store_w1(m->c, word_of(half1(m->ac), total | PUSED));
+  }
+  if (m->nsize) {
+    m->after->w0 = word_of(m->aa, total); /* its PREV_IN_USE is clear */
+  } else {
+    if (m->prev) m->n->w0 = word_of(m->an, total);
+    store_w1(m->n, word_of(half1(m->an), (m->nw1 & FIELD) & ~(uint64_t)PUSED));
+  }
+}
+
 /* chunk_free when its fast path's checks fail (or a neighbour's header has
  * flag bits it does not expect): every check again, in the order that
  * names the problem, then the free. */
 static __attribute__((noinline, cold)) void free_slow(chunk_heap_t *h, void *p,
                                                       chunk_fault_fn fault) {
-  uint64_t key = h->key;
   used_view_t u;
   const char *what = validate_used(h, p, &u);
   const void *where = u.where;
@@ -607,26 +654,22 @@ static __attribute__((noinline, cold)) void free_slow(chunk_heap_t *h, void *p,
   }
 
   /* Everything checked; now change things. */
-  h->used_bytes -= size;
-  h->used_count--;
-  chunk_t *start = c;
-  size_t total = size;
-  if (prev) {
-    bin_remove(h, prev, psize);
-    /* Leave a stale but valid "free" header behind, so freeing p again is
-     * reported as a double free rather than an invalid pointer. */
-    set_w1(key, c, size);
-    start = prev;
-    total += psize;
-  }
-  if (nsize) {
-    bin_remove(h, n, nsize);
-    total += nsize;
-  }
-  set_w1(key, start, total | PUSED);
-  set_w0(key, after, total);
-  set_w1(key, after, (after_w1 & FIELD) & ~(uint64_t)PUSED);
-  bin_insert(h, start, total);
+  uint64_t key = h->key;
+  merge_t m = {.c = c,
+               .prev = prev,
+               .n = n,
+               .after = after,
+               .size = size,
+               .psize = psize,
+               .nsize = nsize,
+               .ac = addr_mix(key, c),
+               .ap = prev ? addr_mix(key, prev) : 0,
+               .an = addr_mix(key, n),
+               .aa = nsize ? addr_mix(key, after) : 0,
+               .nw1 = u.nw1,
+               .pidx = prev ? bin_idx(psize) : 0,
+               .nidx = nsize ? bin_idx(nsize) : 0};
+  free_merge(h, &m);
   return;
 
 bad:
@@ -690,36 +733,21 @@ void chunk_free(chunk_heap_t *h, void *p, chunk_fault_fn fault) {
   }
 
   /* Everything checked; now change things. */
-  h->used_bytes -= size;
-  h->used_count--;
-  h->free_bytes += size;
-  size_t total = size + psize + nsize;
-  unsigned tidx = bin_idx(total);
-  if (prev) {
-    /* Leave a stale but valid "free" header behind, so freeing p again is
-     * reported as a double free rather than an invalid pointer. */
-    store_w1(c, word_of(half1(ac), size));
-    if (nsize) bin_unlink(h, n, nidx);
-    if (tidx != pidx) { /* a chunk that stays in its bin stays put */
-      bin_unlink(h, prev, pidx);
-      bin_link(h, prev, tidx);
-    }
-    store_w1(prev, word_of(half1(ap), total | PUSED));
-  } else {
-    if (nsize && tidx == nidx) {
-      bin_replace(h, n, c, nidx);
-    } else {
-      if (nsize) bin_unlink(h, n, nidx);
-      bin_link(h, c, tidx);
-    }
-    store_w1(c, word_of(half1(ac), total | PUSED));
-  }
-  if (nsize) {
-    after->w0 = word_of(aa, total); /* its PREV_IN_USE is clear already */
-  } else {
-    if (prev) n->w0 = word_of(an, total);
-    store_w1(n, word_of(half1(an), (nw1 & FIELD) & ~(uint64_t)PUSED));
-  }
+  merge_t m = {.c = c,
+               .prev = prev,
+               .n = n,
+               .after = after,
+               .size = size,
+               .psize = psize,
+               .nsize = nsize,
+               .ac = ac,
+               .ap = ap,
+               .an = an,
+               .aa = aa,
+               .nw1 = nw1,
+               .pidx = pidx,
+               .nidx = nidx};
+  free_merge(h, &m);
   return;
 
 slow:
