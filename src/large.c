@@ -47,6 +47,14 @@ static os_lock_t large_lock;
 static segment_t *cache[CACHE_SLOTS];
 static _Atomic size_t cache_bytes; /* read without the lock as a hint */
 
+/* Under large_lock: slot i's mapping, out of the cache. */
+static segment_t *cache_take(size_t i) {
+  segment_t *s = cache[i];
+  cache[i] = NULL;
+  cache_bytes -= s->map_size;
+  return s;
+}
+
 static pieces_t *pieces_of(segment_t *s) {
   return (pieces_t *)((uint8_t *)s + offsetof(segment_t, pages));
 }
@@ -148,9 +156,7 @@ static bool cache_insert_locked(segment_t *s, segment_t **evict) {
         cache_bytes - cache[small]->map_size + s->map_size > CACHE_MAX_BYTES)
       return false;
     slot = small;
-    *evict = cache[slot];
-    cache_bytes -= (*evict)->map_size;
-    cache[slot] = NULL;
+    *evict = cache_take(slot);
   } else if (cache_bytes + s->map_size > CACHE_MAX_BYTES) {
     return false;
   }
@@ -171,9 +177,7 @@ uint64_t large_collect(bool force) {
     segment_t *s = cache[i];
     if (!s) continue;
     if (force || now >= s->cached_at + keep) {
-      cache[i] = NULL;
-      cache_bytes -= s->map_size;
-      drop[n++] = s;
+      drop[n++] = cache_take(i);
     } else if (s->cached_at + keep < next) {
       next = s->cached_at + keep;
     }
@@ -203,9 +207,7 @@ void large_cache_yield(size_t want) {
           (old == CACHE_SLOTS || cache[i]->cached_at < cache[old]->cached_at))
         old = i;
     if (old == CACHE_SLOTS) break;
-    drop[n] = cache[old];
-    cache[old] = NULL;
-    cache_bytes -= drop[n]->map_size;
+    drop[n] = cache_take(old);
     got += drop[n++]->map_size;
   }
   os_unlock(&large_lock);
@@ -228,10 +230,7 @@ static segment_t *cache_take_whole(size_t map_size) {
       besti = i;
     }
   }
-  if (best) {
-    cache[besti] = NULL;
-    cache_bytes -= best->map_size;
-  }
+  if (best) cache_take(besti);
   os_unlock(&large_lock);
   return best;
 }
@@ -263,9 +262,7 @@ static size_t fill_from_cache(uint8_t *base, size_t at, size_t end,
         bi = i;
     }
     if (bi == CACHE_SLOTS) break;
-    segment_t *s = cache[bi];
-    cache[bi] = NULL;
-    cache_bytes -= s->map_size;
+    segment_t *s = cache_take(bi);
     take[n] = s;
     use[n] = s->map_size < need ? s->map_size : need;
     need -= use[n++];
