@@ -111,15 +111,6 @@ static ALWAYS_INLINE bool small_valid(page_t *pg, const void *p) {
                 ((const block_t *)p)->mark != free_mark(p));
 }
 
-/* p's page descriptor: page_t is 128 bytes, so its offset in the array is
- * p's page bits moved down by PAGE_SHIFT - 7 (one shift, one mask). */
-_Static_assert(sizeof(page_t) == 128, "small_page assumes 128-byte page_t");
-static ALWAYS_INLINE page_t *small_page(segment_t *s, const void *p) {
-  return (page_t *)((uint8_t *)s->pages +
-                    (((uintptr_t)p >> (PAGE_SHIFT - 7)) &
-                     ((uintptr_t)(PAGES_PER_SEG - 1) << 7)));
-}
-
 static size_t usable_size(const void *p, const char *fn);
 
 /* A free from a thread that does not own the page. */
@@ -139,7 +130,7 @@ static ALWAYS_INLINE bool size_fits(size_t size, size_t u) {
  * the way at no extra lookup. */
 static ALWAYS_INLINE void small_free(segment_t *s, void *p, size_t size,
                                      const char *fn) {
-  page_t *pg = small_page(s, p);
+  page_t *pg = page_of(s, p);
   if (unlikely(!small_valid(pg, p))) small_bad(pg, p, fn);
   if (size != SIZE_MAX && unlikely(!size_fits(size, pg->bsize)))
     fault(fn, "size does not match the block", p);
@@ -223,7 +214,7 @@ static size_t usable_size(const void *p, const char *fn) {
   segment_t *s = segment_of(p);
   if (!segmap_has(s)) bad_pointer(p, fn);
   if (s->kind == SEG_SMALL) {
-    page_t *pg = small_page(s, p);
+    page_t *pg = page_of(s, p);
     if (!small_valid(pg, p)) small_bad(pg, p, fn);
     return pg->bsize;
   }
@@ -410,7 +401,7 @@ EXPORT void allot_free_aligned_sized(void *p, size_t align, size_t size) {
   if (align <= 16) {
     check_size(p, size, "free_aligned_sized");
   } else if (seg_kind(s) == SEG_SMALL) {
-    page_t *pg = small_page(s, p);
+    page_t *pg = page_of(s, p);
     usable_size(p, "free_aligned_sized");
     if (pg->cls != aligned_class(size, align))
       fault("free_aligned_sized", "size does not match the block", p);
@@ -500,7 +491,7 @@ EXPORT int allot_owns(const void *p) {
   if (!p) return 0;
   segment_t *s = segment_of(p);
   if (!segmap_has(s)) return 0;
-  if (s->kind == SEG_SMALL) return small_valid(small_page(s, p), p);
+  if (s->kind == SEG_SMALL) return small_valid(page_of(s, p), p);
   if (s->kind == SEG_MEDIUM) {
     return medium_live_size(s, p) != SIZE_MAX &&
            !(g.slow_mode && checked_quarantined(p)); /* freed, waiting */

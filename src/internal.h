@@ -515,8 +515,14 @@ static ALWAYS_INLINE unsigned seg_kind(const void *seg) {
 static ALWAYS_INLINE uint8_t *page_start(const segment_t *s, const page_t *pg) {
   return (uint8_t *)s + ((size_t)(pg - s->pages) << PAGE_SHIFT);
 }
+/* p's page descriptor in its small segment s: page_t is 128 bytes, so its
+ * offset in the array is p's page bits moved down by PAGE_SHIFT - 7 (one
+ * shift, one mask: free's fast path). */
+_Static_assert(sizeof(page_t) == 128, "page_of assumes a 128-byte page_t");
 static ALWAYS_INLINE page_t *page_of(const segment_t *s, const void *p) {
-  return (page_t *)&s->pages[((uintptr_t)p - (uintptr_t)s) >> PAGE_SHIFT];
+  return (page_t *)((const uint8_t *)s->pages +
+                    (((uintptr_t)p >> (PAGE_SHIFT - 7)) &
+                     ((uintptr_t)(PAGES_PER_SEG - 1) << 7)));
 }
 
 /* Pop a block from page pg's free list, checking that the decoded link
