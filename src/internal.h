@@ -566,8 +566,10 @@ static inline size_t aligned_class(size_t size, size_t align) {
  * bytes it hands out and calls prof.c only when that reaches 0, and prof.c
  * adds them back and decides. Both are 0 before the thread's first call.
  * prof_small_tls.pending: the classes whose next refill is a small sample
- * (prof.c cut their lists there); their hooks come too. Side by side, one
- * TLS address serves both. */
+ * (prof.c cut their lists there, and set the rest aside on the page's
+ * cross-thread list): the refill takes that list over, and
+ * page_collect_xfree hands it to prof_collect_xfree, which makes the hook
+ * that follows call prof.c. */
 typedef struct prof_small_tls {
   int64_t left;
   uint64_t pending;
@@ -577,6 +579,13 @@ extern INTERNAL __thread int64_t prof_left_big;
 /* counts per slot of the live samples' addresses (prof.c): 0, no sample */
 #define PROF_FILTER_BITS 16
 extern INTERNAL _Atomic uint8_t prof_filter[(size_t)1 << PROF_FILTER_BITS];
+/* page_collect_xfree, for a page of a pending class: head, the list taken */
+INTERNAL size_t prof_collect_xfree(page_t *pg, uintptr_t head);
+/* heap_collect_pages, first: the thread's cut lists in h's pages, whole */
+INTERNAL void prof_uncut(heap_t *h);
+/* page.c, for it: head taken over, a cut's list from cut on back whole */
+INTERNAL size_t page_take_xfree(page_t *pg, uintptr_t head, block_t *cut,
+                                size_t cut_n, block_t *tail);
 
 static ALWAYS_INLINE size_t prof_filter_slot(const void *p) {
   return (size_t)(((uintptr_t)p * 0x9E3779B97F4A7C15ull) >>
@@ -587,42 +596,36 @@ static ALWAYS_INLINE bool prof_maybe_sample(const void *p) {
   return atomic_load_explicit(&prof_filter[prof_filter_slot(p)],
                               memory_order_relaxed) != 0;
 }
-/* left -= bytes, and whether it is still above 0 with class cls not
- * pending: on x86-64 one subtraction from memory, whose flags say the
- * first, and a load and a bit test (a refill pays them). */
-static ALWAYS_INLINE bool prof_count_left(int64_t bytes, size_t cls) {
+static ALWAYS_INLINE bool prof_is_pending(size_t cls) {
+  return prof_small_tls.pending >> cls & 1;
+}
+/* left -= bytes, and whether it is still above 0: on x86-64 one
+ * subtraction from memory, whose flags say it. */
+static ALWAYS_INLINE bool prof_count_left(int64_t bytes) {
 #if defined(__x86_64__) && defined(__GCC_ASM_FLAG_OUTPUTS__)
   bool more;
   uintptr_t at;
-  uint64_t pending;
   __asm__("movq prof_small_tls@gottpoff(%%rip), %[at]\n\t"
           "subq %[b], %%fs:(%[at])"
           : [at] "=&r"(at), "=@ccg"(more)
           : [b] "r"(bytes)
           : "memory");
-  if (!more) return false;
-  __asm__ volatile("movq %%fs:8(%[at]), %[p]"
-                   : [p] "=r"(pending)
-                   : [at] "r"(at));
-  return !(pending >> cls & 1);
+  return more;
 #else
-  return (prof_small_tls.left -= bytes) > 0 &&
-         !(prof_small_tls.pending >> cls & 1);
+  return (prof_small_tls.left -= bytes) > 0;
 #endif
 }
 /* The small slow path popped p from h->current[cls], whose list now goes
  * to the fast path: count p's block and the list's. That page is read, not
  * found from p (6 instructions less a refill). When it is empty_page its
  * bytes are 0: p is malloc(0)'s or a medium chunk's (medium_small's own
- * hook counts it), or h was empty_heap and prof_small finds p's page. */
+ * hook counts it), or h was empty_heap (the thread's first call, whose
+ * countdown is 0) and prof_small finds p's page. No test of the pending
+ * classes: their refills come to prof.c through prof_collect_xfree. */
 static ALWAYS_INLINE void *prof_count_small(heap_t *h, size_t cls, void *p) {
   page_t *pg = h->current[cls];
   int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
-  if (likely(bytes != 0)) {
-    if (likely(prof_count_left(bytes, cls))) return p;
-  } else if (segment_of(p)->kind != SEG_SMALL) {
-    return p;
-  }
+  if (likely(prof_count_left(bytes))) return p;
   return prof_small(p, pg, bytes);
 }
 /* prof_left_big -= size, and prof_medium when that reaches 0: on x86-64,

@@ -166,27 +166,63 @@ static void check_block(page_t *pg, block_t *b, const char *what) {
     fault("malloc", what, b);
 }
 
-/* Take over the blocks other threads freed into this page, to the front of
- * its free list: how many. Also the profiler's cut (prof.c). */
-size_t page_collect_xfree(page_t *pg) {
-  uintptr_t head =
-      atomic_exchange_explicit(&pg->xfree, 0, memory_order_acquire);
-  if (!head) return 0;
+/* Take over list head, taken from the page's cross-thread list, to the
+ * front of its free list: how many. With cut, only the blocks in front of
+ * it are walked: the cut_n blocks from cut on (prof.c's cut, set aside
+ * from the free list) come back whole, after tail (NULL: none). */
+static ALWAYS_INLINE size_t take_xfree(page_t *pg, uintptr_t head, block_t *cut,
+                                       size_t cut_n, block_t *tail) {
   block_t *b = (block_t *)head, *last = NULL;
   size_t n = 0;
-  while (b) {
+  while (b && b != cut) {
     check_block(pg, b, "corrupted cross-thread free list");
     if (++n > pg->used) fault("free", "double free (cross-thread)", b);
     last = b;
     b = link_decode(b->next, b);
   }
-  last->next = link_encode(pg->free, last);
-  pg->free = (block_t *)head;
+  size_t others = n;
+  if (b) { /* b == cut, which ends the list */
+    if (cut_n > pg->used - n) fault("malloc", "corrupted free list", b);
+    n += cut_n;
+    if (tail)
+      tail->next = link_encode((block_t *)head, tail);
+    else
+      pg->free = (block_t *)head;
+  } else {
+    last->next = link_encode(pg->free, last);
+    pg->free = (block_t *)head;
+  }
   pg->used -= (uint32_t)n;
   /* statistics: counted here, on the owner's slow path, not per free */
   heap_t *owner = atomic_load_explicit(&pg->heap, memory_order_relaxed);
-  atomic_fetch_add_explicit(&owner->stats.xfrees, n, memory_order_relaxed);
+  atomic_fetch_add_explicit(&owner->stats.xfrees, others, memory_order_relaxed);
   return n;
+}
+
+/* Take over the blocks other threads freed into this page, to the front of
+ * its free list: how many. */
+size_t page_collect_xfree(page_t *pg) {
+  uintptr_t head =
+      atomic_exchange_explicit(&pg->xfree, 0, memory_order_acquire);
+  if (!head) return 0;
+  /* the heap profile: the list may end with one that prof.c cut */
+  if (unlikely(g.prof) && prof_is_pending(pg->cls))
+    return prof_collect_xfree(pg, head);
+  return take_xfree(pg, head, NULL, 0, NULL);
+}
+
+size_t page_take_xfree(page_t *pg, uintptr_t head, block_t *cut, size_t cut_n,
+                       block_t *tail) {
+  return take_xfree(pg, head, cut, cut_n, tail);
+}
+
+/* page_collect_xfree without the profile's test, for heap_collect_pages,
+ * before which prof_uncut has taken back the thread's cut lists. */
+static NOINLINE size_t collect_xfree_all(page_t *pg) {
+  uintptr_t head =
+      atomic_exchange_explicit(&pg->xfree, 0, memory_order_acquire);
+  if (!head) return 0;
+  return take_xfree(pg, head, NULL, 0, NULL);
 }
 
 /* Gather every free block of the page into `free`. */
@@ -481,6 +517,7 @@ bool page_xfree(page_t *pg, block_t *b) {
  * that frees into them from other threads flag the purge thread, which
  * retires each page once its last block is back. */
 void heap_collect_pages(heap_t *h, bool abandoning) {
+  if (unlikely(g.prof)) prof_uncut(h); /* the profile's cut lists, whole */
   os_lock(&h->page_lock);
   for (size_t cls = 1; cls < NCLASSES; cls++) {
     page_t *pg = h->full[cls].first;
@@ -493,7 +530,7 @@ void heap_collect_pages(heap_t *h, bool abandoning) {
     pg = h->avail[cls].first;
     while (pg) {
       page_t *next = pg->next;
-      page_collect_xfree(pg);
+      collect_xfree_all(pg);
       if (pg->used == 0) page_retire(h, pg, !abandoning);
       pg = next;
     }
@@ -502,7 +539,7 @@ void heap_collect_pages(heap_t *h, bool abandoning) {
       while ((pg = h->avail[cls].first)) {
         if (page_to_full(h, pg)) continue;
         /* a block arrived meanwhile: collect it and look again */
-        page_collect_xfree(pg);
+        collect_xfree_all(pg);
         if (pg->used == 0) page_retire(h, pg, false);
       }
     }

@@ -67,13 +67,31 @@ typedef struct psample {
 #define SPARES 4
 #define SPARE_BYTES ((size_t)256 << 10)
 
+/* A cut's list set aside on its page's cross-thread list (cut), kept so
+ * that it comes back whole (prof_collect_xfree): rest, n blocks, behind
+ * whatever other threads push in front of it; tail: the last block the cut
+ * left on the page's free list, or NULL. */
+typedef struct pcut {
+  page_t *pg; /* NULL: a free slot */
+  block_t *tail, *rest;
+  uint32_t n;
+} pcut_t;
+/* Cuts kept a thread: one cut while all are taken has its list walked by
+ * the allocator, as any cross-thread list. */
+#define CUTS 8
+
 /* The countdowns themselves, and the classes whose next slow-path malloc
  * is a sample, are prof_small_tls and prof_left_big (internal.h), which the
  * hooks read inline. */
 typedef struct pthread_state {
   uint64_t rng; /* xorshift64* */
   int init, busy;
-  int big; /* prof_left_big drawn (at the thread's first medium or large) */
+  int big;    /* prof_left_big drawn (at its first medium or large) */
+  int forced; /* prof_collect_xfree saved the countdown in forced_left */
+  int64_t forced_left;
+  uint32_t next_cut; /* the slot taken when none is free */
+  uint32_t ncuts;    /* slots in use */
+  pcut_t cuts[CUTS];
 } pthread_state_t;
 
 static __thread pthread_state_t T;
@@ -108,7 +126,8 @@ static int64_t live_total, peak_total;
 static uint64_t epoch; /* snapshots taken */
 static uint64_t start_ns, start_ticks, peak_ticks, busy_ticks;
 static uint64_t taken, dropped;
-static _Atomic uint64_t threads; /* seeds the threads' generators */
+/* lists cut (cut), and those of them taken back whole (page_take_xfree) */
+static _Atomic uint64_t cut_lists, cut_lists_whole;
 
 /* The hash tables (samples, stack index, filter) are made resident when
  * they are made (os_populate). A page of them that is first read (a probe)
@@ -244,12 +263,12 @@ static int64_t draw(pthread_state_t *t) {
 
 static uint64_t seed; /* the process's, from the constructor */
 
-/* A thread's first count. Its generator starts from the process's seed and
- * the thread's number, mixed (splitmix64): no system call per thread. */
+/* A thread's first count. Its generator starts from the process's seed,
+ * the CPU's counter and the thread's own address, mixed (splitmix64): no
+ * system call, and no counter shared by the threads (whose cache line went
+ * from one CPU to the other at each start of threadchurn's threads). */
 static void thread_start(pthread_state_t *t) {
-  uint64_t x =
-      seed + atomic_fetch_add_explicit(&threads, 1, memory_order_relaxed) *
-                 0x9E3779B97F4A7C15ull;
+  uint64_t x = seed + (ticks() ^ (uintptr_t)t) * 0x9E3779B97F4A7C15ull;
   x ^= x >> 30;
   x *= 0xBF58476D1CE4E5B9ull;
   x ^= x >> 27;
@@ -1029,41 +1048,119 @@ static block_t *next_checked(block_t *b) {
  * malloc of the class. Every path that empties a page's free list collects
  * that list, so the blocks are never lost. What other threads freed into
  * the page is taken over first, as the allocator's next refill would have:
- * then the rest goes onto an empty list in one compare-and-swap. Appended
- * to a list that was not empty it was walked to its end here, and again
- * when the allocator collected it (threadchurn 400: a quarter of the CPU
- * samples in small_sample, in cache misses on that walk). */
-static void cut(page_t *pg, size_t k, size_t n) {
+ * then the rest goes onto an empty list in one compare-and-swap, and is
+ * kept (t->cuts), so that the collection of that list takes it back whole
+ * (prof_collect_xfree): walked block by block like any cross-thread list,
+ * it was a fifth of what profiling added to threadchurn's instructions.
+ * Appended to a list that was not empty it is walked to its end here, and
+ * not kept. */
+static void cut(pthread_state_t *t, page_t *pg, size_t k, size_t n) {
   n += page_collect_xfree(pg);
-  block_t *rest;
+  block_t *rest, *tail = NULL;
   if (k == 0) {
     rest = pg->free;
     pg->free = NULL;
   } else {
-    block_t *b = pg->free;
+    tail = pg->free;
     for (size_t i = 1; i < k; i++)
-      b = next_checked(b);
-    rest = next_checked(b);
-    b->next = link_encode(NULL, b);
+      tail = next_checked(tail);
+    rest = next_checked(tail);
+    tail->next = link_encode(NULL, tail);
   }
   if (!rest) return;
+  atomic_fetch_add_explicit(&cut_lists, 1, memory_order_relaxed);
   pg->used += (uint32_t)(n - k);
   /* usually nobody else has freed into the page: the list goes as it is */
   uintptr_t head = 0;
   if (atomic_compare_exchange_strong_explicit(
           &pg->xfree, &head, (uintptr_t)rest, memory_order_release,
-          memory_order_relaxed))
+          memory_order_relaxed)) {
+    pcut_t *c = NULL;
+    for (int i = 0; i < CUTS && !c; i++)
+      if (!t->cuts[i].pg) c = &t->cuts[i];
+    if (c)
+      t->ncuts++;
+    else
+      c = &t->cuts[t->next_cut++ % CUTS]; /* that one's list gets walked */
+    *c = (pcut_t){pg, tail, rest, (uint32_t)(n - k)};
     return;
-  block_t *tail = rest, *nx;
+  }
+  block_t *last = rest, *nx;
   size_t m = 1;
-  for (; (nx = next_checked(tail)); tail = nx)
+  for (; (nx = next_checked(last)); last = nx)
     if (++m > n - k) break;
-  if (m != n - k) fault("malloc", "corrupted free list", tail);
+  if (m != n - k) fault("malloc", "corrupted free list", last);
   do {
-    tail->next = link_encode((block_t *)head, tail);
+    last->next = link_encode((block_t *)head, last);
   } while (!atomic_compare_exchange_weak_explicit(
       &pg->xfree, &head, (uintptr_t)rest, memory_order_release,
       memory_order_relaxed));
+}
+
+/* The countdown while forced: the hook's subtraction leaves it below 0. */
+#define FORCED (INT64_MIN / 2)
+
+/* Where the kept cut c's list goes back to its page pg: after *tail, the cut's
+ * tail, if the page's free list still ends there, or as the whole list (*tail
+ * NULL) if that is empty. False: neither, and the list is walked as any other.
+ * Only the thread that cut collects the page's cross-thread list (a
+ * thread's pages are the owner's to collect, the purge thread's only in the
+ * full lists, where no page with a cross-thread list goes), and only
+ * through prof_collect_xfree and after prof_uncut, which end its cuts
+ * first: so the list still ends with rest and the n blocks after it. */
+static bool cut_tail(const pcut_t *c, page_t *pg, block_t **tail) {
+  *tail = NULL;
+  if (!pg->free) return true;
+  block_t *b = c->tail;
+  if (!b || link_decode(b->next, b) || b->mark != free_mark(b)) return false;
+  *tail = b;
+  return true;
+}
+
+/* page_collect_xfree took over head, the cross-thread list of pg, a page of
+ * a class whose sample is pending: in the refill that makes that sample
+ * (or in another collection; heap_collect_pages has prof_uncut). A list
+ * kept by cut comes back whole, after what other threads pushed in front
+ * of it. The countdown is then set so that the next hook, the refill's,
+ * calls prof_small, which is where the pending classes are tested: the
+ * hooks on every refill do not test them. */
+size_t prof_collect_xfree(page_t *pg, uintptr_t head) {
+  pthread_state_t *t = &T;
+  if (!t->forced) {
+    t->forced = 1;
+    t->forced_left = prof_small_tls.left;
+    prof_small_tls.left = FORCED;
+  }
+  block_t *tail;
+  for (int i = 0; i < CUTS; i++) {
+    pcut_t *c = &t->cuts[i];
+    if (c->pg != pg) continue;
+    c->pg = NULL;
+    t->ncuts--;
+    if (!cut_tail(c, pg, &tail)) break;
+    atomic_fetch_add_explicit(&cut_lists_whole, 1, memory_order_relaxed);
+    return page_take_xfree(pg, head, c->rest, c->n, tail);
+  }
+  return page_take_xfree(pg, head, NULL, 0, NULL);
+}
+
+void prof_uncut(heap_t *h) {
+  pthread_state_t *t = &T;
+  block_t *tail;
+  for (int i = 0; i < CUTS && t->ncuts; i++) {
+    pcut_t *c = &t->cuts[i];
+    page_t *pg = c->pg;
+    if (!pg || atomic_load_explicit(&pg->heap, memory_order_relaxed) != h)
+      continue;
+    c->pg = NULL;
+    t->ncuts--;
+    uintptr_t head;
+    if (cut_tail(c, pg, &tail) && (head = atomic_exchange_explicit(
+                                       &pg->xfree, 0, memory_order_acquire))) {
+      atomic_fetch_add_explicit(&cut_lists_whole, 1, memory_order_relaxed);
+      page_take_xfree(pg, head, c->rest, c->n, tail);
+    }
+  }
 }
 
 /* Give a block just popped back to the front of its page's list. */
@@ -1083,8 +1180,8 @@ static void unpop(page_t *pg, void *p) {
  * back here, pending, and is the sample: an exact position, not whichever
  * malloc happens to find the list empty (for sites that alternate within a
  * class, that would always be the same site). Here too when the thread has
- * not started counting yet, or when its class's sample is pending (the hook
- * tests prof_small_tls.pending). No allot lock is held here. */
+ * not started counting yet, or when its class's sample is pending. No allot
+ * lock is held here. */
 static NOINLINE void *small_sample(pthread_state_t *t, void *p, page_t *pg) {
   /* A first-class heap's bytes count too, and a sample point among them is
    * dropped: the points elsewhere stay a Poisson process. */
@@ -1124,7 +1221,7 @@ static NOINLINE void *small_sample(pthread_state_t *t, void *p, page_t *pg) {
       p = NULL;
       continue; /* the list is whole again: count it afresh */
     }
-    cut(pg, k - held, pg->capacity - pg->used);
+    cut(t, pg, k - held, pg->capacity - pg->used);
     prof_small_tls.pending |= bit;
     break;
   }
@@ -1148,7 +1245,7 @@ static NOINLINE void *small_slow(pthread_state_t *t, void *p, page_t *pg) {
     if (unlikely(!t->init)) thread_start(t);
     int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
     if (bytes < prof_small_tls.left && !(prof_small_tls.pending >> pg->cls & 1))
-      prof_small_tls.left -= bytes; /* a first call, or a page found from p */
+      prof_small_tls.left -= bytes; /* a first call, or a forced one */
     else
       p = small_sample(t, p, pg);
   }
@@ -1157,7 +1254,12 @@ static NOINLINE void *small_slow(pthread_state_t *t, void *p, page_t *pg) {
 
 void *prof_small(void *p, page_t *pg, int64_t bytes) {
   pthread_state_t *t = &T;
-  prof_small_tls.left += bytes;
+  if (t->forced) {
+    t->forced = 0;
+    prof_small_tls.left = t->forced_left;
+  } else {
+    prof_small_tls.left += bytes;
+  }
   if (unlikely(t->busy)) return p;
   return small_slow(t, p, pg); /* a tail call: no frame to unwind */
 }
@@ -1515,6 +1617,8 @@ static __attribute__((destructor)) void prof_finish(void) {
 #if defined(__x86_64__)
   out_kv(&o, "unwind_reused", (int64_t)walks_reused);
 #endif
+  out_kv(&o, "cut_lists", (int64_t)cut_lists);
+  out_kv(&o, "cut_lists_whole", (int64_t)cut_lists_whole);
   out_kv(&o, "peak_bytes", peak_total);
   out_kv(&o, "peak_ns", peak_ns);
   out_kv(&o, "exit_bytes", live_total);

@@ -156,6 +156,8 @@ def t_profile(opts, c, tmp):
             "one sample per KiB: usable sizes, realloc, free_sized and "
             "alignment of sampled blocks hold", show(r))
 
+    t_cuts(opts, c, tmp)
+
     # the cached unwinder (x86-64) against libgcc's, frame for frame, on
     # this program and on a Python interpreter
     for what, cmd in (("test_prof_sites", [opts.sites]),
@@ -198,6 +200,70 @@ def t_profile(opts, c, tmp):
     c.check(r.returncode == 0 and "ratio" in r.stderr and
             "samples per run" in r.stderr, "--cost compares the run times",
             show(r))
+
+
+def profile_info(path):
+    info = {}
+    if os.path.isfile(path):
+        for line in open(path).read().split("\n"):
+            if line == "maps":
+                break
+            k, _, v = line.partition(" ")
+            info[k] = v
+    return info
+
+
+def t_cuts(opts, c, tmp):
+    """The lists that a small sample's cut sets aside on a page's
+    cross-thread list come back whole (prof.c: cut, prof_collect_xfree,
+    prof_uncut): when the sample's malloc comes, after what other threads
+    freed into the page meanwhile (prodcons, larson), and when a thread
+    exits with a sample still due (threadchurn) or the heap is collected
+    (malloc_trim). Each program checks its blocks' contents; allot aborts on
+    a list or count that does not add up."""
+    bench = os.path.join(os.path.dirname(os.path.abspath(opts.allot)),
+                         "bench")
+    runs = [["threadchurn", "100"], ["prodcons", "20000"],
+            ["larson", "10", "20000"]]
+    for argv in runs:
+        prog = os.path.join(bench, argv[0])
+        if not os.path.isfile(prog):
+            print("skip %s: not built (ALLOT_BUILD_BENCH=OFF)" % argv[0])
+            continue
+        out = os.path.join(tmp, "cuts-" + argv[0])
+        env = dict(env_clean(), LD_PRELOAD=opts.lib, ALLOT_PROF="1",
+                   ALLOT_PROF_RATE="64K", ALLOT_PROF_OUT=out)
+        p = subprocess.run([prog] + argv[1:], env=env, capture_output=True,
+                           text=True, timeout=60)
+        info = profile_info(out)
+        cuts = int(info.get("cut_lists", 0))
+        whole = int(info.get("cut_lists_whole", 0))
+        c.check(p.returncode == 0 and int(info.get("samples", 0)) > 500 and
+                cuts > 100 and whole >= cuts // 2,
+                "%s, one sample per 64 KiB: the blocks stay right; %d of "
+                "%d cut lists came back whole (at least half)" % (
+                    " ".join(argv), whole, cuts),
+                "exit %d\n%s\n%s" % (p.returncode, p.stderr[-2000:], info))
+    # malloc_trim (heap_collect_pages) while samples are due
+    script = ("import ctypes\nlibc = ctypes.CDLL(None)\nkeep = []\n"
+              "for i in range(3000):\n"
+              "    keep.append([str(j) * (i % 50) for j in range(40)])\n"
+              "    if len(keep) > 200: keep = keep[100:]\n"
+              "    if i % 10 == 0: libc.malloc_trim(0)\n")
+    out = os.path.join(tmp, "trim")
+    env = dict(env_clean(), LD_PRELOAD=opts.lib, ALLOT_PROF="1",
+               ALLOT_PROF_RATE="16K", ALLOT_PROF_OUT=out,
+               PYTHONMALLOC="malloc")
+    p = subprocess.run([sys.executable, "-S", "-c", script], env=env,
+                       capture_output=True, text=True, timeout=60)
+    info = profile_info(out)
+    c.check(p.returncode == 0 and int(info.get("samples", 0)) > 100 and
+            int(info.get("cut_lists", 0)) > 10,
+            "python calling malloc_trim(0) with samples due: %s samples, %s "
+            "cut lists, %s back whole" % (info.get("samples"),
+                                          info.get("cut_lists"),
+                                          info.get("cut_lists_whole")),
+            "exit %d\n%s\n%s" % (p.returncode, p.stderr[-2000:], info))
 
 
 def main():
