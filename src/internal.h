@@ -72,6 +72,9 @@ typedef struct page {
   uint8_t last_cls; /* dirty: the class it held, on its heap's dirty_free */
   _Alignas(64) _Atomic uintptr_t xfree; /* blocks freed by other threads */
   _Atomic uint8_t full;                 /* set while in the full list */
+  /* Bytes from the page's start (whole OS pages) that its former lives
+   * made resident since its memory was last purged: a hint (page.c) */
+  uint32_t touched;
   struct page *next, *prev; /* in the owner's list for its class (cold) */
   uint64_t freed_at;        /* ms when it became free (purge delay) */
 } __attribute__((aligned(128))) page_t;
@@ -148,10 +151,16 @@ typedef struct heap {
   /* Classes whose owner freed into full pages lately (page.c): their pages
    * that run dry stay in `avail` for a while, where a free costs no lock. */
   uint8_t churn[NCLASSES];
+  /* Blocks each class took from larger classes since its pages last grew,
+   * or that it found none to take (page.c, page_borrow) */
+  uint8_t borrowed[NCLASSES];
   segment_t *segs; /* small segments of this heap */
   /* Their free pages still resident, by the class each last held (under
    * seg_lock): a class needing a fresh page takes one of its own first. */
   page_list_t dirty_free[NCLASSES];
+  /* bit cls: dirty_free[cls] is not empty (written under seg_lock, read
+   * without it by the owner's slow path) */
+  _Atomic uint64_t dirty_classes;
   segment_t *medium_segs;
   os_lock_t medium_lock; /* medium frees from other threads take it */
   chunk_heap_t chunks;
@@ -187,10 +196,13 @@ typedef struct heap {
   uint64_t owner;        /* thread_uid() of the one thread that allocates */
   int first_class;       /* made by allot_heap_new, not a thread's heap */
   segment_t *large_segs; /* first-class: its live large blocks (medium_lock) */
-  /* Last, as only realloc and statistics mode touch them: the heap's later
-   * pages stay untouched (not resident) until they do. */
-  realloc_hint_t rhint[REALLOC_HINTS]; /* this thread's (api.c) */
+  /* The counters before the hints: xfrees is counted in every mode, and
+   * after the hints it made a fourth OS page of every thread's heap
+   * resident (threadchurn: 16 KiB per heap, 12 now). */
   heap_stats_t stats;
+  /* Last, as only realloc touches them: the heap's last pages stay
+   * untouched (not resident) until it does. */
+  realloc_hint_t rhint[REALLOC_HINTS]; /* this thread's (api.c) */
 } heap_t;
 
 /* ---- process-wide state ----------------------------------------------- */
@@ -294,6 +306,11 @@ INTERNAL void segment_register_moved(segment_t *s);
 INTERNAL void segment_unregister(segment_t *s);
 INTERNAL void segment_free(segment_t *s);
 INTERNAL page_t *segment_page_alloc(heap_t *h, size_t cls);
+/* Whether h has a free page that held class cls and is still resident. */
+static inline bool segment_page_resident(heap_t *h, size_t cls) {
+  return atomic_load_explicit(&h->dirty_classes, memory_order_relaxed) >> cls &
+         1;
+}
 /* heap_absorb, both page locks held: from's small segments go to into */
 INTERNAL void segment_move_all(heap_t *into, heap_t *from);
 INTERNAL size_t segment_pages_in_use(heap_t *h);

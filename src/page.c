@@ -138,11 +138,14 @@ static void page_init(heap_t *h, page_t *pg, size_t cls) {
  * time (one block of the classes above 2 KiB: four of them made a single
  * 4 KiB block, stdio's buffer, touch 16 KiB), so memory is touched (and
  * becomes resident) only as it is used. */
-static void page_extend(page_t *pg) {
+static size_t page_extend_count(const page_t *pg) {
   size_t n = pg->reserved - pg->capacity;
   size_t step = OS_PAGE / pg->bsize;
   if (step < 1) step = 1;
-  if (n > step) n = step;
+  return n > step ? step : n;
+}
+
+static ALWAYS_INLINE void extend_blocks(page_t *pg, size_t n) {
   segment_t *s = segment_of(pg);
   uint8_t *first = page_start(s, pg) + (size_t)pg->capacity * pg->bsize;
   block_t *next = pg->free;
@@ -154,6 +157,14 @@ static void page_extend(page_t *pg) {
   }
   pg->free = next;
   __atomic_store_n(&pg->capacity, pg->capacity + (uint32_t)n, __ATOMIC_RELAXED);
+}
+
+static NOINLINE void page_extend_n(page_t *pg, size_t n) {
+  extend_blocks(pg, n);
+}
+
+static void page_extend(page_t *pg) {
+  page_extend_n(pg, page_extend_count(pg));
 }
 
 /* Check a block taken from a list against its page: a link that leads out of
@@ -225,16 +236,41 @@ static NOINLINE size_t collect_xfree_all(page_t *pg) {
   return take_xfree(pg, head, NULL, 0, NULL);
 }
 
-/* Gather every free block of the page into `free`. */
-static void page_collect(page_t *pg) {
+/* Carve the page's next blocks (in checked mode: in random order, with the
+ * page's guard in secure mode). */
+static void page_grow(page_t *pg) {
+  if (unlikely(g.secure))
+    secure_page_extend(pg);
+  else
+    page_extend(pg);
+}
+
+/* A page with no free block: carve its next blocks if they lie in memory
+ * already resident. New memory is touched only once the heap has nothing
+ * resident left for the class (page_alloc_sized, page_alloc_locked).
+ * Returns how many blocks the page's next carving would take from memory
+ * not touched yet, 0 if none (or it carved). Memory up to page_t.touched is
+ * resident from a former life of the page; its carving since has been in
+ * order from the start, so all that lies beyond that and beyond its carved
+ * blocks is new. Checked mode carves at once. */
+static ALWAYS_INLINE size_t page_carve_resident(page_t *pg) {
+  if (pg->free || pg->capacity == pg->reserved) return 0;
+  if (unlikely(g.slow_mode)) {
+    page_grow(pg);
+    return 0;
+  }
+  size_t n = page_extend_count(pg);
+  size_t end = (pg->capacity + n) * (size_t)pg->bsize;
+  if (end > pg->touched) return n;
+  page_extend_n(pg, n);
+  return 0;
+}
+
+/* Gather every free block of the page into `free`, then as above. */
+static ALWAYS_INLINE size_t page_collect(page_t *pg) {
   if (atomic_load_explicit(&pg->xfree, memory_order_relaxed))
     page_collect_xfree(pg);
-  if (!pg->free && pg->capacity < pg->reserved) {
-    if (unlikely(g.secure))
-      secure_page_extend(pg); /* in random order */
-    else
-      page_extend(pg);
-  }
+  return page_carve_resident(pg);
 }
 
 /* ---- full pages ------------------------------------------------------ */
@@ -282,7 +318,7 @@ static void heap_wake_full(heap_t *h, size_t cls) {
 }
 
 static void *page_malloc_slow_inner(heap_t *h, size_t cls, size_t size);
-static void *page_alloc_sized(heap_t *h, size_t cls, size_t size);
+static inline void *page_alloc_sized(heap_t *h, size_t cls, size_t size);
 
 /* In checked mode (statistics, debug, secure) no page is ever made current,
  * so every malloc comes through page_malloc_slow and its hooks. */
@@ -378,17 +414,96 @@ static ALWAYS_INLINE bool medium_small_ok(size_t cls, size_t size) {
   return size < class_size[cls] && size >= MEDIUM_SMALL_MIN;
 }
 
+/* How many classes above its own a request may borrow a block from, and how
+ * many blocks a class may borrow between two growths of its pages (so that
+ * a class whose blocks come and go at the margin does not take the slow
+ * path for each). h->borrowed[cls] counts them; BORROW_NONE there: the class
+ * found no lender and does not look again until blocks come back to it
+ * from other threads or another thread takes the heap over (a heap that
+ * only grows looks once per class). */
+#define BORROW_CLASSES 2
+#define BORROW_MAX 16
+#define BORROW_NONE (BORROW_MAX + 1)
+
+/* A block of a larger class, carved and free, for a request of class cls
+ * that has nothing resident left: its pages would grow into new memory
+ * otherwise. NULL if none. A heap's pages hold, class by class, the most
+ * blocks the class ever had at once (rounded up to OS pages), which for a
+ * few blocks of each of many classes is about twice what is live at any one
+ * time; borrowing at that margin lets neighbouring classes share their
+ * slack (threadchurn: docs/memory.md, "Borrowing a larger block"). Only the
+ * first available page of the next BORROW_CLASSES classes is looked at, if
+ * it has more than an OS page of blocks free (blocks freed, not just carved:
+ * a heap that only grows gains nothing from lending), and only blocks less
+ * than twice the size (free_sized accepts more than half of the block). Not
+ * for requests of the class's own size, which is how aligned ones come
+ * (their blocks need the class's alignment, and free_aligned_sized expects
+ * the class), nor for first-class heaps, whose aligned requests come with
+ * their own size, nor in checked mode or while profiling, whose accounting
+ * is per class. */
+static NOINLINE void *page_borrow(heap_t *h, size_t cls, size_t size) {
+  if (h->first_class || g.slow_mode || g.prof) return NULL;
+  for (size_t d = cls + 1; d <= cls + BORROW_CLASSES && d < NCLASSES; d++) {
+    if (class_size[d] >= 2 * size) break;
+    page_t *q = h->avail[d].first; /* the owner's: no lock */
+    if (!q) continue;
+    if (!q->free && atomic_load_explicit(&q->xfree, memory_order_relaxed))
+      page_collect_xfree(q);
+    if (q->capacity - q->used > OS_PAGE / q->bsize) {
+      h->borrowed[cls]++;
+      return page_take(q, "malloc");
+    }
+  }
+  h->borrowed[cls] = BORROW_NONE;
+  return NULL;
+}
+
+/* Class cls's pages grow into new memory: the blocks it may borrow start
+ * over, unless it found no lender. */
+static ALWAYS_INLINE void page_borrow_grown(heap_t *h, size_t cls) {
+  if (h->borrowed[cls] == BORROW_MAX) h->borrowed[cls] = 0;
+}
+
+static ALWAYS_INLINE void *page_try_borrow(heap_t *h, size_t cls, size_t size) {
+  if (h->borrowed[cls] >= BORROW_MAX || size >= class_size[cls]) return NULL;
+  return page_borrow(h, cls, size);
+}
+
 /* A block of class cls from the heap's pages: the current page's free list,
  * then the other pages of the class, then pages freed into while full, then
  * an abandoned heap's pages, then the heap's free medium chunks (size below
- * the class's size: see medium_small), then a fresh page. */
-static void *page_alloc_sized(heap_t *h, size_t cls, size_t size) {
+ * the class's size: see medium_small), then a larger class's free block
+ * (page_borrow), then a resident free page of the class, and only then new
+ * memory: the class's pages carved further, or a fresh page. */
+static ALWAYS_INLINE void *page_alloc_sized(heap_t *h, size_t cls,
+                                            size_t size) {
   /* Refilling the current page needs no lock: only the owner touches pages
    * outside the full lists. */
   page_t *cur = h->current[cls];
   if (cur != &empty_page) {
-    page_collect(cur);
-    if (cur->free) return page_take(cur, "malloc");
+    /* blocks back from other threads: lenders may have some too */
+    if (atomic_load_explicit(&cur->xfree, memory_order_relaxed) &&
+        page_collect_xfree(cur))
+      h->borrowed[cls] = 0;
+    size_t n = page_carve_resident(cur);
+    if (!n) {
+      if (cur->free) return page_take(cur, "malloc");
+    } else {
+      void *p = page_try_borrow(h, cls, size);
+      if (p) return p;
+      /* the class's only page, nothing freed into its full pages and no
+       * free page of it resident: it grows here, without the page lock */
+      if (h->avail[cls].count == 1 &&
+          !(((atomic_load_explicit(&h->xwake, memory_order_relaxed) |
+              atomic_load_explicit(&h->xstrand, memory_order_relaxed) |
+              atomic_load_explicit(&h->dirty_classes, memory_order_relaxed)) >>
+             cls) &
+            1)) {
+        page_borrow_grown(h, cls);
+        extend_blocks(cur, n);
+        return page_take(cur, "malloc");
+      }
+    }
   }
   if (h->churn[cls]) {
     void *p = page_alloc_rotate(h, cls);
@@ -412,17 +527,25 @@ static void *page_alloc_sized(heap_t *h, size_t cls, size_t size) {
   return p;
 }
 
-/* For checked mode: the size is the class's, so no medium chunk. */
+/* For checked mode: the size is the class's, so no medium chunk nor a
+ * borrowed block, and no page is ever current (set_current): straight to
+ * the class's pages. */
 void *page_alloc_block(heap_t *h, size_t cls) {
-  return page_alloc_sized(h, cls, class_size[cls]);
+  if (h->dirty_pages) segment_purge_heap(h, false);
+  os_lock(&h->page_lock);
+  void *p = page_alloc_locked(h, cls, class_size[cls]);
+  os_unlock(&h->page_lock);
+  purge_poll();
+  return p;
 }
 
 static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
+  page_t *grow = NULL; /* a page that can be carved further, into new memory */
   for (int round = 0; round < 3; round++) {
     page_t *pg = h->avail[cls].first;
     while (pg) {
       page_t *next = pg->next;
-      if (!pg->free) page_collect(pg);
+      if (!pg->free && page_collect(pg) && !grow) grow = pg;
       if (pg->free) {
         if (pg != h->avail[cls].first) {
           plist_remove(&h->avail[cls], pg);
@@ -431,23 +554,50 @@ static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
         set_current(h, cls, pg);
         return page_take(pg, "malloc");
       }
-      if (!page_to_full(h, pg)) continue; /* a block arrived: look again */
+      /* a page that can still grow stays available */
+      if (pg->capacity == pg->reserved && !page_to_full(h, pg))
+        continue; /* a block arrived: look again */
       pg = next;
     }
+    size_t had = h->avail[cls].count;
     heap_wake_full(h, cls);
-    if (h->avail[cls].first) continue;
-    if (round == 0 && heap_absorb_abandoned(h) && h->avail[cls].first) continue;
+    if (h->avail[cls].count > had) continue;
+    if (round == 0 && heap_absorb_abandoned(h) && h->avail[cls].count > had)
+      continue;
     break;
   }
-  if (medium_small_ok(cls, size)) {
+  /* medium chunks once the class's pages are all carved */
+  if (!grow && medium_small_ok(cls, size)) {
     void *p = medium_small(h, size);
     if (p) {
       set_current(h, cls, &empty_page); /* never a page of the full list */
       return p;
     }
   }
+  void *p = page_try_borrow(h, cls, size);
+  if (p) {
+    set_current(h, cls, grow ? grow : &empty_page);
+    return p;
+  }
+  /* new memory for the class: carved from one of its pages rather than a
+   * fresh page, unless a page it held is free and still resident */
+  page_borrow_grown(h, cls);
+  if (grow && !segment_page_resident(h, cls)) {
+    page_grow(grow);
+    if (grow != h->avail[cls].first) {
+      plist_remove(&h->avail[cls], grow);
+      plist_push_front(&h->avail[cls], grow);
+    }
+    set_current(h, cls, grow);
+    return page_take(grow, "malloc");
+  }
   page_t *pg = segment_page_alloc(h, cls);
   if (!pg) {
+    if (grow) {
+      page_grow(grow);
+      set_current(h, cls, grow);
+      return page_take(grow, "malloc");
+    }
     set_current(h, cls,
                 h->avail[cls].first ? h->avail[cls].first : &empty_page);
     return NULL;
@@ -455,10 +605,7 @@ static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
   page_init(h, pg, cls);
   plist_push_front(&h->avail[cls], pg);
   pg->queue = Q_AVAIL;
-  if (unlikely(g.secure))
-    secure_page_extend(pg); /* in random order, and the page's guard */
-  else
-    page_extend(pg);
+  page_grow(pg); /* secure mode: and the page's guard */
   set_current(h, cls, pg);
   return page_take(pg, "malloc");
 }
@@ -553,6 +700,7 @@ void heap_collect_pages(heap_t *h, bool abandoning) {
  * available lists, where the owner's slow path finds their free blocks. */
 void heap_adopt_pages(heap_t *h) {
   os_lock(&h->page_lock);
+  memset(h->borrowed, 0, sizeof h->borrowed);
   for (size_t cls = 1; cls < NCLASSES; cls++)
     while (h->full[cls].first)
       page_from_full(h, h->full[cls].first);

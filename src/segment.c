@@ -103,10 +103,16 @@ static void heap_seg_remove(segment_t **head, segment_t *s) {
 static void dirty_push(heap_t *h, page_t *pg, size_t cls) {
   pg->last_cls = (uint8_t)cls;
   plist_push_front(&h->dirty_free[cls], pg);
+  atomic_fetch_or_explicit(&h->dirty_classes, (uint64_t)1 << cls,
+                           memory_order_relaxed);
 }
 static void dirty_unlink(heap_t *h, page_t *pg) {
-  if (!pg->last_cls) return;
-  plist_remove(&h->dirty_free[pg->last_cls], pg);
+  size_t cls = pg->last_cls;
+  if (!cls) return;
+  plist_remove(&h->dirty_free[cls], pg);
+  if (!h->dirty_free[cls].first)
+    atomic_fetch_and_explicit(&h->dirty_classes, ~((uint64_t)1 << cls),
+                              memory_order_relaxed);
   pg->last_cls = 0;
 }
 /* A dirty page stops being dirty: purged, or taken for blocks. */
@@ -321,7 +327,10 @@ static page_t *segment_page_alloc_locked(heap_t *h, size_t cls, bool may_map) {
   if (pg->dirty) {
     /* another class's: carved anew from a purged page, it holds no more
      * memory than the new class touches */
-    if (pg->last_cls != cls) os_purge((uint8_t *)s + i * PAGE_SIZE, PAGE_SIZE);
+    if (pg->last_cls != cls) {
+      os_purge((uint8_t *)s + i * PAGE_SIZE, PAGE_SIZE);
+      pg->touched = 0;
+    }
     page_clean(h, pg);
   }
   pg->freed_at = 0;
@@ -356,6 +365,10 @@ static void page_free_as(heap_t *h, page_t *pg, bool purge) {
   os_lock(&h->seg_lock);
   segment_t *s = segment_of(pg);
   size_t i = (size_t)(pg - s->pages);
+  /* how far the page's memory is resident, for its next life (page.c) */
+  uint32_t end = (uint32_t)(((size_t)pg->capacity * pg->bsize + OS_PAGE - 1) &
+                            ~(size_t)(OS_PAGE - 1));
+  if (end > pg->touched) pg->touched = end;
   /* Field by field: a thread that just pushed a block here (and whose push
    * the owner has already collected) may still read `full` and `heap`. */
   pg->free = NULL;
@@ -369,6 +382,7 @@ static void page_free_as(heap_t *h, page_t *pg, bool purge) {
   bool first = false;
   if (purge) {
     os_purge((uint8_t *)s + i * PAGE_SIZE, PAGE_SIZE);
+    pg->touched = 0;
   } else {
     pg->dirty = 1;
     dirty_push(h, pg, cls);
@@ -446,6 +460,10 @@ void segment_move_all(heap_t *into, heap_t *from) {
     f->first = f->last = NULL;
     f->count = 0;
   }
+  atomic_fetch_or_explicit(
+      &into->dirty_classes,
+      atomic_exchange_explicit(&from->dirty_classes, 0, memory_order_relaxed),
+      memory_order_relaxed);
   into->dirty_pages += from->dirty_pages;
   from->dirty_pages = 0;
   into->purge_due = 0; /* recomputed by the next purge pass */
@@ -480,6 +498,7 @@ uint64_t segment_purge_heap(heap_t *h, bool force) {
           j++;
         for (unsigned k = i; k < j; k++) {
           page_clean(h, &s->pages[k]);
+          s->pages[k].touched = 0;
           mask &= ~((uint64_t)1 << k);
         }
         os_purge((uint8_t *)s + (size_t)i * PAGE_SIZE,
