@@ -73,7 +73,8 @@ static NOINLINE void *alloc_aligned(size_t align, size_t size) {
   }
   if (align <= SMALL_MAX && size <= SMALL_MAX) {
     size_t cls = aligned_class(size, align);
-    if (cls) return heap_alloc_class(tls_heap, cls, class_size[cls], "malloc");
+    /* SIZE_MAX: a block of the class itself (page.c, page_alloc_sized) */
+    if (cls) return heap_alloc_class(tls_heap, cls, SIZE_MAX, "malloc");
   }
   return alloc_big(size, align, false);
 }

@@ -350,6 +350,9 @@ static inline void *zero_block(segment_t *s, size_t i) {
 }
 
 /* ---- page.c ----------------------------------------------------------- */
+/* size: the request's, which a medium chunk or a larger class's block may
+ * serve; SIZE_MAX for an aligned request, which takes a block of the class
+ * itself (its blocks have the alignment) */
 INTERNAL void *page_malloc_slow(heap_t *h, size_t cls, size_t size);
 INTERNAL void *page_alloc_block(heap_t *h, size_t cls);
 INTERNAL void page_free_slow(heap_t *h, page_t *pg);

@@ -491,9 +491,15 @@ static ALWAYS_INLINE void *page_alloc_sized(heap_t *h, size_t cls,
     } else {
       void *p = page_try_borrow(h, cls, size);
       if (p) return p;
-      /* the class's only page, nothing freed into its full pages and no
-       * free page of it resident: it grows here, without the page lock */
-      if (h->avail[cls].count == 1 &&
+      /* the class's only page (or an aligned request: below), nothing freed
+       * into its full pages and no free page of it resident: it grows here,
+       * without the page lock. An aligned request (size SIZE_MAX) grows its
+       * current page before looking at the class's other pages: under
+       * churn, those hold a block or two each, and refilling from them
+       * made the aligned workload's small-page refills 37 259 -> 48 349
+       * (callgrind aligned 300000: 133.32 M -> 136.37 M instructions) for
+       * no gain in its peak RSS (53.5 -> 53.7 MiB). */
+      if ((h->avail[cls].count == 1 || size == SIZE_MAX) &&
           !(((atomic_load_explicit(&h->xwake, memory_order_relaxed) |
               atomic_load_explicit(&h->xstrand, memory_order_relaxed) |
               atomic_load_explicit(&h->dirty_classes, memory_order_relaxed)) >>
