@@ -13,25 +13,10 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
-#include "allot.h"
+#include "test_api_common.h" /* CHECK, finish */
 
 void free_sized(void *p, size_t size); /* C23; allot exports it */
-
-static int failures;
-
-#define CHECK(cond, ...)                                                       \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: FAILED: %s: ", __FILE__, __LINE__, #cond);       \
-      fprintf(stderr, __VA_ARGS__);                                            \
-      fputc('\n', stderr);                                                     \
-      failures++;                                                              \
-    }                                                                          \
-  } while (0)
 
 #define PAGE_BYTES ((uintptr_t)64 << 10) /* a small page (docs/design.md) */
 #define LEND 64                          /* blocks the lender carves */
@@ -147,10 +132,5 @@ int main(void) {
   pthread_t t;
   if (pthread_create(&t, NULL, run, NULL) != 0) return 1;
   pthread_join(t, NULL);
-  if (failures) {
-    fprintf(stderr, "mem_borrow: %d check(s) failed\n", failures);
-    return 1;
-  }
-  printf("mem_borrow: ok\n");
-  return 0;
+  return finish("mem_borrow");
 }
