@@ -375,6 +375,18 @@ static void *page_malloc_slow_inner(heap_t *h, size_t cls, size_t size) {
 
 static void *page_alloc_locked(heap_t *h, size_t cls, size_t size);
 
+/* page_alloc_locked under the page lock, resident free pages purged first
+ * when their delay is due. */
+static NOINLINE void *page_alloc_slow_locked(heap_t *h, size_t cls,
+                                             size_t size) {
+  if (h->dirty_pages) segment_purge_heap(h, false);
+  os_lock(&h->page_lock);
+  void *p = page_alloc_locked(h, cls, size);
+  os_unlock(&h->page_lock);
+  purge_poll();
+  return p;
+}
+
 /* How many dry pages a churning class looks past, and how many failed looks
  * it takes (h->churn) before its dry pages go to the full list again. */
 #define CHURN_SCAN 4
@@ -525,24 +537,14 @@ static ALWAYS_INLINE void *page_alloc_sized(heap_t *h, size_t cls,
     void *p = medium_small(h, size);
     if (p) return p;
   }
-  if (h->dirty_pages) segment_purge_heap(h, false);
-  os_lock(&h->page_lock);
-  void *p = page_alloc_locked(h, cls, size);
-  os_unlock(&h->page_lock);
-  purge_poll();
-  return p;
+  return page_alloc_slow_locked(h, cls, size);
 }
 
 /* For checked mode: the size is the class's, so no medium chunk nor a
  * borrowed block, and no page is ever current (set_current): straight to
  * the class's pages. */
 void *page_alloc_block(heap_t *h, size_t cls) {
-  if (h->dirty_pages) segment_purge_heap(h, false);
-  os_lock(&h->page_lock);
-  void *p = page_alloc_locked(h, cls, class_size[cls]);
-  os_unlock(&h->page_lock);
-  purge_poll();
-  return p;
+  return page_alloc_slow_locked(h, cls, class_size[cls]);
 }
 
 static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
