@@ -730,6 +730,7 @@ static void large_quarantine_put(void *p, size_t u, const char *fn) {
   if (!atomic_compare_exchange_strong(&s->large_state, &live,
                                       LARGE_QUARANTINED))
     fault(fn, "double free", p);
+  large_unpinned(s); /* the heap walk's look ends before access does */
   quarantine_t *q = my_quarantine();
   if (!q) {
     atomic_store(&s->large_state, LARGE_LIVE);
@@ -1155,6 +1156,7 @@ typedef struct lblock {
   uintptr_t p;
   size_t size, u; /* requested and usable */
   bool reached;   /* a pointer to it was found (reach()) */
+  bool large;     /* other threads may free it before the report reads it */
 } lblock_t;
 
 typedef struct walk {
@@ -1247,6 +1249,11 @@ static void leak(walk_t *w, void *p, size_t u) {
     if (w->half_made[i] == p) return;
   size_t size = u;
   const char *what = NULL;
+  /* A large block is read only while pinned (large_pin): other threads
+   * free large blocks without a lock the walk holds, and a freed one soon
+   * cannot be read (the quarantine, the cache). Its size is read again
+   * under each pin: it may have been freed and made anew meanwhile. */
+  segment_t *ls = segment_of(p)->kind == SEG_LARGE ? segment_of(p) : NULL;
   /* A block another running thread is freeing, resizing or making (large
    * blocks belong to no heap; other threads free into examined heaps) is
    * not damaged: look again until no thread was busy while we looked. A
@@ -1257,15 +1264,21 @@ static void leak(walk_t *w, void *p, size_t u) {
   uint64_t since = 0;
   for (int tries = 0; cf.trailer; tries++) {
     uint64_t before = ops_now();
+    if (ls) {
+      if (!large_pin(ls)) return; /* freed meanwhile: not a leak */
+      u = ls->large_size;
+    }
     size = inspect(p, u, &what);
-    if (size != SIZE_MAX) break;
-    if (!still_live(p)) return; /* freed meanwhile: not a leak */
-    bool held = holder_of(p) == 1;
+    bool live = size != SIZE_MAX || still_live(p);
+    bool held = size == SIZE_MAX && live && holder_of(p) == 1;
     /* a thread giving it back to the layers from its quarantine (its mark
      * cleared, its fill or zeros still there), which may wait for the lock
      * this walk holds: free, not damaged */
-    if (held && (filled_from(p, 16, u, fill_word(p, u)) || zero_from(p, 16, u)))
-      return;
+    bool leaving =
+        held && (filled_from(p, 16, u, fill_word(p, u)) || zero_from(p, 16, u));
+    if (ls) large_unpin(ls);
+    if (size != SIZE_MAX) break;
+    if (!live || leaving) return; /* freed meanwhile: not a leak */
     if (held && !since) since = os_now_ms();
     if ((held && os_now_ms() - since < 5000) ||
         ((ops_now() != before || busy_with(p)) && tries < 1000)) {
@@ -1299,18 +1312,30 @@ static void leak(walk_t *w, void *p, size_t u) {
     w->blocks = nb;
     w->blocks_cap = cap;
   }
-  w->blocks[w->nblocks++] = (lblock_t){(uintptr_t)p, size, u, false};
+  w->blocks[w->nblocks++] =
+      (lblock_t){(uintptr_t)p, size, u, false, ls != NULL};
 }
 
-static NO_ASAN void read_frames(uintptr_t *to, const uintptr_t *from) {
-  for (int i = 0; i < NFRAMES; i++)
-    to[i] = ((const volatile uintptr_t *)from)[i];
+/* A large block's frames are read through the kernel: the walk no longer
+ * pins it, and a thread still running may have freed it (a fault would
+ * end the report; stale frames only misplace one block in it). */
+static NO_ASAN void read_frames(uintptr_t *to, const uintptr_t *from,
+                                bool large) {
+  for (int i = 0; i < NFRAMES; i++) {
+    uint64_t v = 0;
+    if (!large)
+      v = ((const volatile uintptr_t *)from)[i];
+    else if (!walk_read_word(from + i, &v))
+      v = 0;
+    to[i] = (uintptr_t)v;
+  }
 }
 
 /* Count block b of the report at its allocation site. */
 static void add_site(walk_t *w, const lblock_t *b) {
   uintptr_t frames[NFRAMES] = {0};
-  if (cf.frames) read_frames(frames, trailer_frames((void *)b->p, b->u));
+  if (cf.frames)
+    read_frames(frames, trailer_frames((void *)b->p, b->u), b->large);
   size_t size = b->size;
   bool lost = !b->reached;
   uint64_t hash = lost;
@@ -1411,8 +1436,10 @@ static void walk_quarantine(walk_t *w, heap_t *h) {
 
 static void walk_large(segment_t *s, void *arg) {
   walk_t *w = arg;
+  /* acquire: the offset was written before the block became live (leak
+   * reads the size again under its pin) */
   if (s->kind != SEG_LARGE ||
-      atomic_load_explicit(&s->large_state, memory_order_relaxed) != LARGE_LIVE)
+      atomic_load_explicit(&s->large_state, memory_order_acquire) != LARGE_LIVE)
     return;
   leak(w, (uint8_t *)s + s->large_offset, s->large_size);
 }

@@ -88,6 +88,9 @@ enum { LARGE_LIVE = 1, LARGE_CACHED = 2, LARGE_QUARANTINED = 3 };
 typedef struct segment {
   uint64_t cookie; /* secret ^ address: a header we wrote */
   uint8_t kind;
+  /* large: checked mode's heap walk is reading the block (large_pin); its
+   * mapping stays as it is until the walk lets go (in the header's padding) */
+  _Atomic uint16_t large_pins;
   _Atomic uint32_t large_state;
   _Atomic(struct heap *) heap;   /* owner of small and medium segments */
   size_t map_size;               /* bytes mapped from the segment start */
@@ -373,6 +376,12 @@ INTERNAL void large_free(segment_t *s, void *p, const char *fn);
 INTERNAL void *large_realloc(segment_t *s, void *p, size_t size);
 INTERNAL uint64_t large_collect(bool force);
 INTERNAL void large_cache_yield(size_t want); /* before a fresh segment */
+/* checked mode's heap walk reads a live large block only between large_pin
+ * (false: not live) and large_unpin; large_unpinned waits for that after
+ * the block's state left LARGE_LIVE, before its memory changes */
+INTERNAL bool large_pin(segment_t *s);
+INTERNAL void large_unpin(segment_t *s);
+INTERNAL void large_unpinned(segment_t *s);
 INTERNAL void large_lock_all(void);
 INTERNAL void large_unlock_all(void);
 INTERNAL void large_reset_lock(void);

@@ -17,6 +17,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <sched.h>
 
 #define CACHE_SLOTS 32
 #define CACHE_MAX_BYTES ((size_t)256 << 20)
@@ -283,9 +284,11 @@ static size_t fill_from_cache(uint8_t *base, size_t at, size_t end,
     if (from == 0) {
       segment_unregister(s);
     } else {
-      s->map_size = from; /* walkers see only what stays */
+      /* walkers see only what stays; allot_check, bounds never past the
+       * mapping (large_size first) */
       if (s->large_size > from - s->large_offset)
         s->large_size = from - s->large_offset;
+      s->map_size = from;
       pieces_cut(pieces_of(s), from);
     }
     move_range((uint8_t *)s, &src, from, size, base + pos, base, out, false);
@@ -306,6 +309,32 @@ static size_t fill_from_cache(uint8_t *base, size_t at, size_t end,
       cache_unmap(drop[i]);
   }
   return pos;
+}
+
+/* Checked mode's heap walk (checked.c, leak) reads a live block's trailer
+ * and canary while other threads free it, holding no lock they take: a
+ * free made the block inaccessible (the quarantine), or its mapping went
+ * to the cache, where a new block takes its tail, under a read already
+ * past the state check. So the walk pins the block, and a free, after its
+ * state has left LARGE_LIVE, waits for the pin to go before the memory
+ * changes: either the walk sees the block no longer live or the free sees
+ * the pin (a sequentially consistent write and read on each side). Pins
+ * are held for one look at a block, never across a wait. realloc changes a
+ * live block's mapping without a state change, but only in the default
+ * mode, whose walk reads no block (checked mode's realloc moves blocks
+ * itself). */
+bool large_pin(segment_t *s) {
+  atomic_fetch_add(&s->large_pins, 1);
+  if (atomic_load(&s->large_state) == LARGE_LIVE) return true;
+  large_unpin(s);
+  return false;
+}
+void large_unpin(segment_t *s) {
+  atomic_fetch_sub_explicit(&s->large_pins, 1, memory_order_release);
+}
+void large_unpinned(segment_t *s) {
+  while (unlikely(atomic_load(&s->large_pins)))
+    sched_yield();
 }
 
 void *large_malloc(size_t size, size_t align, bool zero) {
@@ -354,10 +383,13 @@ void *large_malloc(size_t size, size_t align, bool zero) {
   }
   s->large_offset = off;
   s->large_size = need - off; /* the grain's slack is not the program's */
-  atomic_store_explicit(&s->large_state, LARGE_LIVE, memory_order_release);
   void *p = (uint8_t *)s + off;
+  /* before it is live: zeroing megabytes of cached pages takes long, and a
+   * live block that is neither made nor in its maker's hands yet
+   * (checked.c, in_flight) looks damaged to the heap walk */
   if (zero && dirty > off)
     memset(p, 0, dirty - off < size ? dirty - off : size);
+  atomic_store_explicit(&s->large_state, LARGE_LIVE, memory_order_release);
   if (unlikely(g.prof)) prof_large(p, size); /* heap profile (prof.c) */
   return p;
 }
@@ -375,6 +407,7 @@ void large_free(segment_t *s, void *p, const char *fn) {
                !atomic_compare_exchange_strong(&s->large_state, &live,
                                                LARGE_CACHED)))
     large_bad(s, p, fn);
+  large_unpinned(s); /* the heap walk's look ends before the memory goes */
   if (unlikely(g.prof) && prof_maybe_sample(p)) prof_free(s, p); /* profile */
   /* a first-class heap's block leaves its list (heapapi.c) */
   if (unlikely(atomic_load_explicit(&s->heap, memory_order_relaxed) != NULL))
@@ -470,13 +503,14 @@ void *large_realloc(segment_t *s, void *p, size_t size) {
   size_t old = s->map_size;
   pieces_t *pl = pieces_of(s);
   if (map_size <= old) {
-    /* within the mapping; a tail of whole grains goes back at once */
+    /* within the mapping; a tail of whole grains goes back at once (the
+     * size first: allot_check finds bounds past the mapping damaged) */
+    s->large_size = need - LARGE_OFFSET;
     if (map_size < old) {
       pieces_cut(pl, map_size);
       os_unmap((uint8_t *)s + map_size, old - map_size);
       s->map_size = map_size;
     }
-    s->large_size = need - LARGE_OFFSET;
     return p;
   }
   size_t last = pl->n > 1 ? pl->end[pl->n - 2] : 0;

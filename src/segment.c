@@ -77,8 +77,11 @@ void segment_register_moved(segment_t *s) {
 }
 
 void segment_unregister(segment_t *s) {
-  segmap_set(s, s->map_size, false);
   os_lock(&seg_list_lock);
+  /* under the lock: allot_check reads a listed large block's state, then
+   * its mark, and a block freed in between must keep the mark until the
+   * check has moved on */
+  segmap_set(s, s->map_size, false);
   list_remove(s);
   os_unlock(&seg_list_lock);
 }

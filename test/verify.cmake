@@ -45,6 +45,20 @@ add_test(NAME hostile_osfail_brk COMMAND hostile_osfail brk)
 set_tests_properties(hostile_osfail hostile_osfail_brk PROPERTIES
   TIMEOUT 120 LABELS "verify;prefixed")
 
+# Checked modes: allot_check while other threads make, resize and free large
+# blocks (the check read blocks being freed: a crash or a false report). Not
+# under TSan: the check reads blocks other threads write as a seqlock's
+# reader does (checked.c, in_flight), which TSan reports as races.
+if(NOT ALLOT_SANITIZE MATCHES "thread")
+  allot_hostile(largewalk LIBS allot-prefixed)
+  foreach(mode DEBUG SECURE)
+    string(TOLOWER ${mode} lower)
+    add_test(NAME hostile_largewalk_${lower} COMMAND hostile_largewalk 3)
+    set_tests_properties(hostile_largewalk_${lower} PROPERTIES
+      ENVIRONMENT "ALLOT_${mode}=1" TIMEOUT 120 LABELS "verify;prefixed")
+  endforeach()
+endif()
+
 # The standard names through liballot.so: not under a sanitizer that owns
 # malloc.
 if(NOT ALLOT_SANITIZE MATCHES "address|thread")
