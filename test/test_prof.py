@@ -10,6 +10,7 @@ sites: at the peak site_a 30 MiB, site_a2 12 MiB, site_b 10 MiB, site_e
 Prints one line per check and "N passed, N failed"; exits 1 if one failed.
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -157,6 +158,7 @@ def t_profile(opts, c, tmp):
             "alignment of sampled blocks hold", show(r))
 
     t_cuts(opts, c, tmp)
+    t_held(opts, c, tmp)
 
     # the cached unwinder (x86-64) against libgcc's, frame for frame, on
     # this program and on a Python interpreter
@@ -264,6 +266,48 @@ def t_cuts(opts, c, tmp):
                                           info.get("cut_lists"),
                                           info.get("cut_lists_whole")),
             "exit %d\n%s\n%s" % (p.returncode, p.stderr[-2000:], info))
+
+
+def t_held(opts, c, tmp):
+    """A sampled small allocation gets a chunk of the profiler's heap and
+    its sample holds the block its page gave the malloc until the chunk is
+    freed (prof.c: sample_block, prof_free). A program that frees all it
+    allocated must end with none of those blocks live: what is in use at
+    exit is the unprofiled run's and the profiler's spare chunks (at most
+    256 KiB and their headers), where thousands of held blocks, never freed,
+    would be megabytes."""
+    prog = os.path.join(os.path.dirname(os.path.abspath(opts.allot)),
+                        "bench", "aligned")
+    inspect = os.path.join(os.path.dirname(os.path.abspath(opts.lib)),
+                           "liballot-inspect.so")
+    if not os.path.isfile(prog) or not os.path.isfile(inspect):
+        print("skip held blocks: bench/aligned or liballot-inspect.so not "
+              "built")
+        return
+    used = {}
+    for prof in ("0", "1"):
+        stats = os.path.join(tmp, "held-stats-" + prof)
+        env = dict(env_clean(), LD_PRELOAD=opts.lib + " " + inspect,
+                   ALLOT_STATS_FILE=stats, ALLOT_MAP_AT_EXIT="0",
+                   ALLOT_PROF=prof, ALLOT_PROF_RATE="16K",
+                   ALLOT_PROF_OUT=os.path.join(tmp, "held-prof"))
+        p = subprocess.run([prog, "60000"], env=env, capture_output=True,
+                           text=True, timeout=60)
+        try:
+            with open(stats) as f:
+                used[prof] = (p.returncode,
+                              json.load(f)["allot"]["in_use"])
+        except (OSError, ValueError, KeyError) as e:
+            used[prof] = (p.returncode, None)
+            print("held blocks: no statistics (%s): %s" % (e, p.stderr[-500:]))
+    info = profile_info(os.path.join(tmp, "held-prof"))
+    ok = all(v[0] == 0 and v[1] is not None for v in used.values())
+    c.check(ok and int(info.get("samples", 0)) > 1000 and
+            used["1"][1] - used["0"][1] <= (256 << 10) + (32 << 10),
+            "aligned 60000, one sample per 16 KiB (%s samples): in use at "
+            "exit %s bytes profiled, %s not (the held blocks went back)" % (
+                info.get("samples"), used.get("1", (0, None))[1],
+                used.get("0", (0, None))[1]), str(used))
 
 
 def main():
