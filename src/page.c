@@ -430,9 +430,10 @@ static ALWAYS_INLINE bool medium_small_ok(size_t cls, size_t size) {
  * many blocks a class may borrow between two growths of its pages (so that
  * a class whose blocks come and go at the margin does not take the slow
  * path for each). h->borrowed[cls] counts them; BORROW_NONE there: the class
- * found no lender and does not look again until blocks come back to it
- * from other threads or another thread takes the heap over (a heap that
- * only grows looks once per class). */
+ * found no lender and does not look again without the page lock until
+ * blocks come back to it or to a lender from other threads, or another
+ * thread takes the heap over (a heap that only grows looks once per class
+ * there). */
 #define BORROW_CLASSES 2
 #define BORROW_MAX 16
 #define BORROW_NONE (BORROW_MAX + 1)
@@ -453,10 +454,14 @@ static ALWAYS_INLINE bool medium_small_ok(size_t cls, size_t size) {
  * the class), nor for first-class heaps, whose aligned requests come with
  * their own size, nor in checked mode or while profiling, whose accounting
  * is per class. */
-static NOINLINE void *page_borrow(heap_t *h, size_t cls, size_t size) {
+static NOINLINE void *page_borrow(heap_t *h, size_t cls, size_t size,
+                                  bool locked) {
   if (h->first_class || g.slow_mode || g.prof) return NULL;
   for (size_t d = cls + 1; d <= cls + BORROW_CLASSES && d < NCLASSES; d++) {
     if (class_size[d] >= 2 * size) break;
+    /* under the page lock: the lender's full pages other threads freed
+     * into come first in its list, as its own refill would bring them */
+    if (locked) heap_wake_full(h, d);
     page_t *q = h->avail[d].first; /* the owner's: no lock */
     if (!q) continue;
     if (!q->free && atomic_load_explicit(&q->xfree, memory_order_relaxed))
@@ -478,7 +483,16 @@ static ALWAYS_INLINE void page_borrow_grown(heap_t *h, size_t cls) {
 
 static ALWAYS_INLINE void *page_try_borrow(heap_t *h, size_t cls, size_t size) {
   if (h->borrowed[cls] >= BORROW_MAX || size >= class_size[cls]) return NULL;
-  return page_borrow(h, cls, size);
+  return page_borrow(h, cls, size, false);
+}
+
+/* Whether a class that found no lender (BORROW_NONE) should look again:
+ * a lender's blocks came back to its full pages (wake: xwake | xstrand),
+ * which only a borrower holding the page lock can reach (page_borrow). */
+static ALWAYS_INLINE bool page_lender_woken(heap_t *h, size_t cls, size_t size,
+                                            uint64_t wake) {
+  return ((wake >> (cls + 1)) & ((1u << BORROW_CLASSES) - 1)) &&
+         h->borrowed[cls] == BORROW_NONE && size < class_size[cls];
 }
 
 /* A block of class cls from the heap's pages: the current page's free list,
@@ -501,25 +515,34 @@ static ALWAYS_INLINE void *page_alloc_sized(heap_t *h, size_t cls,
     if (!n) {
       if (cur->free) return page_take(cur, "malloc");
     } else {
-      void *p = page_try_borrow(h, cls, size);
-      if (p) return p;
-      /* the class's only page (or an aligned request: below), nothing freed
-       * into its full pages and no free page of it resident: it grows here,
-       * without the page lock. An aligned request (size SIZE_MAX) grows its
-       * current page before looking at the class's other pages: under
-       * churn, those hold a block or two each, and refilling from them
-       * made the aligned workload's small-page refills 37 259 -> 48 349
-       * (callgrind aligned 300000: 133.32 M -> 136.37 M instructions) for
-       * no gain in its peak RSS (53.5 -> 53.7 MiB). */
-      if ((h->avail[cls].count == 1 || size == SIZE_MAX) &&
-          !(((atomic_load_explicit(&h->xwake, memory_order_relaxed) |
-              atomic_load_explicit(&h->xstrand, memory_order_relaxed) |
+      uint64_t wake = atomic_load_explicit(&h->xwake, memory_order_relaxed) |
+                      atomic_load_explicit(&h->xstrand, memory_order_relaxed);
+      /* Blocks of its own came back (or a free page of it is resident):
+       * those first (below), not a lender's. Borrowing first made the
+       * lenders grow in its place: prodcons, whose classes all fill up at
+       * once, held about 0.5 MiB more per producer (docs/memory.md, "A
+       * queue that fills and drains"). */
+      if (!(((wake |
               atomic_load_explicit(&h->dirty_classes, memory_order_relaxed)) >>
              cls) &
             1)) {
-        page_borrow_grown(h, cls);
-        extend_blocks(cur, n);
-        return page_take(cur, "malloc");
+        void *p = page_try_borrow(h, cls, size);
+        if (p) return p;
+        /* the class's only page (or an aligned request: below), nothing
+         * freed into its full pages nor a lender's, and no free page of it
+         * resident: it grows here, without the page lock. An aligned
+         * request (size SIZE_MAX) grows its current page before looking at
+         * the class's other pages: under churn, those hold a block or two
+         * each, and refilling from them made the aligned workload's
+         * small-page refills 37 259 -> 48 349 (callgrind aligned 300000:
+         * 133.32 M -> 136.37 M instructions) for no gain in its peak RSS
+         * (53.5 -> 53.7 MiB). */
+        if ((h->avail[cls].count == 1 || size == SIZE_MAX) &&
+            !(unlikely(wake) && page_lender_woken(h, cls, size, wake))) {
+          page_borrow_grown(h, cls);
+          extend_blocks(cur, n);
+          return page_take(cur, "malloc");
+        }
       }
     }
   }
@@ -582,7 +605,12 @@ static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
       return p;
     }
   }
-  void *p = page_try_borrow(h, cls, size);
+  uint64_t wake = atomic_load_explicit(&h->xwake, memory_order_relaxed) |
+                  atomic_load_explicit(&h->xstrand, memory_order_relaxed);
+  void *p = (h->borrowed[cls] < BORROW_MAX && size < class_size[cls]) ||
+                    page_lender_woken(h, cls, size, wake)
+                ? page_borrow(h, cls, size, true)
+                : NULL;
   if (p) {
     set_current(h, cls, grow ? grow : &empty_page);
     return p;

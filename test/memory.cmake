@@ -19,7 +19,7 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   set(ALLOT_MEM_TEST_FLAGS -Wall -Wextra -Werror -fno-builtin-malloc
     -fno-builtin-calloc -fno-builtin-free)
 
-  foreach(prog mem_return mem_thp mem_metadata mem_borrow)
+  foreach(prog mem_return mem_thp mem_metadata mem_borrow mem_borrow_xthread)
     add_executable(${prog} ${CMAKE_CURRENT_LIST_DIR}/${prog}.c)
     target_compile_options(${prog} PRIVATE ${ALLOT_MEM_TEST_FLAGS})
     target_compile_definitions(${prog} PRIVATE TEST_ALLOT=1)
@@ -57,6 +57,9 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   allot_mem_add(mem.reuse_exit 60 "" mem_return reuse-exit)
   # a class with nothing resident borrows a block of the next class up
   allot_mem_add(mem.borrow 60 "" mem_borrow)
+  # ... its own blocks back from another thread before a lender's, and a
+  # lender's blocks back from another thread before new memory
+  allot_mem_add(mem.borrow.xthread 60 "" mem_borrow_xthread)
 
   # small blocks freed by another thread while their owner stays alive and
   # idle (the purge thread retires the owner's full pages once every block
