@@ -120,7 +120,7 @@ static struct {
   uint64_t ckey;   /* canary and tag secret */
 } cf;
 
-void checked_configure(void) {
+void checked_configure(bool stats) {
   int valgrind = 0, asan = 0;
 #if ALLOT_VALGRIND
   valgrind = RUNNING_ON_VALGRIND ? 1 : 0;
@@ -130,7 +130,13 @@ void checked_configure(void) {
 #endif
   g.valgrind = valgrind;
   bool meta = g.debug || g.secure || valgrind || asan;
-  g.slow_mode = g.slow_mode || meta;
+  /* One store of the final value: slow_mode is 1 until start-up is done
+   * (heap.c), and other threads' first calls read it without the start-up
+   * lock. Lowered to statistics mode's value first and raised again here,
+   * it read 0 for a moment in debug and secure mode, and a thread's first
+   * block could then be made without the checked path's trailer, which its
+   * free would find damaged. */
+  __atomic_store_n(&g.slow_mode, stats || meta, __ATOMIC_RELAXED);
   cf.trailer = meta;
   cf.frames = g.debug;
   cf.quarantine = meta;

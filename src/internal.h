@@ -424,7 +424,7 @@ INTERNAL size_t checked_walk_size(const void *p, size_t u);
  * faults: through the kernel) */
 INTERNAL bool walk_read_word(const void *at, uint64_t *out);
 INTERNAL const char *checked_verify(const void **where);
-INTERNAL void checked_configure(void);        /* end of option parsing */
+INTERNAL void checked_configure(bool stats);  /* end of option parsing */
 INTERNAL void checked_thread_exit(heap_t *h); /* h: the exiting thread's */
 INTERNAL void checked_fork_child(void); /* other threads' heaps orphaned */
 /* secure mode's hooks into the layers (secure.c) */

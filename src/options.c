@@ -273,8 +273,7 @@ void options_init(void) {
     }
   }
   /* statistics mode takes the checked path; checked.c adds its own modes */
-  g.slow_mode = g.stats;
-  checked_configure();
+  checked_configure(g.stats);
   prof_configure(); /* ALLOT_PROF: after the modes it cannot run with */
 }
 
