@@ -1259,7 +1259,8 @@ static void leak(walk_t *w, void *p, size_t u) {
    * free large blocks without a lock the walk holds, and a freed one soon
    * cannot be read (the quarantine, the cache). Its size is read again
    * under each pin: it may have been freed and made anew meanwhile. */
-  segment_t *ls = segment_of(p)->kind == SEG_LARGE ? segment_of(p) : NULL;
+  segment_t *ls = segment_of(p);
+  if (ls->kind != SEG_LARGE) ls = NULL;
   /* A block another running thread is freeing, resizing or making (large
    * blocks belong to no heap; other threads free into examined heaps) is
    * not damaged: look again until no thread was busy while we looked. A

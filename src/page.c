@@ -522,10 +522,7 @@ static ALWAYS_INLINE void *page_alloc_sized(heap_t *h, size_t cls,
        * lenders grow in its place: prodcons, whose classes all fill up at
        * once, held about 0.5 MiB more per producer (docs/memory.md, "A
        * queue that fills and drains"). */
-      if (!(((wake |
-              atomic_load_explicit(&h->dirty_classes, memory_order_relaxed)) >>
-             cls) &
-            1)) {
+      if (!(wake >> cls & 1) && !segment_page_resident(h, cls)) {
         void *p = page_try_borrow(h, cls, size);
         if (p) return p;
         /* the class's only page (or an aligned request: below), nothing
