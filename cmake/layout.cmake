@@ -109,8 +109,10 @@ string(CONCAT _bss_new
   "   *(.dynbss)\n"
   "   /* cmake/layout.cmake: the segment map, then the hot variables */\n"
   "   *segment.c.o(.bss .bss.*)\n"
-  "   EXCLUDE_FILE(*prof.c.o *introspect.c.o *checked.c.o *secure.c.o"
-  " *fixed.c.o) *(.bss .bss.*)\n"
+  "   EXCLUDE_FILE(*prof.c.o *introspect.c.o *secure.c.o"
+  " *fixed.c.o *heap.c.o) *(.bss .bss.*)\n"
+  "   *heap.c.o(.bss)\n"
+  "   *heap.c.o(.bss.*)\n"
   "   *(.bss .bss.* .gnu.linkonce.b.*)\n")
 string(FIND "${_script}" "${_bss_old}" _at_bss)
 if(NOT _at_bss EQUAL -1)

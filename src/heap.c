@@ -17,8 +17,53 @@
 /* slow_mode until start-up has read the modes (checked_configure), so that
  * api.c's aligned and big paths learn of them with the one test they make */
 INTERNAL allot_globals_t g = {.slow_mode = 1};
-INTERNAL heap_t empty_heap = {.current = {[0 ... NCLASSES - 1] = &empty_page}};
 INTERNAL __thread heap_t *tls_heap = &empty_heap;
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||     \
+    __has_feature(memory_sanitizer)
+#define HEAP_EMPTY_INITIALISED 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define HEAP_EMPTY_INITIALISED 1
+#endif
+#ifdef HEAP_EMPTY_INITIALISED
+/* These sanitizers instrument every store, and their runtimes are not ready
+ * while the loader relocates: initialised data there (the sanitizer owns
+ * malloc then, and allot runs beside it prefixed). */
+INTERNAL heap_t empty_heap = {.current = {[0 ... NCLASSES - 1] = &empty_page}};
+#else
+/* Its current pages must be &empty_page before any malloc: other libraries'
+ * constructors and the loader itself (once it has relocated every object)
+ * may call one before allot's constructors run. As initialised data, the
+ * 19 KiB heap and its 57 relocations made 4 more pages of liballot.so's
+ * data resident in every process, and one more of its relocation table.
+ * In .bss, its pointers are set by an IFUNC resolver instead, which the
+ * loader runs while it relocates liballot.so (a static program: before its
+ * C library starts up), so before anything can call malloc; the fast
+ * path is the same. The resolver must not be instrumented (nothing of the
+ * sanitizers' runtimes is ready then). A section of its own, so that the
+ * linker script can put it after the variables a process writes: only its
+ * first 456 bytes are written, and its size would push those that follow
+ * onto another page. */
+INTERNAL heap_t empty_heap __attribute__((section(".bss.allot_empty_heap")));
+
+static void heap_empty_ready(void) {}
+
+__attribute__((no_sanitize("undefined"),
+               used)) static void (*heap_empty_fill(void))(void) {
+  for (size_t i = 0; i < NCLASSES; i++)
+    empty_heap.current[i] = &empty_page;
+  return heap_empty_ready;
+}
+
+/* Hidden, not static: clang 14 makes a static IFUNC symbol global, and
+ * exported. The reference below makes the linker emit its relocation. */
+INTERNAL void heap_empty_hook(void) __attribute__((ifunc("heap_empty_fill")));
+__attribute__((used)) static void (*const heap_empty_ref)(void) =
+    heap_empty_hook;
+#endif
 
 static os_lock_t heaps_lock; /* guards the lists below */
 static heap_t *all_heaps;
@@ -75,11 +120,21 @@ static void process_init_late(void) {
   atomic_store_explicit(&init_state, 2, memory_order_release);
 }
 
+/* Only the rows of bins a medium segment's chunks reach (HEAP_CHUNK_ROWS of
+ * 40, the first 2 KiB of the table's 5): the mapping is fresh, and the rows
+ * past them are neither cleared nor read. allot_heap_destroy re-initialises
+ * with the same rows, since chunk_heap_absorb (allot_heap_delete) takes a heap
+ * into one with at least as many. */
+void heap_chunks_init(heap_t *h) {
+  chunk_heap_init_sized(&h->chunks, g.key, SEG_SIZE);
+  chunk_set_fault(&h->chunks, chunk_fault_malloc);
+}
+
 static heap_t *heap_new_struct(void) {
   /* Each from an OS page boundary: the fields a heap touches, from its start
-   * to its chunk heap's bins, then span three pages (with 64-byte rounding,
-   * a heap that started mid-page touched four: cache-scratch's five heaps
-   * made 76 kB resident, 68 kB now). Still three to a 64 KiB mapping. */
+   * to the last bin row its chunk heap uses, then span two pages (with
+   * 64-byte rounding, a heap that started mid-page touched one more).
+   * Still three to a 64 KiB mapping. */
   size_t sz = (sizeof(heap_t) + OS_PAGE - 1) & ~(size_t)(OS_PAGE - 1);
   if (!meta_next || meta_next + sz > meta_end) {
     size_t chunk = 64 * 1024;
@@ -96,8 +151,7 @@ static heap_t *heap_new_struct(void) {
    * or statistics mode would touch. */
   for (size_t i = 0; i < NCLASSES; i++)
     h->current[i] = &empty_page;
-  chunk_heap_init(&h->chunks, g.key);
-  chunk_set_fault(&h->chunks, chunk_fault_malloc);
+  heap_chunks_init(h);
   os_lock_init(&h->medium_lock);
   os_lock_init(&h->seg_lock);
   os_lock_init(&h->page_lock);

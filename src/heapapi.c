@@ -258,8 +258,7 @@ static void destroy_now(heap_t *h) {
   segment_t *large = take_large(h);
   while (h->medium_segs)
     segment_free(h->medium_segs);
-  chunk_heap_init(&h->chunks, g.key);
-  chunk_set_fault(&h->chunks, chunk_fault_malloc);
+  heap_chunks_init(h); /* the rows it had: chunk_heap_absorb compares them */
   atomic_store_explicit(&h->medium_dirty_at, 0, memory_order_relaxed);
   os_unlock(&h->medium_lock);
   while (large) {

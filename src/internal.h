@@ -166,7 +166,6 @@ typedef struct heap {
   _Atomic uint64_t dirty_classes;
   segment_t *medium_segs;
   os_lock_t medium_lock; /* medium frees from other threads take it */
-  chunk_heap_t chunks;
   int state;
   struct heap *next_all;  /* every heap ever made (never freed) */
   struct heap *next_free; /* abandoned or pooled list */
@@ -199,14 +198,23 @@ typedef struct heap {
   uint64_t owner;        /* thread_uid() of the one thread that allocates */
   int first_class;       /* made by allot_heap_new, not a thread's heap */
   segment_t *large_segs; /* first-class: its live large blocks (medium_lock) */
-  /* The counters before the hints: xfrees is counted in every mode, and
-   * after the hints it made a fourth OS page of every thread's heap
-   * resident (threadchurn: 16 KiB per heap, 12 now). */
+  /* The counters on the first two pages: xfrees is counted in every mode
+   * (after the hints, it made a fourth OS page of every thread's heap
+   * resident: threadchurn, 16 KiB per heap against 12). */
   heap_stats_t stats;
+  /* After the lists, locks and counters, since its regions are medium
+   * segments, whose chunks need 15 of the type's 40 rows of bins
+   * (heap_chunks_init): all a heap touches then lies on its first two OS
+   * pages, and the rows past the 15th stay untouched (a heap touched 3
+   * pages with the whole table cleared before its locks). */
+  chunk_heap_t chunks;
   /* Last, as only realloc touches them: the heap's last pages stay
    * untouched (not resident) until it does. */
   realloc_hint_t rhint[REALLOC_HINTS]; /* this thread's (api.c) */
 } heap_t;
+#define HEAP_CHUNK_ROWS 15 /* chunk_heap_init_sized(..., SEG_SIZE) */
+_Static_assert(offsetof(heap_t, chunks.bins[HEAP_CHUNK_ROWS]) <= 2 * OS_PAGE,
+               "what a heap touches should fit two OS pages (heap.c)");
 
 /* ---- process-wide state ----------------------------------------------- */
 typedef struct allot_globals {
@@ -443,6 +451,8 @@ INTERNAL heap_t *heap_init_thread(void);
 INTERNAL bool heap_absorb_abandoned(heap_t *h);
 INTERNAL void allot_process_init(void);
 INTERNAL heap_t *heap_new_detached(void); /* a fresh heap for allot_heap_new */
+/* (Re)initialise h's chunk heap, with the bin rows its medium segments need */
+INTERNAL void heap_chunks_init(heap_t *h);
 
 /* ---- prof.c: the sampled heap profile; every call is behind g.prof ------ */
 INTERNAL void prof_configure(void); /* end of option parsing */
