@@ -47,6 +47,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 #include <unwind.h>
 
@@ -98,6 +99,9 @@ enum { FAM_MALLOC, FAM_NEW, FAM_NEWARR, NFAMILIES };
 #define QCAP 256                 /* quarantine: blocks per heap */
 #define QBYTES ((size_t)4 << 20) /* quarantine: bytes per heap */
 #define LQCAP 16                 /* quarantine: large blocks per heap */
+/* How long a check waits for another thread to finish with a block that
+ * looks damaged meanwhile (leak, check_below) */
+#define BUSY_WAIT_MS 5000
 /* secure mode: freed blocks from this size up are zeroed by giving their
  * pages back (no memory held in the quarantine); smaller ones by memset,
  * which costs less than faulting the pages in again */
@@ -443,6 +447,30 @@ static void *in_flight(void *p);
 /* in_flight's "a block not known yet": the layers are handing one out */
 #define UNKNOWN_BLOCK ((void *)1)
 
+#ifdef ALLOT_TEST_HOOKS
+/* Test builds only (hostile_largewalk_pause): every n-th large block the
+ * layers hand out, its thread stops for a while before it says it has the
+ * block in hand (in_flight), as a thread descheduled there would: the
+ * block is live, not made yet, and no thread names it. */
+static _Atomic long pause_every, pause_usec, pause_made;
+__attribute__((visibility("default"))) void allot_test_pause_made(long every,
+                                                                  long usec) {
+  atomic_store(&pause_usec, usec);
+  atomic_store(&pause_every, every);
+}
+static void test_pause_made(void *p) {
+  long every = atomic_load_explicit(&pause_every, memory_order_relaxed);
+  if (every <= 0 || !is_large(p) || atomic_fetch_add(&pause_made, 1) % every)
+    return;
+  long usec = atomic_load_explicit(&pause_usec, memory_order_relaxed);
+  struct timespec ts = {usec / 1000000, usec % 1000000 * 1000};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+#else
+#define test_pause_made(p) ((void)(p))
+#endif
+
 /* A block for size bytes, with room for `room` more (realloc's growth). */
 static void *alloc_in(heap_t *h, size_t size, size_t room, size_t align,
                       bool zero, int fam) {
@@ -459,6 +487,7 @@ static void *alloc_in(heap_t *h, size_t size, size_t room, size_t align,
   if (!p && cf.quarantine && quarantine_flush())
     p = raw_alloc(h, size + extra, align, zero || cf.zero, &u);
   if (p) {
+    test_pause_made(p);
     in_flight(p);
     p = prepare(p, size, u, zero, fam);
   }
@@ -651,13 +680,17 @@ static void check_below(void *p, const char *fn) {
   block_t *q = (block_t *)((uint8_t *)p - u);
   const char *what = NULL;
   if (below_intact(q, u, &what)) return;
-  for (int tries = 0;; tries++) {
+  /* as long as the heap walk waits for a busy thread (leak): a thread
+   * descheduled half way through may not run again for long on a loaded
+   * machine, and a number of looks runs out in milliseconds */
+  uint64_t since = os_now_ms();
+  for (;;) {
     uint64_t before = ops_now();
     if (below_intact(q, u, &what)) return;
     int holder = holder_of(q);
     if (holder == 2) return; /* half changed by a thread a fork left behind */
     bool moving = holder == 1 || ops_now() != before || busy_with(q);
-    if (!moving || tries == 10000)
+    if (!moving || os_now_ms() - since >= BUSY_WAIT_MS)
       fault(fn, what, what == mark_overwritten ? (void *)q : p);
     sched_yield();
   }
@@ -1179,9 +1212,13 @@ typedef struct walk {
   size_t unknown; /* ... and how many of them were not known yet */
 } walk_t;
 
+/* The caller's heap, and heaps their threads gave up; not one that is being
+ * set up (state 0: published, a thread is about to own it) */
 static bool examine_heap(const heap_t *h) {
   const quarantine_t *q = h->checked;
-  return h == tls_heap || (h->state != HEAP_ACTIVE && !(q && q->orphan));
+  int state = __atomic_load_n(&h->state, __ATOMIC_RELAXED);
+  return h == tls_heap || ((state == HEAP_ABANDONED || state == HEAP_POOLED) &&
+                           !(q && q->orphan));
 }
 
 static void problem(walk_t *w, const char *what, const void *where) {
@@ -1263,13 +1300,18 @@ static void leak(walk_t *w, void *p, size_t u) {
   if (ls->kind != SEG_LARGE) ls = NULL;
   /* A block another running thread is freeing, resizing or making (large
    * blocks belong to no heap; other threads free into examined heaps) is
-   * not damaged: look again until no thread was busy while we looked. A
+   * not damaged: look again until no thread was busy while we looked. The
+   * wait is bounded by time, a few seconds, never by a number of looks: a
    * thread that has this very block in hand may take long (debug mode
-   * fills a new large block whole): wait for it up to a few seconds, not a
-   * number of tries (the bound only keeps a thread that waits for a lock
-   * the walk holds from waiting forever). */
+   * fills a new large block whole), and one may be descheduled anywhere,
+   * also where only "a block not known yet" says it is busy (the layers
+   * handed it a large block, live from then on, and it has not said which
+   * yet): a thousand looks took 0.3 to 3 ms, less than a time slice on a
+   * loaded machine, and so reported such a block as overwritten
+   * (hostile_largewalk). The bound only keeps a thread that waits for a
+   * lock the walk holds from waiting forever. */
   uint64_t since = 0;
-  for (int tries = 0; cf.trailer; tries++) {
+  while (cf.trailer) {
     uint64_t before = ops_now();
     if (ls) {
       if (!large_pin(ls)) return; /* freed meanwhile: not a leak */
@@ -1286,11 +1328,13 @@ static void leak(walk_t *w, void *p, size_t u) {
     if (ls) large_unpin(ls);
     if (size != SIZE_MAX) break;
     if (!live || leaving) return; /* freed meanwhile: not a leak */
-    if (held && !since) since = os_now_ms();
-    if ((held && os_now_ms() - since < 5000) ||
-        ((ops_now() != before || busy_with(p)) && tries < 1000)) {
-      sched_yield();
-      continue;
+    if (held || ops_now() != before || busy_with(p)) {
+      uint64_t now = os_now_ms();
+      if (!since) since = now;
+      if (now - since < BUSY_WAIT_MS) {
+        sched_yield();
+        continue;
+      }
     }
     if (w->unknown) {
       /* a block the layers were handing to a thread that is gone (fork):

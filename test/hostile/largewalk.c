@@ -13,7 +13,16 @@
  * checked before it is freed. Fails (exit 1) on any check report or pattern
  * mismatch; a crash fails it too.
  *
- *   hostile_largewalk [seconds] [workers] */
+ * hostile_largewalk_pause (largewalk_pause.c: this file with allot's test
+ * hooks) stops the maker of every other large block for 10 ms between the
+ * layers handing it the block and its saying so (checked.c, in_flight), as a
+ * thread descheduled there on a loaded machine: the block is live and not
+ * made yet, and only "a thread is making a block not known yet" tells the
+ * check to wait. A check that gave up after a number of looks (1000, 0.3
+ * to 3 ms) reported it overwritten ("block trailer overwritten") within
+ * the first second here.
+ *
+ *   hostile_largewalk[_pause] [seconds] [workers] */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -26,6 +35,12 @@
 #include <time.h>
 
 #include "allot.h"
+
+#ifdef LARGEWALK_PAUSE
+/* allot-testhooks (checked.c): every n-th large block made, its thread
+ * sleeps usec microseconds before it says it has the block in hand */
+void allot_test_pause_made(long every, long usec);
+#endif
 
 #define MIB ((size_t)1 << 20)
 #define SLOTS 6
@@ -138,6 +153,9 @@ int main(int argc, char **argv) {
   if (nw < 1 || nw > MAXW) nw = 3;
   pthread_t w[MAXW], c;
   allot_free(allot_malloc(1)); /* start-up done before the threads race */
+#ifdef LARGEWALK_PAUSE
+  allot_test_pause_made(2, 10 * 1000);
+#endif
   for (int i = 0; i < nw; i++)
     pthread_create(&w[i], NULL, worker, (void *)(uintptr_t)i);
   pthread_create(&c, NULL, checker, NULL);
