@@ -456,7 +456,10 @@ static ALWAYS_INLINE bool medium_small_ok(size_t cls, size_t size) {
  * is per class. */
 static NOINLINE void *page_borrow(heap_t *h, size_t cls, size_t size,
                                   bool locked) {
-  if (h->first_class || g.slow_mode || g.prof) return NULL;
+  if (h->first_class || g.slow_mode || g.prof) {
+    h->borrowed[cls] = BORROW_NONE; /* or every refill would come here */
+    return NULL;
+  }
   for (size_t d = cls + 1; d <= cls + BORROW_CLASSES && d < NCLASSES; d++) {
     if (class_size[d] >= 2 * size) break;
     /* under the page lock: the lender's full pages other threads freed
