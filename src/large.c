@@ -287,8 +287,9 @@ static size_t fill_from_cache(uint8_t *base, size_t at, size_t end,
       /* walkers see only what stays; allot_check, bounds never past the
        * mapping (large_size first) */
       if (s->large_size > from - s->large_offset)
-        s->large_size = from - s->large_offset;
-      s->map_size = from;
+        __atomic_store_n(&s->large_size, from - s->large_offset,
+                         __ATOMIC_RELAXED);
+      __atomic_store_n(&s->map_size, from, __ATOMIC_RELEASE);
       pieces_cut(pieces_of(s), from);
     }
     move_range((uint8_t *)s, &src, from, size, base + pos, base, out, false);
