@@ -1494,13 +1494,17 @@ static void check_global(segment_t *s, void *arg) {
   uint32_t st = atomic_load_explicit(&s->large_state, memory_order_acquire);
   if (st > LARGE_QUARANTINED)
     return fail(c, "large block in an unknown state", s);
-  /* The mapping's size first: the cache shrinks a mapping it reuses part of
-   * by writing large_size, then map_size (large.c, fill_from_cache), so a
-   * map_size read before large_size is never the smaller of a pair */
-  size_t off = s->large_offset,
-         map = __atomic_load_n(&s->map_size, __ATOMIC_ACQUIRE);
+  /* A pair of sizes that held together: realloc and the cache change both
+   * of a live or cached mapping, the one that keeps the bounds inside the
+   * mapping first, and the second with release (large.c); a map_size that
+   * reads the same around large_size was not changed in between */
+  size_t off = s->large_offset, map, size;
+  do {
+    map = __atomic_load_n(&s->map_size, __ATOMIC_ACQUIRE);
+    size = __atomic_load_n(&s->large_size, __ATOMIC_ACQUIRE);
+  } while (map != __atomic_load_n(&s->map_size, __ATOMIC_RELAXED));
   if (st && (off < LARGE_OFFSET || off > SEG_SIZE || (off & (off - 1)) ||
-             off + __atomic_load_n(&s->large_size, __ATOMIC_RELAXED) > map))
+             off + size > map))
     return fail(c, "large block header has bad bounds", s);
   if ((st == LARGE_LIVE || st == LARGE_QUARANTINED) && !segmap_has(s))
     return fail(c, "live large block missing from the segment map", s);

@@ -285,10 +285,9 @@ static size_t fill_from_cache(uint8_t *base, size_t at, size_t end,
       segment_unregister(s);
     } else {
       /* walkers see only what stays; allot_check, bounds never past the
-       * mapping (large_size first) */
+       * mapping (the size first, introspect.c's check_global) */
       if (s->large_size > from - s->large_offset)
-        __atomic_store_n(&s->large_size, from - s->large_offset,
-                         __ATOMIC_RELAXED);
+        s->large_size = from - s->large_offset;
       __atomic_store_n(&s->map_size, from, __ATOMIC_RELEASE);
       pieces_cut(pieces_of(s), from);
     }
@@ -510,14 +509,14 @@ void *large_realloc(segment_t *s, void *p, size_t size) {
     if (map_size < old) {
       pieces_cut(pl, map_size);
       os_unmap((uint8_t *)s + map_size, old - map_size);
-      s->map_size = map_size;
+      __atomic_store_n(&s->map_size, map_size, __ATOMIC_RELEASE);
     }
     return p;
   }
   size_t last = pl->n > 1 ? pl->end[pl->n - 2] : 0;
   if (os_remap_inplace((uint8_t *)s + last, old - last, map_size - last)) {
-    s->map_size = map_size;
-    s->large_size = need - LARGE_OFFSET;
+    s->map_size = map_size; /* the mapping first (check_global) */
+    __atomic_store_n(&s->large_size, need - LARGE_OFFSET, __ATOMIC_RELEASE);
     /* cached pages rather than fresh ones for the extension */
     if (cache_bytes && !g.use_brk &&
         fill_from_cache((uint8_t *)s, old, map_size, pl) > old)

@@ -484,9 +484,16 @@ static ALWAYS_INLINE void page_borrow_grown(heap_t *h, size_t cls) {
   if (h->borrowed[cls] == BORROW_MAX) h->borrowed[cls] = 0;
 }
 
+/* A class may look for a lender: it has not borrowed its fill since its
+ * pages last grew, and the request is not of its own size (aligned). */
+static ALWAYS_INLINE bool page_may_borrow(const heap_t *h, size_t cls,
+                                          size_t size) {
+  return h->borrowed[cls] < BORROW_MAX && size < class_size[cls];
+}
+
 static ALWAYS_INLINE void *page_try_borrow(heap_t *h, size_t cls, size_t size) {
-  if (h->borrowed[cls] >= BORROW_MAX || size >= class_size[cls]) return NULL;
-  return page_borrow(h, cls, size, false);
+  return page_may_borrow(h, cls, size) ? page_borrow(h, cls, size, false)
+                                       : NULL;
 }
 
 /* Whether a class that found no lender (BORROW_NONE) should look again:
@@ -607,10 +614,10 @@ static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
   }
   uint64_t wake = atomic_load_explicit(&h->xwake, memory_order_relaxed) |
                   atomic_load_explicit(&h->xstrand, memory_order_relaxed);
-  void *p = (h->borrowed[cls] < BORROW_MAX && size < class_size[cls]) ||
-                    page_lender_woken(h, cls, size, wake)
-                ? page_borrow(h, cls, size, true)
-                : NULL;
+  void *p =
+      page_may_borrow(h, cls, size) || page_lender_woken(h, cls, size, wake)
+          ? page_borrow(h, cls, size, true)
+          : NULL;
   if (p) {
     set_current(h, cls, grow ? grow : &empty_page);
     return p;
