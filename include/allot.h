@@ -147,9 +147,9 @@ ALLOT_EXPORT allot_heap_t *allot_heap_of(const void *p);
  * kept only in statistics mode (ALLOT_STATS=1 or allot_option_set), in which
  * every call takes the slower checked path; otherwise they are 0. */
 #define ALLOT_STATS_ROWS                                                       \
-  59 /* 0 zero-size, 1..56 small classes, medium, large */
-#define ALLOT_STATS_MEDIUM 57
-#define ALLOT_STATS_LARGE 58
+  61 /* 0 zero-size, 1..58 small classes, medium, large */
+#define ALLOT_STATS_MEDIUM 59
+#define ALLOT_STATS_LARGE 60
 
 typedef struct allot_class_stats {
   size_t block_size; /* small classes: the block size; else 0 */
@@ -234,7 +234,7 @@ typedef struct allot_walk_info {
                       says of it (0 for a malloc(0) block) */
   size_t overhead; /* block: allot's bytes just before addr (chunk header) */
   int in_use;      /* block: 1 live, 0 free */
-  unsigned size_class; /* small pages and blocks: class 1..56 */
+  unsigned size_class; /* small pages and blocks: class 1..58 */
   size_t block_size;   /* page: its block size; block: the bytes the heap
                           gave it (blocks' sizes tile pages and regions) */
   size_t blocks;       /* page: blocks it holds; region: blocks in it */

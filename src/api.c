@@ -75,6 +75,9 @@ static NOINLINE void *alloc_aligned(size_t align, size_t size) {
     size_t cls = aligned_class(size, align);
     /* SIZE_MAX: a block of the class itself (page.c, page_alloc_sized) */
     if (cls) return heap_alloc_class(tls_heap, cls, SIZE_MAX, "malloc");
+  } else {
+    size_t cls = aligned_class_paged(size, align);
+    if (cls) return heap_alloc_class(tls_heap, cls, SIZE_MAX, "malloc");
   }
   return alloc_big(size, align, false);
 }
@@ -404,7 +407,7 @@ EXPORT void allot_free_aligned_sized(void *p, size_t align, size_t size) {
   } else if (seg_kind(s) == SEG_SMALL) {
     page_t *pg = page_of(s, p);
     usable_size(p, "free_aligned_sized");
-    if (pg->cls != aligned_class(size, align))
+    if (pg->cls != aligned_class_any(size, align))
       fault("free_aligned_sized", "size does not match the block", p);
   } else if (size > usable_size(p, "free_aligned_sized")) {
     fault("free_aligned_sized", "size larger than the block", p);

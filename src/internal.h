@@ -36,11 +36,15 @@
 #define PAGES_PER_SEG (SEG_SIZE / PAGE_SIZE)
 #define OS_PAGE 4096u
 
-#define SMALL_MAX 8192u              /* largest size served from pages */
+#define SMALL_MAX 8192u              /* largest malloc served from pages */
 #define MEDIUM_MAX ((size_t)1 << 20) /* largest size from the chunk heap */
-#define NCLASSES 57                  /* class 0 unused; 1..56 */
-#define LARGE_OFFSET OS_PAGE /* user data of a large block starts here */
-#ifndef ALLOT_SECURE_DEFAULT /* CMake option ALLOT_SECURE_DEFAULT */
+/* Classes 1..56 hold sizes up to SMALL_MAX; 57 and 58 (12 and 16 KiB) only
+ * aligned requests (aligned_class_paged). */
+#define NCLASSES 59
+#define CLASSES_BY_SIZE 57
+#define PAGED_ALIGNED_MAX 16384u /* largest aligned request from pages */
+#define LARGE_OFFSET OS_PAGE     /* user data of a large block starts here */
+#ifndef ALLOT_SECURE_DEFAULT     /* CMake option ALLOT_SECURE_DEFAULT */
 #define ALLOT_SECURE_DEFAULT 0
 #endif
 /* Address bits covered by the segment map; pointers above are foreign. */
@@ -597,6 +601,29 @@ static inline size_t aligned_class(size_t size, size_t align) {
    * load's displacement) */
   return (&class_aligned[0][0])[(size_t)__builtin_ctzl(align) * CLASS_ROW +
                                 size_class(need) - 5 * CLASS_ROW];
+}
+
+/* A buffer of a few OS pages aligned to 2 KiB or more (O_DIRECT I/O,
+ * page-aligned tables): rounded up to its alignment above SMALL_MAX and at
+ * most PAGED_ALIGNED_MAX, it comes from the classes past the sizes' (12 and
+ * 16 KiB blocks, 4 KiB multiples, so every block of a 64 KiB page keeps the
+ * alignment), or 0. A medium chunk costs such a request a leading gap cut
+ * off and merged back, under the heap's lock: 840 instructions a malloc and
+ * free against ~100 from a page (docs/performance.md, `aligned`). Plain
+ * mallocs of these sizes stay medium, whose chunks fit them to 16 bytes. */
+static inline size_t aligned_class_paged(size_t size, size_t align) {
+  if (align < 2048 || size > PAGED_ALIGNED_MAX) return 0; /* need can't wrap */
+  size_t need = (size + align - 1) & ~(align - 1);
+  if (need <= SMALL_MAX || need > PAGED_ALIGNED_MAX) return 0;
+  return need <= 12288 && align <= 4096 ? CLASSES_BY_SIZE : CLASSES_BY_SIZE + 1;
+}
+
+/* The class a small block made for an aligned request has: what
+ * free_aligned_sized holds the block to. */
+static inline size_t aligned_class_any(size_t size, size_t align) {
+  return align <= SMALL_MAX && size <= SMALL_MAX
+             ? aligned_class(size, align)
+             : aligned_class_paged(size, align);
 }
 
 /* ---- prof.c's hooks, inlined into the slow paths (behind g.prof) ---------

@@ -29,6 +29,11 @@
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 #define ALOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
+_Static_assert(ALLOT_STATS_ROWS == STATS_ROWS &&
+                   ALLOT_STATS_MEDIUM == STATS_MEDIUM &&
+                   ALLOT_STATS_LARGE == STATS_LARGE,
+               "allot.h's statistics rows are the classes' rows");
+
 /* ---- text output into a bounded buffer ------------------------------------
  */
 
@@ -939,7 +944,7 @@ static void snap_small(segment_t *s, small_snap_t *ss) {
         p->free_bits[k / 64] |= (uint64_t)1 << (k % 64);
       } else {
         used++;
-        /* below SMALL_MAX, so it fits 16 bits */
+        /* at most PAGED_ALIGNED_MAX, so it fits 16 bits */
         if (g.slow_mode) p->size[k] = (uint16_t)checked_walk_size(b, bsize);
       }
     }

@@ -14,13 +14,15 @@
 #include <stdlib.h>
 
 /* Block size of each class: multiples of 16 up to 128, then eight classes
- * per power of two (at most 12.5 % apart). Generated; see docs/design.md. */
+ * per power of two (at most 12.5 % apart) up to SMALL_MAX; generated, see
+ * docs/design.md. Past those, 12 and 16 KiB for aligned requests only
+ * (aligned_class_paged). */
 const uint32_t class_size[NCLASSES] = {
-    0,    16,   32,   48,   64,   80,   96,   112,  128,  144,  160,  176,
-    192,  208,  224,  240,  256,  288,  320,  352,  384,  416,  448,  480,
-    512,  576,  640,  704,  768,  832,  896,  960,  1024, 1152, 1280, 1408,
-    1536, 1664, 1792, 1920, 2048, 2304, 2560, 2816, 3072, 3328, 3584, 3840,
-    4096, 4608, 5120, 5632, 6144, 6656, 7168, 7680, 8192,
+    0,    16,   32,   48,   64,   80,   96,   112,  128,  144,   160,   176,
+    192,  208,  224,  240,  256,  288,  320,  352,  384,  416,   448,   480,
+    512,  576,  640,  704,  768,  832,  896,  960,  1024, 1152,  1280,  1408,
+    1536, 1664, 1792, 1920, 2048, 2304, 2560, 2816, 3072, 3328,  3584,  3840,
+    4096, 4608, 5120, 5632, 6144, 6656, 7168, 7680, 8192, 12288, 16384,
 };
 
 /* Class of every size up to SMALL_MAX, indexed by (size + 15) / 16. Size 0

@@ -270,10 +270,41 @@ static int64_t weight_of(size_t size) {
  * is known. */
 static int64_t class_weight[NCLASSES];
 
+/* The countdown's logarithm (draw), without ln's division: for m in [1, 2)
+ * in the i-th of LN_PARTS equal parts, whose middle is c, ln m = ln c +
+ * ln(1 + r) with r = m (1 / c) - 1, |r| < 1 / (2 LN_PARTS), and ln(1 + r) by
+ * five terms of its series (the first left out, r^6 / 6, below 3e-12). */
+#define LN_PARTS 32
+static struct {
+  double inv, ln; /* 1 / c, ln c */
+} ln_part[LN_PARTS];
+
 static void tables_init(void) {
   inv_rate = 1.0 / (double)rate;
   for (size_t cls = 1; cls < NCLASSES; cls++)
     class_weight[cls] = weight_of(class_size[cls]);
+  for (int i = 0; i < LN_PARTS; i++) {
+    double c = 1 + (i + 0.5) / LN_PARTS;
+    ln_part[i].inv = 1 / c;
+    ln_part[i].ln = -ln(1 / c);
+  }
+}
+
+/* ln x for an integer 1 <= x <= 2^53, by ln_part */
+static ALWAYS_INLINE double ln_int(uint64_t x) {
+  double d = (double)x; /* exact */
+  uint64_t bits;
+  memcpy(&bits, &d, 8);
+  int e = (int)(bits >> 52) - 1023;
+  size_t i = (size_t)(bits >> (52 - 5)) & (LN_PARTS - 1);
+  _Static_assert(LN_PARTS == 1 << 5, "the part is the mantissa's top bits");
+  bits = (bits & (((uint64_t)1 << 52) - 1)) | ((uint64_t)1023 << 52);
+  double m;
+  memcpy(&m, &bits, 8);
+  double r = m * ln_part[i].inv - 1;
+  double s =
+      r * (1 - r * (1.0 / 2 - r * (1.0 / 3 - r * (1.0 / 4 - r * (1.0 / 5)))));
+  return s + ln_part[i].ln + e * 0.6931471805599453;
 }
 
 static uint64_t next_random(pthread_state_t *t) {
@@ -285,10 +316,11 @@ static uint64_t next_random(pthread_state_t *t) {
   return x * 0x2545F4914F6CDD1Dull;
 }
 
-/* Bytes until the next sample: exponential with mean `rate`, at least 1. */
+/* Bytes until the next sample: exponential with mean `rate`, at least 1:
+ * -rate ln u for u = x 2^-53 uniform in (0, 1]. */
 static int64_t draw(pthread_state_t *t) {
-  double u = (double)((next_random(t) >> 11) + 1) * 0x1p-53; /* (0, 1] */
-  return (int64_t)(-(double)rate * ln(u)) + 1;
+  uint64_t x = (next_random(t) >> 11) + 1;
+  return (int64_t)((double)rate * (53 * 0.6931471805599453 - ln_int(x))) + 1;
 }
 
 static uint64_t seed; /* the process's, from the constructor */
@@ -681,9 +713,12 @@ static ALWAYS_INLINE bool walk_same(const walk_t *w, uintptr_t sp,
   if (w->sp != sp || (w->bp != bp && w->bp != 1) || w->thread != (uintptr_t)&T)
     return false;
   const uintptr_t(*r)[2] = w->read, (*end)[2] = r + w->nreads;
-  for (; r < end; r++)
-    if (*(const uintptr_t *)(*r)[0] != (*r)[1]) return false;
-  return true;
+  /* two words a test: one branch and one loop step for both */
+  for (; r + 1 < end; r += 2)
+    if (((*(const uintptr_t *)r[0][0] ^ r[0][1]) |
+         (*(const uintptr_t *)r[1][0] ^ r[1][1])) != 0)
+      return false;
+  return r == end || *(const uintptr_t *)(*r)[0] == (*r)[1];
 }
 
 /* -1: libgcc must do this one; otherwise the frames' count, with lock
@@ -1301,8 +1336,8 @@ static NOINLINE void *small_sample(pthread_state_t *t, void *p, page_t *pg) {
       prof_small_tls.left -= bytes;
       break;
     }
-    size_t k =
-        (size_t)((prof_small_tls.left - 1) / (int64_t)b); /* where it ends */
+    /* where it ends; below a page's bytes, so a 32-bit division */
+    size_t k = (uint32_t)(prof_small_tls.left - 1) / (uint32_t)b;
     prof_small_tls.left = draw(t);
     if (k == 0 && held) { /* p's malloc is the sample */
       if (!(got = sample_block(t, b, align, usable, pg->cls, p, &kept))) break;
@@ -1327,7 +1362,10 @@ static page_t *small_page(void *p) {
 static NOINLINE void *small_slow(pthread_state_t *t, void *p, page_t *pg) {
   /* The hook counted h->current[cls], which is p's page on every path of
    * page_malloc_slow; a sample cuts and unpops, so that is made sure of. */
-  if (unlikely(small_page(p) != pg)) {
+  if (unlikely(pg == &empty_page || page_of(segment_of(p), p) != pg)) {
+    /* (equal, the addresses say that p is pg's without reading p's
+     * segment header, a cache miss at most samples: page_of's result lies
+     * in p's own segment, and pg is a page of a small one) */
     if (!(pg = small_page(p))) return p;
   }
   if (atomic_load_explicit(&ready, memory_order_acquire) && !g.slow_mode) {

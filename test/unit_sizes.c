@@ -155,9 +155,10 @@ static void test_aligned(void) {
   }
 
   /* runs of one aligned class, interleaved with plain mallocs */
-  static const size_t run[][2] = {{32, 16},  {64, 48},     {64, 100},
-                                  {128, 24}, {256, 300},   {512, 512},
-                                  {1024, 1}, {4096, 4000}, {8192, 5000}};
+  static const size_t run[][2] = {{32, 16},      {64, 48},      {64, 100},
+                                  {128, 24},     {256, 300},    {512, 512},
+                                  {1024, 1},     {4096, 4000},  {8192, 5000},
+                                  {2048, 10000}, {4096, 12288}, {16384, 16384}};
   for (size_t r = 0; r < sizeof run / sizeof *run; r++) {
     enum { N = 1500 };
     static void *a[N], *m[N];
@@ -188,6 +189,81 @@ static void test_aligned(void) {
     }
   }
 }
+
+#ifdef TEST_ALLOT
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Aligned requests of 2 KiB alignment or more whose rounded size is 8..16
+ * KiB come from small pages of 12 or 16 KiB blocks (classes 57 and 58):
+ * their usable size is the block's, the statistics count them there, and
+ * allot_free_aligned_sized holds them to that class. */
+static size_t paged_expected(size_t align, size_t size) {
+  size_t need = (size + align - 1) & ~(align - 1);
+  if (align < 2048 || need <= 8192 || need > 16384) return 0;
+  return need <= 12288 && align <= 4096 ? 12288 : 16384;
+}
+
+static size_t class_blocks(size_t row) {
+  allot_stats_t st;
+  CHECK(allot_stats_get(&st) == 0, "allot_stats_get failed");
+  return st.rows[row].blocks;
+}
+
+static void test_paged_aligned(void) {
+  /* checked modes (debug, secure, statistics) keep to the classes by size */
+  if (allot_option_get(ALLOT_OPTION_DEBUG) ||
+      allot_option_get(ALLOT_OPTION_SECURE) ||
+      allot_option_get(ALLOT_OPTION_STATS)) {
+    printf("unit_sizes: paged aligned classes not used in checked mode\n");
+    return;
+  }
+  static const size_t aligns[] = {1024, 2048, 4096, 8192, 16384, 32768};
+  static const size_t sizes[] = {100,   8192,  8193,  9000,  10240,
+                                 12288, 12289, 16384, 16385, 20000};
+  for (size_t i = 0; i < sizeof aligns / sizeof *aligns; i++)
+    for (size_t j = 0; j < sizeof sizes / sizeof *sizes; j++) {
+      size_t a = aligns[i], n = sizes[j], want = paged_expected(a, n);
+      size_t b57 = class_blocks(57), b58 = class_blocks(58);
+      void *p = NULL;
+      int r = posix_memalign(&p, a, n);
+      CHECK(r == 0, "posix_memalign(%zu, %zu) returned %d", a, n, r);
+      check_block(p, n, a, "posix_memalign (paged)");
+      if (!p) continue;
+      size_t got57 = class_blocks(57) - b57, got58 = class_blocks(58) - b58;
+      if (want) {
+        CHECK(malloc_usable_size(p) == want,
+              "posix_memalign(%zu, %zu): usable %zu, want a %zu-byte block", a,
+              n, malloc_usable_size(p), want);
+        CHECK(got57 == (want == 12288) && got58 == (want == 16384),
+              "posix_memalign(%zu, %zu): class 57 +%zu, 58 +%zu", a, n, got57,
+              got58);
+      } else {
+        CHECK(got57 == 0 && got58 == 0,
+              "posix_memalign(%zu, %zu) took a paged block (57 +%zu, 58 +%zu)",
+              a, n, got57, got58);
+      }
+      fill(p, 0, n, a + n);
+      CHECK(verify(p, n, a + n) == SIZE_MAX, "paged block %zu/%zu", a, n);
+      allot_free_aligned_sized(p, a, n);
+      CHECK(class_blocks(57) == b57 && class_blocks(58) == b58,
+            "free_aligned_sized(%zu, %zu) left the block counted", a, n);
+    }
+  /* a paged block freed with the other class's size is refused */
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    void *p = aligned_alloc(4096, 12288);
+    allot_free_aligned_sized(p, 4096, 16384);
+    _exit(0);
+  }
+  int st = 0;
+  CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFSIGNALED(st) &&
+            WTERMSIG(st) == SIGABRT,
+        "free_aligned_sized of a 12 KiB block as 16 KiB: status %#x", st);
+}
+#endif
 
 /* ---- realloc across boundaries -------------------------------------------*/
 
@@ -372,6 +448,9 @@ static void test_many(void) {
 int main(void) {
   test_many();
   test_aligned();
+#ifdef TEST_ALLOT
+  test_paged_aligned();
+#endif
   test_realloc_classes();
   test_realloc_thresholds();
   if (failures) {
