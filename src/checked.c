@@ -467,8 +467,22 @@ static void test_pause_made(void *p) {
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
   }
 }
+/* hostile_adoptwalk: the heap check of a heap no thread owns stops for a
+ * while at the first free list it reads, between its head and the rest, as
+ * a checker descheduled there would. */
+static _Atomic long pause_walk_usec;
+__attribute__((visibility("default"))) void allot_test_pause_walk(long usec) {
+  atomic_store(&pause_walk_usec, usec);
+}
+static void test_pause_walk(void) {
+  long usec = atomic_load_explicit(&pause_walk_usec, memory_order_relaxed);
+  struct timespec ts = {usec / 1000000, usec % 1000000 * 1000};
+  while (usec > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
 #else
 #define test_pause_made(p) ((void)(p))
+#define test_pause_walk() ((void)0)
 #endif
 
 /* A block for size bytes, with room for `room` more (realloc's growth). */
@@ -1207,6 +1221,7 @@ typedef struct walk {
   lblock_t *blocks; /* the exit report: every block still allocated */
   size_t nblocks, blocks_cap;
   bool collect, collect_failed;
+  bool pause; /* test hook: stop at the next free list (test_pause_walk) */
   void *half_made[256]; /* blocks gone threads had in hand at the fork */
   size_t nhalf;
   size_t unknown; /* ... and how many of them were not known yet */
@@ -1419,7 +1434,12 @@ static void walk_small_segment(walk_t *w, segment_t *s) {
     uint8_t *start = page_start(s, pg);
     /* the owner's free list: every link inside the page, on a block */
     size_t n = 0;
-    for (block_t *b = pg->free; b; b = link_decode(b->next, b)) {
+    block_t *head = pg->free;
+    if (w->pause && head) {
+      w->pause = false;
+      test_pause_walk();
+    }
+    for (block_t *b = head; b; b = link_decode(b->next, b)) {
       if ((uint8_t *)b < start || (uint8_t *)b >= start + PAGE_SIZE ||
           page_block_index_fault(pg, b) == SIZE_MAX ||
           b->mark != free_mark(b)) {
@@ -1507,10 +1527,12 @@ static void walk_heaps(walk_t *w) {
       w->half_made[w->nhalf++] = busy;
   }
   for (heap_t *h = heaps_first(); h; h = h->next_all) {
-    if (!examine_heap(h)) {
+    bool own = h == tls_heap;
+    if (!examine_heap(h) || (!own && !heap_hold_unowned(h))) {
       w->skipped_heaps++;
       continue;
     }
+    w->pause = !own;
     os_lock(&h->seg_lock);
     for (segment_t *s = h->segs; s; s = s->hnext)
       walk_small_segment(w, s);
@@ -1519,6 +1541,7 @@ static void walk_heaps(walk_t *w) {
     walk_medium(w, h);
     os_unlock(&h->medium_lock);
     walk_quarantine(w, h);
+    if (!own) heap_unhold();
   }
   segments_visit(walk_large, w);
 }

@@ -298,6 +298,26 @@ bool heap_absorb_abandoned(heap_t *h) {
   return true;
 }
 
+/* A thread takes a heap no thread owns only under heaps_lock (heap_acquire;
+ * heap_absorb_abandoned takes it off the list under it too, then moves its
+ * segments under their seg_lock, which a walk holds while it reads them).
+ * So a walk of such a heap holds heaps_lock: a check that chose the heap and
+ * walked it while a new thread took it over read its pages' free lists as
+ * the owner changed them ("corrupted free list": hostile_adoptwalk). A walk
+ * takes h's seg_lock and medium_lock under it, in fork_prepare's order.
+ * Threads that start or exit meanwhile wait for the walk of one heap. */
+bool heap_hold_unowned(heap_t *h) {
+  os_lock(&heaps_lock);
+  int state = __atomic_load_n(&h->state, __ATOMIC_RELAXED);
+  if (state == HEAP_ABANDONED || state == HEAP_POOLED) return true;
+  os_unlock(&heaps_lock);
+  return false;
+}
+
+void heap_unhold(void) {
+  os_unlock(&heaps_lock);
+}
+
 /* ---- fork ---------------------------------------------------------------
  * Every lock is taken before fork so the child starts with consistent
  * shared state. In the child the other threads are gone mid-flight: their

@@ -453,6 +453,10 @@ INTERNAL void free_unchecked(void *p, const char *fn);
 /* ---- heap.c ----------------------------------------------------------- */
 INTERNAL heap_t *heap_init_thread(void);
 INTERNAL bool heap_absorb_abandoned(heap_t *h);
+/* For another thread's walk of heap h (checked.c): true, holding what keeps
+ * threads from taking h over, if no thread owns h; heap_unhold then. */
+INTERNAL bool heap_hold_unowned(heap_t *h);
+INTERNAL void heap_unhold(void);
 INTERNAL void allot_process_init(void);
 INTERNAL heap_t *heap_new_detached(void); /* a fresh heap for allot_heap_new */
 /* (Re)initialise h's chunk heap, with the bin rows its medium segments need */

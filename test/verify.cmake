@@ -54,6 +54,7 @@ set_tests_properties(hostile_osfail hostile_osfail_brk PROPERTIES
 if(NOT ALLOT_SANITIZE MATCHES "thread")
   allot_hostile(largewalk LIBS allot-prefixed)
   allot_hostile(largewalk_pause LIBS allot-testhooks)
+  allot_hostile(adoptwalk LIBS allot-testhooks)
   foreach(mode DEBUG SECURE)
     string(TOLOWER ${mode} lower)
     add_test(NAME hostile_largewalk_${lower} COMMAND hostile_largewalk 3)
@@ -61,6 +62,10 @@ if(NOT ALLOT_SANITIZE MATCHES "thread")
       COMMAND hostile_largewalk_pause 2)
     set_tests_properties(hostile_largewalk_${lower}
       hostile_largewalk_pause_${lower} PROPERTIES
+      ENVIRONMENT "ALLOT_${mode}=1" TIMEOUT 120 LABELS "verify;prefixed")
+    # a check while threads take over the heaps others left (adoptwalk.c)
+    add_test(NAME hostile_adoptwalk_${lower} COMMAND hostile_adoptwalk 2)
+    set_tests_properties(hostile_adoptwalk_${lower} PROPERTIES
       ENVIRONMENT "ALLOT_${mode}=1" TIMEOUT 120 LABELS "verify;prefixed")
   endforeach()
 endif()
