@@ -92,6 +92,9 @@ typedef struct pthread_state {
   int64_t forced_left;
   uint32_t next_cut; /* the slot taken when none is free */
   uint32_t ncuts;    /* slots in use */
+  /* lists cut, and of them taken back whole, not yet in cut_lists and
+   * cut_lists_whole (cuts_fold) */
+  uint32_t cuts_n, whole_n;
   pcut_t cuts[CUTS];
 } pthread_state_t;
 
@@ -114,8 +117,18 @@ static size_t index_cap;
 static psample_t *samples;
 static size_t nsamples, samples_cap;
 static uint8_t *arena_next, *arena_end; /* frames of the stacks */
-static uintptr_t spares[NCLASSES][SPARES];
-static uint8_t nspares[NCLASSES];
+/* A class's spare chunks with their usable sizes, and its samples' weight
+ * (tables_init), in one line: a sample that took a spare read the chunk's
+ * header for its size, a cache miss at most small samples of aligned (a
+ * third of small_sample's time, perf record). */
+typedef struct pclass {
+  _Alignas(64) uintptr_t spare[SPARES];
+  uint32_t spare_size[SPARES];
+  int64_t weight;
+  uint8_t nspares;
+} pclass_t;
+_Static_assert(sizeof(pclass_t) == 64, "a class's line");
+static pclass_t classes[NCLASSES];
 static size_t spare_bytes;
 /* The filter over the addresses of live samples (internal.h): a free whose
  * group bit is clear is no sample, known without the lock; else prof_free
@@ -139,8 +152,16 @@ static int64_t live_total, peak_total;
 static uint64_t epoch; /* snapshots taken */
 static uint64_t start_ns, start_ticks, peak_ticks, busy_ticks;
 static uint64_t taken, dropped;
-/* lists cut (cut), and those of them taken back whole (page_take_xfree) */
-static _Atomic uint64_t cut_lists, cut_lists_whole;
+/* lists cut (cut), and those of them taken back whole (page_take_xfree):
+ * counted by each thread, and added here under lock at its next small
+ * sample, the sample the cut was for (two atomic operations a small
+ * sample fewer), at its exit (prof_uncut) and at the profile's. */
+static uint64_t cut_lists, cut_lists_whole;
+static ALWAYS_INLINE void cuts_fold(pthread_state_t *t) {
+  cut_lists += t->cuts_n;
+  cut_lists_whole += t->whole_n;
+  t->cuts_n = t->whole_n = 0;
+}
 
 /* The hash tables (samples, stack index, filter) are made resident when
  * they are made (os_populate). A page of them that is first read (a probe)
@@ -266,23 +287,17 @@ static int64_t weight_of(size_t size) {
   return (int64_t)((double)size / p + 0.5);
 }
 
-/* A small sample's weight by class, made by prof_configure once the rate
- * is known. */
-static int64_t class_weight[NCLASSES];
-
 /* The countdown's logarithm (draw), without ln's division: for m in [1, 2)
  * in the i-th of LN_PARTS equal parts, whose middle is c, ln m = ln c +
  * ln(1 + r) with r = m (1 / c) - 1, |r| < 1 / (2 LN_PARTS), and ln(1 + r) by
  * five terms of its series (the first left out, r^6 / 6, below 3e-12). */
 #define LN_PARTS 32
-static struct {
-  double inv, ln; /* 1 / c, ln c */
-} ln_part[LN_PARTS];
+static struct { double inv, ln; /* 1 / c, ln c */ } ln_part[LN_PARTS];
 
 static void tables_init(void) {
   inv_rate = 1.0 / (double)rate;
   for (size_t cls = 1; cls < NCLASSES; cls++)
-    class_weight[cls] = weight_of(class_size[cls]);
+    classes[cls].weight = weight_of(class_size[cls]);
   for (int i = 0; i < LN_PARTS; i++) {
     double c = 1 + (i + 0.5) / LN_PARTS;
     ln_part[i].inv = 1 / c;
@@ -1000,8 +1015,9 @@ static bool sample_put(uintptr_t a, uint32_t stack, uint32_t usable,
       ns[j] = samples[i];
     }
     if (samples) os_unmap(samples, samples_cap * sizeof *samples);
-    samples = ns;
-    samples_cap = cap;
+    /* (sample_prefetch reads both without the lock) */
+    __atomic_store_n(&samples, ns, __ATOMIC_RELAXED);
+    __atomic_store_n(&samples_cap, cap, __ATOMIC_RELAXED);
   }
   size_t j = addr_slot(a, samples_cap);
   while (samples[j].addr)
@@ -1010,6 +1026,21 @@ static bool sample_put(uintptr_t a, uint32_t stack, uint32_t usable,
   nsamples++;
   filter_add(a, 1);
   return true;
+}
+
+/* The lines a record or a free of a sample at a reads first, asked for
+ * ahead: the filter's count and the table's slot, a cache miss each at
+ * nearly every record and free (three quarters of sample_put's time and half
+ * of prof_free's, perf annotate). The table is read without the lock, for
+ * an address only: a prefetch faults on nothing, and one of a table since
+ * replaced only fetches a line for nothing. */
+static ALWAYS_INLINE void sample_prefetch(const void *a) {
+  size_t cap = __atomic_load_n(&samples_cap, __ATOMIC_RELAXED);
+  uintptr_t tab = (uintptr_t)__atomic_load_n(&samples, __ATOMIC_RELAXED);
+  if (cap)
+    __builtin_prefetch(
+        (void *)(tab + addr_slot((uintptr_t)a, cap) * sizeof(psample_t)), 1);
+  __builtin_prefetch(&filter.count[prof_filter_slot(a)], 1);
 }
 
 /* Linear probing without tombstones: later entries of the run move back. */
@@ -1138,18 +1169,21 @@ static ALWAYS_INLINE void *sample_block(pthread_state_t *t, size_t b,
   uintptr_t ip[PROF_FRAMES];
   walk_ref_t ref;
   int n = capture(ip, &ref); /* takes lock */
+  cuts_fold(t);
   void *p = NULL;
-  bool spare = nspares[cls] != 0;
+  pclass_t *c = &classes[cls];
+  bool spare = c->nspares != 0;
   if (spare) {
-    p = (void *)spares[cls][--nspares[cls]];
-    spare_bytes -= chunk_usable_size(p);
+    c->nspares--;
+    p = (void *)c->spare[c->nspares];
+    spare_bytes -= c->spare_size[c->nspares];
   } else {
     os_unlock(&lock);
     p = sample_chunk(b, align);
     os_lock(&lock);
   }
-  *kept = p && record_locked(p, usable, (uint8_t)cls, spare, class_weight[cls],
-                             ip, n, &ref, t0, held);
+  *kept = p && record_locked(p, usable, (uint8_t)cls, spare, c->weight, ip, n,
+                             &ref, t0, held);
   os_unlock(&lock);
   t->busy = 0;
   return p;
@@ -1191,7 +1225,7 @@ static void cut(pthread_state_t *t, page_t *pg, size_t k, size_t n) {
     tail->next = link_encode(NULL, tail);
   }
   if (!rest) return;
-  atomic_fetch_add_explicit(&cut_lists, 1, memory_order_relaxed);
+  t->cuts_n++;
   pg->used += (uint32_t)(n - k);
   /* usually nobody else has freed into the page: the list goes as it is */
   uintptr_t head = 0;
@@ -1261,7 +1295,7 @@ size_t prof_collect_xfree(page_t *pg, uintptr_t head) {
     c->pg = NULL;
     t->ncuts--;
     if (!cut_tail(c, pg, &tail)) break;
-    atomic_fetch_add_explicit(&cut_lists_whole, 1, memory_order_relaxed);
+    t->whole_n++;
     return page_take_xfree(pg, head, c->rest, c->n, tail);
   }
   return page_take_xfree(pg, head, NULL, 0, NULL);
@@ -1280,9 +1314,14 @@ void prof_uncut(heap_t *h) {
     uintptr_t head;
     if (cut_tail(c, pg, &tail) && (head = atomic_exchange_explicit(
                                        &pg->xfree, 0, memory_order_acquire))) {
-      atomic_fetch_add_explicit(&cut_lists_whole, 1, memory_order_relaxed);
+      t->whole_n++;
       page_take_xfree(pg, head, c->rest, c->n, tail);
     }
+  }
+  if (t->cuts_n | t->whole_n) {
+    os_lock(&lock);
+    cuts_fold(t);
+    os_unlock(&lock);
   }
 }
 
@@ -1413,6 +1452,7 @@ static NOINLINE void count_block(pthread_state_t *t, void *p, size_t size,
   }
   prof_left_big -= (int64_t)size;
   if (prof_left_big > 0) return;
+  if (!drop) sample_prefetch(p);
   prof_left_big = draw(t);
   if (drop) return;
   t->busy = 1;
@@ -1454,6 +1494,7 @@ static bool prof_block(segment_t *s) {
  * p is kept as a spare, and must not be freed. */
 bool prof_free(segment_t *s, void *p) {
   (void)s;
+  sample_prefetch(p);
   if (!filter_has(p)) return false;
   bool keep = false;
   uintptr_t held = 0;
@@ -1472,14 +1513,16 @@ bool prof_free(segment_t *s, void *p) {
     /* not a chunk resized since, nor one whose size is overridden */
     size_t cls = e->cls, b = class_size[cls],
            u = cls ? chunk_usable_size(p) : 0;
-    keep = cls && !e->usable && nspares[cls] < SPARES && u >= b &&
-           u <= b + 16 && spare_bytes + u <= SPARE_BYTES;
+    pclass_t *c = &classes[cls];
+    keep = cls && !e->usable && c->nspares < SPARES && u >= b && u <= b + 16 &&
+           spare_bytes + u <= SPARE_BYTES;
     held = e->held;
     if (keep) {
       e->stack = SPARE;
       e->weight = 0;
       e->held = 0;
-      spares[cls][nspares[cls]++] = (uintptr_t)p;
+      c->spare_size[c->nspares] = (uint32_t)u;
+      c->spare[c->nspares++] = (uintptr_t)p;
       spare_bytes += u;
     } else {
       sample_remove(e);
@@ -1732,6 +1775,7 @@ static __attribute__((destructor)) void prof_finish(void) {
     return;
   }
   os_lock(&lock);
+  cuts_fold(&T);
   uint64_t end = now_ns(), end_ticks = ticks();
   if (live_total > peak_total) { /* the exit is the peak */
     epoch++;
