@@ -32,6 +32,8 @@
 #include <time.h>
 
 #include "allot.h"
+#define CHECKER_NAME "adoptwalk"
+#include "checker.h"
 
 /* allot-testhooks (checked.c): the check sleeps usec microseconds after
  * choosing a heap no thread owns, before walking it */
@@ -39,19 +41,7 @@ void allot_test_pause_walk(long usec);
 
 #define BLOCKS 3000
 
-static atomic_int stop;
-static atomic_long checks, failures, lives;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void fail(const char *what) {
-  if (atomic_fetch_add(&failures, 1) < 5)
-    fprintf(stderr, "adoptwalk: FAILED: %s\n", what);
-}
+static atomic_long lives;
 
 /* Each life frees the blocks the last one kept, allocates and frees in
  * rounds for 10 ms, and keeps one block in 8 of its last round. */
@@ -97,17 +87,6 @@ static void *life(void *arg) {
   return NULL;
 }
 
-static void *checker(void *arg) {
-  (void)arg;
-  char report[256];
-  while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
-    report[0] = 0;
-    if (allot_check_report(report, sizeof report) != 0) fail(report);
-    atomic_fetch_add_explicit(&checks, 1, memory_order_relaxed);
-  }
-  return NULL;
-}
-
 int main(int argc, char **argv) {
   double seconds = argc > 1 ? atof(argv[1]) : 2;
   allot_free(allot_malloc(1)); /* start-up done before the threads race */
@@ -129,8 +108,7 @@ int main(int argc, char **argv) {
   atomic_store(&stop, 1);
   pthread_join(c, NULL);
   allot_test_pause_walk(0);
-  char report[256] = "";
-  if (allot_check_report(report, sizeof report) != 0) fail(report);
+  check_at_end();
   printf("adoptwalk: %ld lives, %ld checks, %ld failures\n",
          atomic_load(&lives), atomic_load(&checks), atomic_load(&failures));
   if (!atomic_load(&checks)) fail("no check ran");

@@ -35,6 +35,8 @@
 #include <time.h>
 
 #include "allot.h"
+#define CHECKER_NAME "largewalk"
+#include "checker.h"
 
 #ifdef LARGEWALK_PAUSE
 /* allot-testhooks (checked.c): every n-th large block made, its thread
@@ -46,25 +48,13 @@ void allot_test_pause_made(long every, long usec);
 #define SLOTS 6
 #define MAXW 8
 
-static atomic_int stop;
-static atomic_long checks, failures, ops;
+static atomic_long ops;
 
 static uint64_t rnd(uint64_t *s) {
   *s ^= *s << 13;
   *s ^= *s >> 7;
   *s ^= *s << 17;
   return *s;
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void fail(const char *what) {
-  if (atomic_fetch_add(&failures, 1) < 5)
-    fprintf(stderr, "largewalk: FAILED: %s\n", what);
 }
 
 typedef struct {
@@ -136,17 +126,6 @@ static void *worker(void *arg) {
   return NULL;
 }
 
-static void *checker(void *arg) {
-  (void)arg;
-  char report[256];
-  while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
-    report[0] = 0;
-    if (allot_check_report(report, sizeof report) != 0) fail(report);
-    atomic_fetch_add_explicit(&checks, 1, memory_order_relaxed);
-  }
-  return NULL;
-}
-
 int main(int argc, char **argv) {
   double seconds = argc > 1 ? atof(argv[1]) : 2;
   int nw = argc > 2 ? atoi(argv[2]) : 3;
@@ -167,8 +146,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < nw; i++)
     pthread_join(w[i], NULL);
   pthread_join(c, NULL);
-  char report[256] = "";
-  if (allot_check_report(report, sizeof report) != 0) fail(report);
+  check_at_end();
   printf("largewalk: %ld operations, %ld checks, %ld failures\n",
          atomic_load(&ops), atomic_load(&checks), atomic_load(&failures));
   if (!atomic_load(&checks)) fail("no check ran");
