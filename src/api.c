@@ -71,14 +71,9 @@ static NOINLINE void *alloc_aligned(size_t align, size_t size) {
     errno = ENOMEM;
     return NULL;
   }
-  if (align <= SMALL_MAX && size <= SMALL_MAX) {
-    size_t cls = aligned_class(size, align);
-    /* SIZE_MAX: a block of the class itself (page.c, page_alloc_sized) */
-    if (cls) return heap_alloc_class(tls_heap, cls, SIZE_MAX, "malloc");
-  } else {
-    size_t cls = aligned_class_paged(size, align);
-    if (cls) return heap_alloc_class(tls_heap, cls, SIZE_MAX, "malloc");
-  }
+  size_t cls = aligned_class_any(size, align);
+  /* SIZE_MAX: a block of the class itself (page.c, page_alloc_sized) */
+  if (cls) return heap_alloc_class(tls_heap, cls, SIZE_MAX, "malloc");
   return alloc_big(size, align, false);
 }
 

@@ -452,6 +452,12 @@ static void *in_flight(void *p);
  * layers hand out, its thread stops for a while before it says it has the
  * block in hand (in_flight), as a thread descheduled there would: the
  * block is live, not made yet, and no thread names it. */
+static void test_sleep(_Atomic long *usec_var) {
+  long usec = atomic_load_explicit(usec_var, memory_order_relaxed);
+  struct timespec ts = {usec / 1000000, usec % 1000000 * 1000};
+  while (usec > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
 static _Atomic long pause_every, pause_usec, pause_made;
 __attribute__((visibility("default"))) void allot_test_pause_made(long every,
                                                                   long usec) {
@@ -462,10 +468,7 @@ static void test_pause_made(void *p) {
   long every = atomic_load_explicit(&pause_every, memory_order_relaxed);
   if (every <= 0 || !is_large(p) || atomic_fetch_add(&pause_made, 1) % every)
     return;
-  long usec = atomic_load_explicit(&pause_usec, memory_order_relaxed);
-  struct timespec ts = {usec / 1000000, usec % 1000000 * 1000};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
+  test_sleep(&pause_usec);
 }
 /* hostile_adoptwalk: the heap check of a heap no thread owns stops for a
  * while at the first free list it reads, between its head and the rest, as
@@ -475,10 +478,7 @@ __attribute__((visibility("default"))) void allot_test_pause_walk(long usec) {
   atomic_store(&pause_walk_usec, usec);
 }
 static void test_pause_walk(void) {
-  long usec = atomic_load_explicit(&pause_walk_usec, memory_order_relaxed);
-  struct timespec ts = {usec / 1000000, usec % 1000000 * 1000};
-  while (usec > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
+  test_sleep(&pause_walk_usec);
 }
 #else
 #define test_pause_made(p) ((void)(p))
@@ -1227,13 +1227,16 @@ typedef struct walk {
   size_t unknown; /* ... and how many of them were not known yet */
 } walk_t;
 
-/* The caller's heap, and heaps their threads gave up; not one that is being
- * set up (state 0: published, a thread is about to own it) */
-static bool examine_heap(const heap_t *h) {
+/* The caller's heap, and heaps no thread owns (held still while walked,
+ * heap_hold_unowned, which leaves out one being set up), but not one a
+ * thread had when the process forked (orphan: its blocks may be half
+ * made). *held: the hold taken, for heap_unhold. */
+static bool examine_heap(heap_t *h, bool *held) {
   const quarantine_t *q = h->checked;
-  int state = __atomic_load_n(&h->state, __ATOMIC_RELAXED);
-  return h == tls_heap || ((state == HEAP_ABANDONED || state == HEAP_POOLED) &&
-                           !(q && q->orphan));
+  *held = false;
+  if (h == tls_heap) return true;
+  if (q && q->orphan) return false;
+  return *held = heap_hold_unowned(h);
 }
 
 static void problem(walk_t *w, const char *what, const void *where) {
@@ -1527,12 +1530,12 @@ static void walk_heaps(walk_t *w) {
       w->half_made[w->nhalf++] = busy;
   }
   for (heap_t *h = heaps_first(); h; h = h->next_all) {
-    bool own = h == tls_heap;
-    if (!examine_heap(h) || (!own && !heap_hold_unowned(h))) {
+    bool held;
+    if (!examine_heap(h, &held)) {
       w->skipped_heaps++;
       continue;
     }
-    w->pause = !own;
+    w->pause = held;
     os_lock(&h->seg_lock);
     for (segment_t *s = h->segs; s; s = s->hnext)
       walk_small_segment(w, s);
@@ -1541,7 +1544,7 @@ static void walk_heaps(walk_t *w) {
     walk_medium(w, h);
     os_unlock(&h->medium_lock);
     walk_quarantine(w, h);
-    if (!own) heap_unhold();
+    if (held) heap_unhold();
   }
   segments_visit(walk_large, w);
 }

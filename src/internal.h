@@ -622,8 +622,8 @@ static inline size_t aligned_class_paged(size_t size, size_t align) {
   return need <= 12288 && align <= 4096 ? CLASSES_BY_SIZE : CLASSES_BY_SIZE + 1;
 }
 
-/* The class a small block made for an aligned request has: what
- * free_aligned_sized holds the block to. */
+/* The small class an aligned request takes, or 0 (a medium or large
+ * block); free_aligned_sized holds a small block to it. */
 static inline size_t aligned_class_any(size_t size, size_t align) {
   return align <= SMALL_MAX && size <= SMALL_MAX
              ? aligned_class(size, align)

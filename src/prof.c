@@ -209,6 +209,8 @@ static ALWAYS_INLINE uint64_t ticks(void) {
 /* ---- numbers: no libm in allot --------------------------------------------
  */
 
+#define LN2 0.6931471805599453
+
 /* ln(u) for u in (0, 1]: u = m 2^e, ln m by the atanh series (|t| < 0.18,
  * six terms: error below 1e-11). */
 static double ln(double u) {
@@ -227,7 +229,7 @@ static double ln(double u) {
       t * (2 + t2 * (2.0 / 3 +
                      t2 * (2.0 / 5 +
                            t2 * (2.0 / 7 + t2 * (2.0 / 9 + t2 * 2.0 / 11)))));
-  return s + e * 0.6931471805599453;
+  return s + e * LN2;
 }
 
 /* 1 - e^-x for 0 <= x < ln 2: x (1 - x/2! + x^2/3! - ... - x^13/14!), by
@@ -256,7 +258,7 @@ static double one_minus_exp_neg(double x) {
   if (x >= 37) return 1;
   if (x <= 0.5) return one_minus_exp_neg_small(x);
   int n = (int)(x * 1.4426950408889634);
-  double r = x - n * 0.6931471805599453;
+  double r = x - n * LN2;
   uint64_t bits = (uint64_t)(1023 - n) << 52; /* 2^-n */
   double scale;
   memcpy(&scale, &bits, 8);
@@ -319,7 +321,7 @@ static ALWAYS_INLINE double ln_int(uint64_t x) {
   double r = m * ln_part[i].inv - 1;
   double s =
       r * (1 - r * (1.0 / 2 - r * (1.0 / 3 - r * (1.0 / 4 - r * (1.0 / 5)))));
-  return s + ln_part[i].ln + e * 0.6931471805599453;
+  return s + ln_part[i].ln + e * LN2;
 }
 
 static uint64_t next_random(pthread_state_t *t) {
@@ -335,7 +337,7 @@ static uint64_t next_random(pthread_state_t *t) {
  * -rate ln u for u = x 2^-53 uniform in (0, 1]. */
 static int64_t draw(pthread_state_t *t) {
   uint64_t x = (next_random(t) >> 11) + 1;
-  return (int64_t)((double)rate * (53 * 0.6931471805599453 - ln_int(x))) + 1;
+  return (int64_t)((double)rate * (53 * LN2 - ln_int(x))) + 1;
 }
 
 static uint64_t seed; /* the process's, from the constructor */
