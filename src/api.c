@@ -23,8 +23,10 @@ static heap_t *heap_get(void) {
   return h;
 }
 
-/* Sizes above SMALL_MAX, and aligned requests that small pages cannot serve. */
-static NOINLINE void *alloc_big(size_t size, size_t align, bool zero) {
+/* Sizes above SMALL_MAX, and aligned requests that small pages cannot serve.
+ * reuse: a block above MEDIUM_MAX may come from idle medium memory (not for
+ * realloc, whose large blocks grow in place by remapping). */
+static void *alloc_big_in(size_t size, size_t align, bool zero, bool reuse) {
   if (unlikely(g.slow_mode)) { /* also set until start-up (heap.c) */
     allot_process_init();
     if (g.slow_mode) return checked_alloc(size, align, zero);
@@ -36,13 +38,21 @@ static NOINLINE void *alloc_big(size_t size, size_t align, bool zero) {
     if (p && zero) memset(p, 0, size);
   } else if (size <= PTRDIFF_MAX) {
     allot_process_init();
-    p = large_malloc(size, align, zero);
+    if (reuse && align <= 16 && size <= MEDIUM_REUSE_MAX) {
+      heap_t *h = heap_get();
+      if (h) p = medium_large(h, size);
+      if (p && zero) memset(p, 0, size);
+    }
+    if (!p) p = large_malloc(size, align, zero);
   }
   if (!p) {
     errno = ENOMEM;
     return NULL;
   }
   return p;
+}
+static NOINLINE void *alloc_big(size_t size, size_t align, bool zero) {
+  return alloc_big_in(size, align, zero, true);
 }
 
 /* The slow path sets errno itself, so the fast path ends in a tail call
@@ -338,7 +348,8 @@ static NOINLINE void *realloc_slow(void *p, size_t size) {
       if (q) return q;
     }
   }
-  void *q = alloc(want);
+  void *q =
+      want <= SMALL_MAX ? alloc(want) : alloc_big_in(want, 16, false, false);
   if (!q) return NULL;
   memcpy(q, p, old < size ? old : size);
   dealloc(p, "realloc");

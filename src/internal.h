@@ -36,8 +36,9 @@
 #define PAGES_PER_SEG (SEG_SIZE / PAGE_SIZE)
 #define OS_PAGE 4096u
 
-#define SMALL_MAX 8192u              /* largest malloc served from pages */
-#define MEDIUM_MAX ((size_t)1 << 20) /* largest size from the chunk heap */
+#define SMALL_MAX 8192u                 /* largest malloc served from pages */
+#define MEDIUM_MAX ((size_t)1 << 20)    /* largest size from the chunk heap */
+#define MEDIUM_REUSE_MAX (SEG_SIZE / 2) /* largest from idle chunks */
 /* Classes 1..56 hold sizes up to SMALL_MAX; 57 and 58 (12 and 16 KiB) only
  * aligned requests (aligned_class_paged). */
 #define NCLASSES 59
@@ -346,6 +347,7 @@ INTERNAL void *medium_malloc_joined(heap_t *h, size_t size); /* page.c */
 /* Small requests of this size and up may be cut from free medium chunks */
 #define MEDIUM_SMALL_MIN 1024u
 INTERNAL void *medium_small(heap_t *h, size_t size);
+INTERNAL void *medium_large(heap_t *h, size_t size);
 INTERNAL void chunk_fault_malloc(const char *what, const void *addr);
 INTERNAL void medium_free(segment_t *s, void *p, const char *fn);
 INTERNAL bool medium_resize(segment_t *s, void *p, size_t size);

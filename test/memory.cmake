@@ -19,7 +19,8 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   set(ALLOT_MEM_TEST_FLAGS -Wall -Wextra -Werror -fno-builtin-malloc
     -fno-builtin-calloc -fno-builtin-free)
 
-  foreach(prog mem_return mem_thp mem_metadata mem_borrow mem_borrow_xthread)
+  foreach(prog mem_return mem_thp mem_metadata mem_borrow mem_borrow_xthread
+      mem_reuse_large)
     add_executable(${prog} ${CMAKE_CURRENT_LIST_DIR}/${prog}.c)
     target_compile_options(${prog} PRIVATE ${ALLOT_MEM_TEST_FLAGS})
     target_compile_definitions(${prog} PRIVATE TEST_ALLOT=1)
@@ -60,6 +61,8 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   # ... its own blocks back from another thread before a lender's, and a
   # lender's blocks back from another thread before new memory
   allot_mem_add(mem.borrow.xthread 60 "" mem_borrow_xthread)
+  # a request above the medium limit cut from idle medium memory
+  allot_mem_add(mem.reuse_large 60 ALLOT_PURGE_DELAY=3600000 mem_reuse_large)
 
   # small blocks freed by another thread while their owner stays alive and
   # idle (the purge thread retires the owner's full pages once every block
