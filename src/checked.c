@@ -573,12 +573,16 @@ static void *in_flight(void *p) {
   quarantine_t *q = tls_heap->checked; /* NULL in empty_heap */
   if (unlikely(!q) && !(q = my_quarantine())) return NULL;
   /* as a seqlock's writer: ops and busy change before the block does, and
-   * only this thread writes them */
+   * only this thread writes them; and after the block's changes so far,
+   * ops before busy, so that a check that sees busy change (read between
+   * two reads of ops: leak) sees ops change too (aarch64 may otherwise
+   * show the stores out of order) */
   void *was = atomic_load_explicit(&q->busy, memory_order_relaxed);
+  atomic_thread_fence(memory_order_release);
   atomic_store_explicit(&q->ops,
                         atomic_load_explicit(&q->ops, memory_order_relaxed) + 1,
                         memory_order_relaxed);
-  atomic_store_explicit(&q->busy, p, memory_order_relaxed);
+  atomic_store_explicit(&q->busy, p, memory_order_release);
   atomic_thread_fence(memory_order_release);
   return was;
 }
@@ -703,7 +707,8 @@ static void check_below(void *p, const char *fn) {
     if (below_intact(q, u, &what)) return;
     int holder = holder_of(q);
     if (holder == 2) return; /* half changed by a thread a fork left behind */
-    bool moving = holder == 1 || ops_now() != before || busy_with(q);
+    bool busy = holder == 1 || busy_with(q); /* before ops again (leak) */
+    bool moving = busy || ops_now() != before;
     if (!moving || os_now_ms() - since >= BUSY_WAIT_MS)
       fault(fn, what, what == mark_overwritten ? (void *)q : p);
     sched_yield();
@@ -1346,7 +1351,13 @@ static void leak(walk_t *w, void *p, size_t u) {
     if (ls) large_unpin(ls);
     if (size != SIZE_MAX) break;
     if (!live || leaving) return; /* freed meanwhile: not a leak */
-    if (held || ops_now() != before || busy_with(p)) {
+    /* Who is busy is read before ops is read again, so that the two reads
+     * of ops bracket it. Read after, it missed a thread that was busy while
+     * we looked and finished before: a walk preempted between the two, as
+     * a paused maker finished this very block, reported it overwritten
+     * (hostile_largewalk_pause, secure mode, about 1 run in 40). */
+    bool busy = held || busy_with(p);
+    if (busy || ops_now() != before) {
       uint64_t now = os_now_ms();
       if (!since) since = now;
       if (now - since < BUSY_WAIT_MS) {
