@@ -5,19 +5,22 @@
  * of them. Checked: where the block comes from (the walk's kind), that it
  * takes no fresh memory (allot's committed bytes), that calloc's block is
  * zero though the memory was written before, that realloc moves such a block
- * to a mapping of its own (where it can grow by remapping), that requests
- * above half a segment and a heap with nothing idle still get mappings, and
- * that the heap stays consistent (allot_check).
+ * to a mapping of its own (where it can grow by remapping), that free_sized
+ * takes it with the size asked for, that requests above half a segment and a
+ * heap with nothing idle still get mappings, and that the heap stays
+ * consistent (allot_check).
  *
- * Runs in threads of their own. Default mode only (the
- * test's ENVIRONMENT turns the checked modes off, which never do this) and a
- * long purge delay, so the idle memory is not given back mid-test. */
+ * Runs in threads of their own. Default mode only (the test's ENVIRONMENT
+ * turns the checked modes off, which never do this) and a long purge delay,
+ * so the idle memory is not given back mid-test. */
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
 #include <stdint.h>
 
 #include "test_api_common.h" /* CHECK, finish */
+
+void free_sized(void *p, size_t size); /* C23; allot exports it */
 
 #define KiB ((size_t)1 << 10)
 #define MiB ((size_t)1 << 20)
@@ -115,7 +118,7 @@ static void *reuse(void *arg) {
         "kind %d, want large",
         big ? kind_of(big) : -1);
   free(big);
-  free(c);
+  free_sized(c, z); /* the size asked for: a medium block's checks */
   CHECK(allot_check() == 0, "allot_check after the frees");
   return NULL;
 }
