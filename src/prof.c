@@ -133,20 +133,20 @@ static size_t spare_bytes;
 /* The filter over the addresses of live samples (internal.h): a free whose
  * group bit is clear is no sample, known without the lock; else prof_free
  * reads the slot's count, the samples it holds (one that reached 255 stays
- * there), also without the lock. Under lock: the counts, and the slots of
- * each group that hold a sample. (A group's bit left on until a free found
- * the group empty, to spare the record and the free the group's count,
- * sent a free to that test about 6 000 times in aligned 300000 instead of
- * 1 300: more instructions, not fewer.) In .bss: untouched, and so not
- * resident, unless profiling. */
+ * there), also without the lock. Under lock: the counts, and the group bits.
+ * A group's 32 counts are half a line, the slot's own: a group whose last
+ * sample goes is found empty there, without a count of the group's slots in
+ * use (a table of its own, another line at each record and each free of a
+ * sample). (A group's bit left on until a free found the group empty, to
+ * spare the record and the free the group's count, sent a free to that test
+ * about 6 000 times in aligned 300000 instead of 1 300: more instructions,
+ * not fewer.) In .bss: untouched, and so not resident, unless profiling. */
 #define FILTER_SLOTS ((size_t)1 << PROF_FILTER_BITS)
 #define GROUP_SLOTS ((size_t)1 << PROF_FILTER_GROUP)
 INTERNAL _Alignas(64) _Atomic uint64_t
     prof_filter_sum[(FILTER_SLOTS / GROUP_SLOTS) / 64];
-static _Alignas(4096) struct {
-  _Atomic uint8_t count[FILTER_SLOTS];
-  uint8_t groups[FILTER_SLOTS / GROUP_SLOTS];
-} filter;
+static _Alignas(4096) _Atomic uint8_t filter_count[FILTER_SLOTS];
+_Static_assert(GROUP_SLOTS == 32, "a group's counts are four words");
 
 static int64_t live_total, peak_total;
 static uint64_t epoch; /* snapshots taken */
@@ -292,7 +292,10 @@ static int64_t weight_of(size_t size) {
 /* The countdown's logarithm (draw), without ln's division: for m in [1, 2)
  * in the i-th of LN_PARTS equal parts, whose middle is c, ln m = ln c +
  * ln(1 + r) with r = m (1 / c) - 1, |r| < 1 / (2 LN_PARTS), and ln(1 + r) by
- * five terms of its series (the first left out, r^6 / 6, below 3e-12). */
+ * three terms of its series (the first left out, r^4 / 4, below 1.5e-8: a
+ * countdown of mean 512 KiB off by less than a hundredth of a byte; five
+ * terms, 3e-12, were two more steps of the chain of multiply-adds that is
+ * most of the draw's time). */
 #define LN_PARTS 32
 static struct { double inv, ln; /* 1 / c, ln c */ } ln_part[LN_PARTS];
 
@@ -319,8 +322,7 @@ static ALWAYS_INLINE double ln_int(uint64_t x) {
   double m;
   memcpy(&m, &bits, 8);
   double r = m * ln_part[i].inv - 1;
-  double s =
-      r * (1 - r * (1.0 / 2 - r * (1.0 / 3 - r * (1.0 / 4 - r * (1.0 / 5)))));
+  double s = r * (1 - r * (1.0 / 2 - r * (1.0 / 3)));
   return s + ln_part[i].ln + e * LN2;
 }
 
@@ -983,14 +985,17 @@ static psample_t *sample_find(uintptr_t a) {
  * reads it unlocked sees its own sample. */
 static ALWAYS_INLINE void filter_add(uintptr_t a, int d) {
   size_t i = prof_filter_slot((const void *)a), grp = i / GROUP_SLOTS;
-  uint8_t v = atomic_load_explicit(&filter.count[i], memory_order_relaxed);
+  uint8_t v = atomic_load_explicit(&filter_count[i], memory_order_relaxed);
   if (v == 255) return;
-  atomic_store_explicit(&filter.count[i], (uint8_t)(v + d),
+  atomic_store_explicit(&filter_count[i], (uint8_t)(v + d),
                         memory_order_relaxed);
   if (v + d != 0 && v != 0) return; /* the slot stays taken, or free */
-  uint8_t g = filter.groups[grp];
-  filter.groups[grp] = (uint8_t)(g + d);
-  if (g + d != 0 && g != 0) return;
+  if (d < 0) { /* the slot is free now; the group too? (the counts change
+                  only under lock, here: read four at a time) */
+    uint64_t c[4];
+    memcpy(c, (const void *)&filter_count[grp * GROUP_SLOTS], sizeof c);
+    if (c[0] | c[1] | c[2] | c[3]) return;
+  }
   _Atomic uint64_t *w = &prof_filter_sum[grp / 64];
   uint64_t bit = (uint64_t)1 << (grp % 64),
            x = atomic_load_explicit(w, memory_order_relaxed);
@@ -999,7 +1004,7 @@ static ALWAYS_INLINE void filter_add(uintptr_t a, int d) {
 
 /* The slot's count, for which prof_maybe_sample's group bit stands. */
 static ALWAYS_INLINE bool filter_has(const void *p) {
-  return atomic_load_explicit(&filter.count[prof_filter_slot(p)],
+  return atomic_load_explicit(&filter_count[prof_filter_slot(p)],
                               memory_order_relaxed) != 0;
 }
 
@@ -1017,9 +1022,8 @@ static bool sample_put(uintptr_t a, uint32_t stack, uint32_t usable,
       ns[j] = samples[i];
     }
     if (samples) os_unmap(samples, samples_cap * sizeof *samples);
-    /* (sample_prefetch reads both without the lock) */
-    __atomic_store_n(&samples, ns, __ATOMIC_RELAXED);
-    __atomic_store_n(&samples_cap, cap, __ATOMIC_RELAXED);
+    samples = ns;
+    samples_cap = cap;
   }
   size_t j = addr_slot(a, samples_cap);
   while (samples[j].addr)
@@ -1028,21 +1032,6 @@ static bool sample_put(uintptr_t a, uint32_t stack, uint32_t usable,
   nsamples++;
   filter_add(a, 1);
   return true;
-}
-
-/* The lines a record or a free of a sample at a reads first, asked for
- * ahead: the filter's count and the table's slot, a cache miss each at
- * nearly every record and free (three quarters of sample_put's time and half
- * of prof_free's, perf annotate). The table is read without the lock, for
- * an address only: a prefetch faults on nothing, and one of a table since
- * replaced only fetches a line for nothing. */
-static ALWAYS_INLINE void sample_prefetch(const void *a) {
-  size_t cap = __atomic_load_n(&samples_cap, __ATOMIC_RELAXED);
-  uintptr_t tab = (uintptr_t)__atomic_load_n(&samples, __ATOMIC_RELAXED);
-  if (cap)
-    __builtin_prefetch(
-        (void *)(tab + addr_slot((uintptr_t)a, cap) * sizeof(psample_t)), 1);
-  __builtin_prefetch(&filter.count[prof_filter_slot(a)], 1);
 }
 
 /* Linear probing without tombstones: later entries of the run move back. */
@@ -1454,7 +1443,6 @@ static NOINLINE void count_block(pthread_state_t *t, void *p, size_t size,
   }
   prof_left_big -= (int64_t)size;
   if (prof_left_big > 0) return;
-  if (!drop) sample_prefetch(p);
   prof_left_big = draw(t);
   if (drop) return;
   t->busy = 1;
@@ -1496,7 +1484,6 @@ static bool prof_block(segment_t *s) {
  * p is kept as a spare, and must not be freed. */
 bool prof_free(segment_t *s, void *p) {
   (void)s;
-  sample_prefetch(p);
   if (!filter_has(p)) return false;
   bool keep = false;
   uintptr_t held = 0;
@@ -1686,7 +1673,7 @@ static __attribute__((constructor)) void prof_start(void) {
     self_lo = lo;
     self_hi = hi;
   }
-  os_populate(&filter, sizeof filter);
+  os_populate(filter_count, sizeof filter_count);
   os_populate(prof_filter_sum, sizeof prof_filter_sum);
   const char *chk = getenv("ALLOT_PROF_CHECK");
   check_unwind = chk && chk[0] == '1';
