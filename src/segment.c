@@ -601,11 +601,25 @@ void *medium_malloc_joined(heap_t *h, size_t size) {
  * prefetch; an integer, as its arithmetic may run past anything valid).
  * See docs/memory.md. */
 static _Thread_local uintptr_t medium_small_next;
-void *medium_small(heap_t *h, size_t size) {
-  /* medium_segs and medium_idle are the lock's (the purge thread frees
-   * segments): idle memory is looked for under it */
-  if (h->first_class) return NULL;
+
+/* size bytes cut from h's free chunks if its medium frees have left at least
+ * idle bytes (idle >= size) resident and unused, else NULL. medium_segs and
+ * medium_idle are the lock's (the purge thread frees segments): idle memory
+ * is looked for under it. */
+static ALWAYS_INLINE void *idle_take(heap_t *h, size_t size, size_t idle) {
   void *p = NULL;
+  os_lock(&h->medium_lock);
+  if (h->medium_idle >= idle) {
+    p = chunk_malloc(&h->chunks, size);
+    if (p) h->medium_idle -= size;
+  }
+  os_unlock(&h->medium_lock);
+  if (unlikely(g.prof) && p) prof_count_medium(h, p, size); /* heap profile */
+  return p;
+}
+
+void *medium_small(heap_t *h, size_t size) {
+  if (h->first_class) return NULL;
   if (medium_small_next) {
     __builtin_prefetch((const void *)medium_small_next, 1);
     __builtin_prefetch(
@@ -613,15 +627,9 @@ void *medium_small(heap_t *h, size_t size) {
                        ((size + CHUNK_HEADER + 15) & ~(size_t)15)),
         1);
   }
-  os_lock(&h->medium_lock);
-  if (h->medium_idle >= MEDIUM_SMALL_FREE) {
-    p = chunk_malloc(&h->chunks, size);
-    if (p) h->medium_idle -= size;
-  }
-  os_unlock(&h->medium_lock);
+  void *p = idle_take(h, size, MEDIUM_SMALL_FREE);
   medium_small_next = p ? (uintptr_t)p + chunk_usable_size(p) : 0;
   if (p) __builtin_prefetch((const void *)medium_small_next, 1);
-  if (unlikely(g.prof) && p) prof_count_medium(h, p, size); /* heap profile */
   return p;
 }
 
@@ -633,16 +641,7 @@ void *medium_small(heap_t *h, size_t size) {
  * of its peak). Not first-class heaps (their large blocks are their own
  * mappings, which allot_heap_destroy unmaps). */
 void *medium_large(heap_t *h, size_t size) {
-  if (h->first_class) return NULL;
-  void *p = NULL;
-  os_lock(&h->medium_lock);
-  if (h->medium_idle >= size) {
-    p = chunk_malloc(&h->chunks, size);
-    if (p) h->medium_idle -= size;
-  }
-  os_unlock(&h->medium_lock);
-  if (unlikely(g.prof) && p) prof_count_medium(h, p, size); /* heap profile */
-  return p;
+  return h->first_class ? NULL : idle_take(h, size, size);
 }
 
 static _Thread_local const char *medium_fn;
