@@ -5,10 +5,10 @@
  * of them. Checked: where the block comes from (the walk's kind), that it
  * takes no fresh memory (allot's committed bytes), that calloc's block is
  * zero though the memory was written before, that realloc moves such a block
- * to a mapping of its own (where it can grow by remapping), that free_sized
- * takes it with the size asked for, that requests above half a segment and a
- * heap with nothing idle still get mappings, and that the heap stays
- * consistent (allot_check).
+ * to a mapping of its own (where it can grow by remapping) and keeps its
+ * contents when it shrinks, that free_sized takes it with the size asked
+ * for, that requests above half a segment and a heap with nothing idle still
+ * get mappings, and that the heap stays consistent (allot_check).
  *
  * Runs in threads of their own. Default mode only (the test's ENVIRONMENT
  * turns the checked modes off, which never do this) and a long purge delay,
@@ -99,6 +99,19 @@ static void *reuse(void *arg) {
   if (!q) return NULL;
   CHECK(intact(q, n, 7), "realloc lost the contents");
   free(q);
+
+  /* realloc of such a block to medium and small sizes: contents kept */
+  unsigned char *r = malloc(n);
+  CHECK(r != NULL && kind_of(r) == ALLOT_KIND_MEDIUM, "second malloc(%zu)", n);
+  if (!r) return NULL;
+  fill(r, n, 9);
+  r = realloc(r, 512 * KiB);
+  CHECK(r != NULL && intact(r, 512 * KiB, 9), "realloc to 512 KiB");
+  if (!r) return NULL;
+  r = realloc(r, 100);
+  CHECK(r != NULL && r[0] == (unsigned char)9, "realloc to 100 bytes");
+  free(r);
+  CHECK(allot_check() == 0, "allot_check after the reallocs");
 
   /* calloc: zero, though the chunks were written with 0xa5 */
   size_t z = 1200 * KiB;
