@@ -24,9 +24,8 @@ static heap_t *heap_get(void) {
 }
 
 /* Sizes above SMALL_MAX, and aligned requests that small pages cannot serve.
- * reuse: a block above MEDIUM_MAX may come from idle medium memory (not for
- * realloc, whose large blocks grow in place by remapping). */
-static void *alloc_big_in(size_t size, size_t align, bool zero, bool reuse) {
+ * A block of up to MEDIUM_REUSE_MAX may come from idle medium memory. */
+static NOINLINE void *alloc_big(size_t size, size_t align, bool zero) {
   if (unlikely(g.slow_mode)) { /* also set until start-up (heap.c) */
     allot_process_init();
     if (g.slow_mode) return checked_alloc(size, align, zero);
@@ -38,7 +37,7 @@ static void *alloc_big_in(size_t size, size_t align, bool zero, bool reuse) {
     if (p && zero) memset(p, 0, size);
   } else if (size <= PTRDIFF_MAX) {
     allot_process_init();
-    if (reuse && align <= 16 && size <= MEDIUM_REUSE_MAX) {
+    if (align <= 16 && size <= MEDIUM_REUSE_MAX) {
       heap_t *h = heap_get();
       if (h) p = medium_large(h, size);
       if (p && zero) memset(p, 0, size);
@@ -50,9 +49,6 @@ static void *alloc_big_in(size_t size, size_t align, bool zero, bool reuse) {
     return NULL;
   }
   return p;
-}
-static NOINLINE void *alloc_big(size_t size, size_t align, bool zero) {
-  return alloc_big_in(size, align, zero, true);
 }
 
 /* The slow path sets errno itself, so the fast path ends in a tail call
@@ -348,9 +344,15 @@ static NOINLINE void *realloc_slow(void *p, size_t size) {
       if (q) return q;
     }
   }
-  void *q =
-      want <= SMALL_MAX ? alloc(want) : alloc_big_in(want, 16, false, false);
-  if (!q) return NULL;
+  /* above MEDIUM_MAX a mapping of its own, not idle medium memory: a block
+   * realloc moved will likely grow again, which a mapping does by remapping */
+  void *q = want <= MEDIUM_MAX    ? alloc(want)
+            : want <= PTRDIFF_MAX ? large_malloc(want, 16, false)
+                                  : NULL;
+  if (!q) {
+    errno = ENOMEM;
+    return NULL;
+  }
   memcpy(q, p, old < size ? old : size);
   dealloc(p, "realloc");
   segment_t *qs = segment_of(q);

@@ -346,8 +346,15 @@ INTERNAL void *medium_malloc(heap_t *h, size_t size, size_t align);
 INTERNAL void *medium_malloc_joined(heap_t *h, size_t size); /* page.c */
 /* Small requests of this size and up may be cut from free medium chunks */
 #define MEDIUM_SMALL_MIN 1024u
-INTERNAL void *medium_small(heap_t *h, size_t size);
-INTERNAL void *medium_large(heap_t *h, size_t size);
+INTERNAL void *medium_cut(heap_t *h, size_t size, size_t idle);
+/* Idle medium memory a class with no free block may use (segment.c) */
+#define MEDIUM_SMALL_FREE ((size_t)1 << 20)
+static inline void *medium_small(heap_t *h, size_t size) {
+  return medium_cut(h, size, MEDIUM_SMALL_FREE);
+}
+static inline void *medium_large(heap_t *h, size_t size) {
+  return medium_cut(h, size, size);
+}
 INTERNAL void chunk_fault_malloc(const char *what, const void *addr);
 INTERNAL void medium_free(segment_t *s, void *p, const char *fn);
 INTERNAL bool medium_resize(segment_t *s, void *p, size_t size);

@@ -582,66 +582,54 @@ void *medium_malloc_joined(heap_t *h, size_t size) {
   return medium_alloc_in(h, size, 16, true);
 }
 
-/* A small block (MEDIUM_SMALL_MIN..SMALL_MAX bytes) cut from the heap's free
- * medium chunks, when the class has no page with a free block and medium
- * frees have left MEDIUM_SMALL_FREE bytes or more resident and unused
- * (medium_idle): NULL otherwise (no region is added, nor fresh memory).
- * Medium memory a phase freed stays resident for a purge delay, so a phase
- * of small blocks that follows finds it there instead of touching fresh
- * pages (frag: 24 MiB of 1-4 KiB blocks after 21 MiB of medium ones were
- * freed; 86 MiB peak RSS before, 62 after). Not first-class heaps, whose
- * small blocks allot_heap_destroy looks for in their pages. */
-#define MEDIUM_SMALL_FREE ((size_t)1 << 20)
-/* Where the last block ended: a run of these blocks is most often carved one
- * after another from the same free chunk, so the next block starts there and
- * leaves its remainder's header size bytes on, in lines the program has not
- * touched since the medium phase. Fetching both before the lock (with the
- * prefetch in medium_free) cut frag's time by 2-6 %: the lock's release
- * waited for those misses. A hint only (a stale one costs a useless
- * prefetch; an integer, as its arithmetic may run past anything valid).
- * See docs/memory.md. */
-static _Thread_local uintptr_t medium_small_next;
-
-/* size bytes cut from h's free chunks if its medium frees have left at least
- * idle bytes (idle >= size) resident and unused, else NULL. medium_segs and
- * medium_idle are the lock's (the purge thread frees segments): idle memory
- * is looked for under it. */
-static ALWAYS_INLINE void *idle_take(heap_t *h, size_t size, size_t idle) {
+/* A block cut from the heap's free medium chunks when medium frees have
+ * left at least idle bytes (idle >= size) resident and unused (medium_idle):
+ * NULL otherwise (no region is added, nor fresh memory). Medium memory a
+ * phase freed stays resident for a purge delay, so what follows finds it
+ * there instead of touching fresh pages:
+ * - medium_small (internal.h): a small block (MEDIUM_SMALL_MIN..SMALL_MAX
+ *   bytes) when its class has no page with a free block and MEDIUM_SMALL_FREE
+ *   bytes are idle (frag: 24 MiB of 1-4 KiB blocks after 21 MiB of medium
+ *   ones were freed; 86 MiB peak RSS before, 62 after);
+ * - medium_large: a block above MEDIUM_MAX (to MEDIUM_REUSE_MAX) when as
+ *   much is idle; a large block mapped beside it would be fresh pages on top
+ *   (cc1 under gcc -O2: 1.8 MiB of its peak).
+ * Not first-class heaps, whose small blocks allot_heap_destroy looks for in
+ * their pages and whose large blocks are their own mappings. One function
+ * for both, out of line: the code the default mode runs must fit one 64 KiB
+ * window (cmake/layout.cmake, test/layout_check.py).
+ *
+ * medium_cut_next: where the last block ended. A run of small blocks is most
+ * often carved one after another from the same free chunk, so the next block
+ * starts there and leaves its remainder's header size bytes on, in lines the
+ * program has not touched since the medium phase. Fetching both before the
+ * lock (with the prefetch in medium_free) cut frag's time by 2-6 %: the
+ * lock's release waited for those misses. A hint only (a stale one costs a
+ * useless prefetch; an integer, as its arithmetic may run past anything
+ * valid). See docs/memory.md. */
+static _Thread_local uintptr_t medium_cut_next;
+void *medium_cut(heap_t *h, size_t size, size_t idle) {
+  if (h->first_class) return NULL;
+  if (medium_cut_next) {
+    __builtin_prefetch((const void *)medium_cut_next, 1);
+    __builtin_prefetch(
+        (const void *)(medium_cut_next +
+                       ((size + CHUNK_HEADER + 15) & ~(size_t)15)),
+        1);
+  }
   void *p = NULL;
+  /* medium_segs and medium_idle are the lock's (the purge thread frees
+   * segments): idle memory is looked for under it */
   os_lock(&h->medium_lock);
   if (h->medium_idle >= idle) {
     p = chunk_malloc(&h->chunks, size);
     if (p) h->medium_idle -= size;
   }
   os_unlock(&h->medium_lock);
+  medium_cut_next = p ? (uintptr_t)p + chunk_usable_size(p) : 0;
+  if (p) __builtin_prefetch((const void *)medium_cut_next, 1);
   if (unlikely(g.prof) && p) prof_count_medium(h, p, size); /* heap profile */
   return p;
-}
-
-void *medium_small(heap_t *h, size_t size) {
-  if (h->first_class) return NULL;
-  if (medium_small_next) {
-    __builtin_prefetch((const void *)medium_small_next, 1);
-    __builtin_prefetch(
-        (const void *)(medium_small_next +
-                       ((size + CHUNK_HEADER + 15) & ~(size_t)15)),
-        1);
-  }
-  void *p = idle_take(h, size, MEDIUM_SMALL_FREE);
-  medium_small_next = p ? (uintptr_t)p + chunk_usable_size(p) : 0;
-  if (p) __builtin_prefetch((const void *)medium_small_next, 1);
-  return p;
-}
-
-/* A block above MEDIUM_MAX cut from the heap's free medium chunks, when
- * medium frees have left at least that much resident and unused
- * (medium_idle): NULL otherwise (no region is added). A program whose
- * medium blocks come and go has that memory at hand, and a large block
- * mapped beside it would be fresh pages on top (cc1 under gcc -O2: 1.8 MiB
- * of its peak). Not first-class heaps (their large blocks are their own
- * mappings, which allot_heap_destroy unmaps). */
-void *medium_large(heap_t *h, size_t size) {
-  return h->first_class ? NULL : idle_take(h, size, size);
 }
 
 static _Thread_local const char *medium_fn;

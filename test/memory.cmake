@@ -89,6 +89,16 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
       list(APPEND _footprint_env FOOTPRINT_NO_LAYOUT=1)
     endif()
     allot_mem_add(mem.footprint 60 "${_footprint_env}" mem_footprint)
+    # ... and, from the symbol table, every function of
+    # cmake/hot-functions.txt in that window, the exit path's too
+    if(ALLOT_LAYOUT_SCRIPT)
+      find_package(Python3 COMPONENTS Interpreter)
+      if(Python3_FOUND)
+        allot_mem_add(mem.layout 60 "" ${Python3_EXECUTABLE}
+          ${CMAKE_CURRENT_LIST_DIR}/layout_check.py $<TARGET_FILE:allot>
+          ${PROJECT_SOURCE_DIR}/cmake/hot-functions.txt)
+      endif()
+    endif()
   endif()
 
   # ALLOT_HUGE_PAGES: the advice on segments and large mappings, and its effect
