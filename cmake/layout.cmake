@@ -1,24 +1,35 @@
 # layout.cmake: where liballot.so's code sits in the file.
 #
 # A program's code is resident by the 64 KiB window, not by the page: on a
-# fault in a file mapping the kernel maps every page of the aligned 64 KiB
-# around it that is in the page cache (fault-around). With the functions in
-# source order, the few that malloc and free run are spread among the checked
-# modes, statistics, introspection and profiling, so touching them made the
-# whole 144 KiB of code resident in every process. Here the functions the
-# default mode runs (cmake/hot-functions.txt) come first, with _init and
-# _fini (which the loader runs) just before them, and the code starts on a
-# 64 KiB boundary (max-page-size, which also has the loader align the
-# library to 64 KiB): the first window holds all a program runs, 64 KiB
-# resident, and the rest of the code stays on disk.
+# fault in a file mapping the kernel maps up to 16 pages from the aligned
+# 64 KiB around it (from the mapping's start, when that is later), as many
+# as are in the page cache and inside the mapping (fault-around). With the
+# functions in source order, the few that malloc and free run are spread
+# among the checked modes, statistics, introspection and profiling, so
+# touching them made the whole 144 KiB of code resident in every process.
+# Here the functions the default mode runs (cmake/hot-functions.txt) come
+# first, in tiers (core, threads, medium, rest), each starting on an OS page
+# with a marker function, and the cold code after them; _init and _fini,
+# which the loader runs, come just before the core. At start-up the IFUNC
+# resolver (heap.c) has os_code_tiers (os.c) give the threads and rest tiers
+# another advice, which splits the code mapping into one mapping per tier,
+# so fault-around stops at a tier's end: a program has resident the tiers
+# it runs, each whole, and the cold code stays on disk. The resolver is the
+# first code of the library to run, before any split, so it sits in a
+# segment of its own (.allot_boot, after .rodata): its fault maps that page
+# alone. A small single-threaded program has 28 kB of liballot.so's code
+# resident, where one 64 KiB window (all the default mode's code) was
+# before (docs/memory.md, "The code's tiers").
 #
-# The order is given to the linker as its own default script with two
-# changes, the hot functions at the head of .text and .fini moved up beside
-# .init; everything else, .text kept a single section (valgrind names only
-# the functions of .text) included, is as the linker would have it. Each
-# function is compiled into a section of its own (-ffunction-sections) for
-# this. A linker that does not print its script (lld, mold) links the
-# library in the default order. Include after the target allot is defined.
+# The order is given to the linker as its own default script with three
+# changes: the tiers at the head of .text, .fini moved up beside .init, and
+# the .allot_boot segment before the data. Everything else, .text kept a
+# single section (valgrind names only the functions of .text) included, is
+# as the linker would have it. Each function is compiled into a section of
+# its own (-ffunction-sections) for this. A linker that does not print its
+# script (lld, mold) links the library in the default order, where the
+# markers are not on page boundaries and os_code_tiers does nothing.
+# Include after the target allot is defined.
 
 option(ALLOT_LAYOUT "Lay liballot.so's code out hot functions first" ON)
 if(NOT ALLOT_LAYOUT)
@@ -46,39 +57,63 @@ math(EXPR _begin "${_begin} + ${_skip}")
 math(EXPR _len "${_end} - ${_begin} + 1")
 string(SUBSTRING "${_out}" ${_begin} ${_len} _script)
 
-# The hot code's input sections: what runs in every process besides the
-# list (the C runtime's start-up code of the library, pthread_atfork from
-# libc_nonshared.a), the C++ operators, and the constants the hot code reads
-# (the size-class tables, jump tables, vector constants, the names of the
-# ALLOT_* variables read at start-up: left in .rodata, one read would make
-# .rodata and the unwind tables beside it resident, 32 KiB; other strings,
-# fault messages and the checked modes' reports, stay there). Then all the
-# code of the files the list names ("file page.c"). Then the list's
-# functions in its order: each one's own section, its clones
-# (name.constprop.0, name.part.0, ...) and, for constructors and
-# destructors, the section GCC names after their role. The list ends with
-# the destructors, of which the default mode runs only the first
-# instructions: the last one's body may lie past the window.
-file(STRINGS ${_hot_list} _names REGEX "^[A-Za-z_]")
-file(STRINGS ${_hot_list} _files REGEX "^file ")
+# The hot code's input sections, tier by tier (cmake/hot-functions.txt).
+# The core starts with what runs in every process besides the list (the C
+# runtime's start-up code of the library, pthread_atfork from
+# libc_nonshared.a) and the constants the hot code reads (the size-class
+# tables, jump tables, vector constants, the names of the ALLOT_* variables
+# read at start-up: left in .rodata, one read would make .rodata and the
+# unwind tables beside it resident, 32 KiB; other strings, fault messages
+# and the checked modes' reports, stay there). Then each tier's functions
+# in its order: each one's own section, its clones (name.constprop.0,
+# name.part.0, ...) and, for constructors and destructors, the section GCC
+# names after their role; then the rest of the files it names ("file
+# page.c"). Each later tier starts on an OS page with its marker function
+# (os_tier_threads, ... in src/os.c, in sections .allot_tier.NAME, which
+# no "file" rule takes), which os_code_tiers uses at start-up to make the
+# tier a mapping of its own; the C++ operators start the last tier, and
+# os_tier_cold marks the end of them all.
+file(STRINGS ${_hot_list} _lines REGEX "^[A-Za-z_]")
+set(_tiers "")
+set(_tier "")
+foreach(_l ${_lines})
+  if(_l MATCHES "^tier +([a-z]+)")
+    set(_tier ${CMAKE_MATCH_1})
+    list(APPEND _tiers ${_tier})
+    set(_fns_${_tier} "")
+    set(_files_${_tier} "")
+  elseif(_l MATCHES "^file +(.+)")
+    list(APPEND _files_${_tier} ${CMAKE_MATCH_1})
+  else()
+    list(APPEND _fns_${_tier} ${_l})
+  endif()
+endforeach()
+list(GET _tiers 0 _core)
 string(CONCAT _hot "    /* cmake/layout.cmake: the code the default mode runs */\n"
                   "    *crtbegin*.o(.text)\n"
                   "    *libc_nonshared.a:*(.text .text.*)\n"
-                  "    *allot-new-weak.o(.text)\n"
                   "    *(.rodata .rodata.cst*)\n"
                   "    *options.c.o(.rodata.str*)\n"
                   "    *prof.c.o(.rodata.str*)\n")
-foreach(_f ${_files})
-  string(REGEX REPLACE "^file +" "" _f "${_f}")
-  string(APPEND _hot "    *${_f}.o(.text .text.*)\n")
-endforeach()
-foreach(_n ${_names})
-  if(_n MATCHES "^file ")
-    continue()
+foreach(_t ${_tiers})
+  if(NOT _t STREQUAL _core)
+    string(APPEND _hot "    . = ALIGN(0x1000);\n"
+                       "    *(.allot_tier.${_t})\n")
+    list(GET _tiers -1 _last)
+    if(_t STREQUAL _last)
+      string(APPEND _hot "    *allot-new-weak.o(.text)\n")
+    endif()
   endif()
-  string(APPEND _hot "    *(.text.${_n} .text.${_n}.* .text.startup.${_n}"
-                     " .text.exit.${_n})\n")
+  foreach(_n ${_fns_${_t}})
+    string(APPEND _hot "    *(.text.${_n} .text.${_n}.* .text.startup.${_n}"
+                       " .text.exit.${_n})\n")
+  endforeach()
+  foreach(_f ${_files_${_t}})
+    string(APPEND _hot "    *${_f}.o(.text .text.*)\n")
+  endforeach()
 endforeach()
+string(APPEND _hot "    . = ALIGN(0x1000);\n"
+                   "    *(.allot_tier.cold)\n")
 
 set(_text_head "  .text           :\n  {\n")
 set(_fini "  .fini           :\n  {\n    KEEP (*(SORT_NONE(.fini)))\n  }\n")
@@ -94,6 +129,20 @@ endif()
 string(REPLACE "${_fini}" "" _script "${_script}")
 string(REPLACE "${_init}" "${_init}${_fini}" _script "${_script}")
 string(REPLACE "${_text_head}" "${_text_head}${_hot}" _script "${_script}")
+# The IFUNC resolver, the first code of liballot.so that runs, and what it
+# calls to split the code mapping (os_code_tiers), in a segment of their own
+# after .rodata: a fault there maps that page only, where a first fault in
+# the code segment would map 64 KiB of it before the split.
+set(_boot_at "  . = DATA_SEGMENT_ALIGN (")
+string(FIND "${_script}" "${_boot_at}" _at_boot)
+if(_at_boot EQUAL -1)
+  message(STATUS "liballot.so code layout: unknown linker script, "
+                 "default order")
+  return()
+endif()
+string(REPLACE "${_boot_at}"
+  "  . = ALIGN(CONSTANT (MAXPAGESIZE));\n  .allot_boot     : { *(.allot_boot) }\n${_boot_at}"
+  _script "${_script}")
 
 # Uninitialised data: the 64 MiB segment map (segment.c's, before that
 # file's few words), then the variables of the other files the default mode

@@ -46,15 +46,18 @@ INTERNAL heap_t empty_heap = {.current = {[0 ... NCLASSES - 1] = &empty_page}};
  * sanitizers' runtimes is ready then). A section of its own, so that the
  * linker script can put it after the variables a process writes: only its
  * first 456 bytes are written, and its size would push those that follow
- * onto another page. */
+ * onto another page. The same resolver splits the code's mapping by tiers
+ * (os_code_tiers), before any code past the core has run. */
 INTERNAL heap_t empty_heap __attribute__((section(".bss.allot_empty_heap")));
 
 static void heap_empty_ready(void) {}
 
 __attribute__((no_sanitize("undefined"),
-               used)) static void (*heap_empty_fill(void))(void) {
+               used)) static BOOT_CODE void (*heap_empty_fill(void))(void) {
   for (size_t i = 0; i < NCLASSES; i++)
     empty_heap.current[i] = &empty_page;
+  /* the first code of liballot.so that runs: before any later tier's */
+  os_code_tiers();
   return heap_empty_ready;
 }
 

@@ -25,6 +25,11 @@
 #define unlikely(x) __builtin_expect(!!(x), 0)
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define NOINLINE __attribute__((noinline))
+/* The code the loader runs first, the IFUNC resolver and os_code_tiers: a
+ * segment of its own (cmake/layout.cmake), and no sanitizer checks (nothing
+ * of their runtimes is ready then). */
+#define BOOT_CODE                                                              \
+  __attribute__((section(".allot_boot"), no_sanitize("undefined")))
 #define COLD __attribute__((cold, noinline))
 
 /* ---- geometry -------------------------------------------------------- */
@@ -306,6 +311,10 @@ INTERNAL void os_fmt_dec(char *out, size_t v);
 INTERNAL _Noreturn void fault(const char *fn, const char *what,
                               const void *addr);
 INTERNAL void os_init(void);
+/* One mapping per tier of liballot.so's code (os.c; the IFUNC resolver). */
+INTERNAL BOOT_CODE void os_code_tiers(void);
+INTERNAL int os_tier_threads(void), os_tier_medium(void), os_tier_rest(void),
+    os_tier_cold(void);
 
 typedef struct os_stats {
   _Atomic size_t mmaps, munmaps, purges, remaps;

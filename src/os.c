@@ -553,3 +553,63 @@ void fault(const char *fn, const char *what, const void *addr) {
 void os_init(void) {
   os_lock_init(&brk_lock);
 }
+
+/* ---- the code's tiers ----------------------------------------------------
+ * The kernel maps a file's pages by the 64 KiB window around a fault,
+ * clamped to the mapping that holds it. cmake/layout.cmake lays the code
+ * the default mode runs out in tiers (cmake/hot-functions.txt): the core
+ * first, then each tier after ALIGN(OS_PAGE) and one of these markers, then
+ * the cold code. Giving the tiers "threads" and "rest" another advice splits
+ * the code mapping into one mapping per tier, so a tier becomes resident
+ * only when code of it runs, and then no more than itself: a small
+ * single-threaded program has 28 kB of allot's code resident instead of 64
+ * (docs/memory.md, "The code's tiers"). It must be done before any tier's
+ * code runs, so the IFUNC resolver does it, from a segment of its own
+ * (BOOT_CODE). MADV_RANDOM, because it changes nothing else there: it turns
+ * off readahead on a page-cache miss, which cold code does not need, and
+ * fault-around does not read it. Distinct bodies, so that no pass folds two
+ * markers into one address; sections of their own, outside .text.*, so that
+ * no "file os.c" rule of the layout takes them. */
+#define TIER_MARK(name, n)                                                     \
+  NOINLINE __attribute__((section(".allot_tier." #name))) int os_tier_##name(  \
+      void) {                                                                  \
+    return n;                                                                  \
+  }
+TIER_MARK(threads, 1)
+TIER_MARK(medium, 2)
+TIER_MARK(rest, 3)
+TIER_MARK(cold, 4)
+
+/* madvise(2) by the system call itself: this runs from the IFUNC resolver
+ * (heap.c), while the loader is still relocating liballot.so. */
+static BOOT_CODE long raw_madvise(uintptr_t addr, size_t len, int advice) {
+#if defined(__x86_64__)
+  long r;
+  __asm__ volatile("syscall"
+                   : "=a"(r)
+                   : "0"((long)SYS_madvise), "D"(addr), "S"(len),
+                     "d"((long)advice)
+                   : "rcx", "r11", "memory");
+  return r;
+#elif defined(__aarch64__)
+  register long x8 __asm__("x8") = SYS_madvise;
+  register long x0 __asm__("x0") = (long)addr;
+  register long x1 __asm__("x1") = (long)len;
+  register long x2 __asm__("x2") = advice;
+  __asm__ volatile("svc #0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2) : "memory");
+  return x0;
+#else
+  (void)addr, (void)len, (void)advice;
+  return -1;
+#endif
+}
+
+BOOT_CODE void os_code_tiers(void) {
+  uintptr_t t = (uintptr_t)os_tier_threads, m = (uintptr_t)os_tier_medium,
+            r = (uintptr_t)os_tier_rest, c = (uintptr_t)os_tier_cold;
+  /* without the layout (ALLOT_LAYOUT=OFF, another linker, liballot.a) the
+   * markers are wherever the compiler put them: nothing to split */
+  if (((t | m | r | c) & (OS_PAGE - 1)) || !(t < m && m < r && r < c)) return;
+  raw_madvise(t, m - t, MADV_RANDOM);
+  raw_madvise(r, c - r, MADV_RANDOM);
+}

@@ -1748,8 +1748,7 @@ static void out_name(char *name, size_t cap) {
   name[n] = 0;
 }
 
-static __attribute__((destructor)) void prof_finish(void) {
-  if (!atomic_load_explicit(&ready, memory_order_acquire) || !g.prof) return;
+static NOINLINE void prof_write(void) {
   char name[sizeof out_path + 32];
   out_name(name, sizeof name);
   int fd = open(name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -1840,4 +1839,12 @@ static __attribute__((destructor)) void prof_finish(void) {
   out_flush(&o);
   close(fd);
   os_unmap(o.buf, cap);
+}
+
+/* Every process runs this at exit, and only its test when not profiling:
+ * it is in the core tier of the code (cmake/hot-functions.txt), the
+ * writing (6 KiB) with the cold code. */
+static __attribute__((destructor)) void prof_finish(void) {
+  if (!atomic_load_explicit(&ready, memory_order_acquire) || !g.prof) return;
+  prof_write();
 }

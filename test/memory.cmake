@@ -77,7 +77,8 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   allot_mem_add(mem.madv_free 60 ALLOT_PURGE_MADV=free mem_return lazyfree)
 
   # the fixed footprint of liballot.so in a small C program: its code
-  # resident in one 64 KiB window, libgcc_s not loaded (mem_footprint.c)
+  # resident by tiers, none of the cold code, only the core in a small
+  # single-threaded one; libgcc_s not loaded (mem_footprint.c)
   # (not in sanitizer builds: their instrumentation is code too, and
   # libubsan loads libgcc_s)
   if(TARGET allot AND NOT ALLOT_SANITIZE)
@@ -89,8 +90,10 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
       list(APPEND _footprint_env FOOTPRINT_NO_LAYOUT=1)
     endif()
     allot_mem_add(mem.footprint 60 "${_footprint_env}" mem_footprint)
+    allot_mem_add(mem.footprint_small 60 "${_footprint_env}" mem_footprint
+      small)
     # ... and, from the symbol table, every function of
-    # cmake/hot-functions.txt in that window, the exit path's too
+    # cmake/hot-functions.txt in its tier, the exit path's too
     if(ALLOT_LAYOUT_SCRIPT)
       find_package(Python3 COMPONENTS Interpreter)
       if(Python3_FOUND)
