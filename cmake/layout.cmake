@@ -64,15 +64,17 @@ string(SUBSTRING "${_out}" ${_begin} ${_len} _script)
 # tables, jump tables, vector constants, the names of the ALLOT_* variables
 # read at start-up: left in .rodata, one read would make .rodata and the
 # unwind tables beside it resident, 32 KiB; other strings, fault messages
-# and the checked modes' reports, stay there). Then each tier's functions
+# and the checked modes' reports, stay there), and the C++ operators. Then
+# each tier's functions
 # in its order: each one's own section, its clones (name.constprop.0,
 # name.part.0, ...) and, for constructors and destructors, the section GCC
 # names after their role; then the rest of the files it names ("file
 # page.c"). Each later tier starts on an OS page with its marker function
 # (os_tier_threads, ... in src/os.c, in sections .allot_tier.NAME, which
 # no "file" rule takes), which os_code_tiers uses at start-up to make the
-# tier a mapping of its own; the C++ operators start the last tier, and
-# os_tier_cold marks the end of them all.
+# tier a mapping of its own; os_tier_cold marks the end of them all. The
+# C++ operators are in the core (1.2 KiB): a C++ program allocates with
+# them.
 file(STRINGS ${_hot_list} _lines REGEX "^[A-Za-z_]")
 set(_tiers "")
 set(_tier "")
@@ -94,15 +96,12 @@ string(CONCAT _hot "    /* cmake/layout.cmake: the code the default mode runs */
                   "    *libc_nonshared.a:*(.text .text.*)\n"
                   "    *(.rodata .rodata.cst*)\n"
                   "    *options.c.o(.rodata.str*)\n"
-                  "    *prof.c.o(.rodata.str*)\n")
+                  "    *prof.c.o(.rodata.str*)\n"
+                  "    *allot-new-weak.o(.text)\n")
 foreach(_t ${_tiers})
   if(NOT _t STREQUAL _core)
     string(APPEND _hot "    . = ALIGN(0x1000);\n"
                        "    *(.allot_tier.${_t})\n")
-    list(GET _tiers -1 _last)
-    if(_t STREQUAL _last)
-      string(APPEND _hot "    *allot-new-weak.o(.text)\n")
-    endif()
   endif()
   foreach(_n ${_fns_${_t}})
     string(APPEND _hot "    *(.text.${_n} .text.${_n}.* .text.startup.${_n}"
