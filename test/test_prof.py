@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,18 @@ def t_profile(opts, c, tmp):
             int(m.group(1).replace(" ", "")) > 10000,
             "one sample per KiB: usable sizes, realloc, free_sized and "
             "alignment of sampled blocks hold", show(r))
+
+    # a sampled block freed twice aborts, a small one (its chunk kept as a
+    # spare by the first free) and a medium one
+    for kind in ("small", "medium"):
+        env = dict(env_clean(), LD_PRELOAD=opts.lib, ALLOT_PROF="1",
+                   ALLOT_PROF_RATE="1", ALLOT_PROF_OUT=os.devnull)
+        p = subprocess.run([opts.sites, "double", kind], env=env,
+                           capture_output=True, text=True, timeout=60)
+        c.check(p.returncode == -signal.SIGABRT and
+                re.search(r"allot: free(\(\))?: double free", p.stderr),
+                "every block sampled: a %s block freed twice aborts with "
+                "allot's message" % kind, p.stderr)
 
     t_cuts(opts, c, tmp)
     t_held(opts, c, tmp)

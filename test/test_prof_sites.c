@@ -121,8 +121,24 @@ static int misc(void) {
   return 0;
 }
 
+/* A sampled block freed twice (run with every block sampled): the second
+ * free must abort. The first free of a small one keeps its chunk as a spare
+ * (none is kept yet); a medium one's sample is dropped and its chunk freed.
+ * Blocks of a page are counted (and sampled) when a refill hands them out,
+ * so the blocks are held, not freed one by one. */
+static void *held[1000];
+static int double_free(const char *what) {
+  size_t n = !strcmp(what, "small") ? 100 : 100 << 10;
+  for (size_t i = 0; i < sizeof held / sizeof *held; i++)
+    held[i] = got(malloc(n), n);
+  free(held[0]);
+  free(held[0]);
+  return 0; /* not reached */
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "misc")) return misc();
+  if (argc > 2 && !strcmp(argv[1], "double")) return double_free(argv[2]);
   site_d(100 * MIB);
   for (size_t i = 0; i < N_A2; i++) {
     a[i] = site_a();
