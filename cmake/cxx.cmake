@@ -27,7 +27,8 @@ set_target_properties(allot-cxx-objects PROPERTIES
 # libstdc++ into C programs; C++ programs bring their runtime themselves.
 set(ALLOT_NEW_WEAK ${CMAKE_CURRENT_BINARY_DIR}/allot-new-weak.o)
 add_custom_command(OUTPUT ${ALLOT_NEW_WEAK}
-  COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/cmake/weaken.sh
+  COMMAND ${CMAKE_COMMAND} -E env NM=${CMAKE_NM} OBJCOPY=${CMAKE_OBJCOPY}
+          sh ${CMAKE_CURRENT_SOURCE_DIR}/cmake/weaken.sh
           $<TARGET_OBJECTS:allot-cxx-objects> ${ALLOT_NEW_WEAK}
   DEPENDS allot-cxx-objects $<TARGET_OBJECTS:allot-cxx-objects>
           ${CMAKE_CURRENT_SOURCE_DIR}/cmake/weaken.sh

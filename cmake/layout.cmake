@@ -115,12 +115,14 @@ string(APPEND _hot "    . = ALIGN(0x1000);\n"
                    "    *(.allot_tier.cold)\n")
 
 set(_text_head "  .text           :\n  {\n")
-set(_fini "  .fini           :\n  {\n    KEEP (*(SORT_NONE(.fini)))\n  }\n")
-set(_init "  .init           :\n  {\n    KEEP (*(SORT_NONE(.init)))\n  }\n")
+# .init and .fini as the script has them, with the fill some targets give
+# after the brace (aarch64's "} =0x1f2003d5", its nop)
+foreach(_sec init fini)
+  string(REGEX MATCH "  \\.${_sec}           :\n  {\n    KEEP \\(\\*\\(SORT_NONE\\(\\.${_sec}\\)\\)\\)\n  }[^\n]*\n"
+         _${_sec} "${_script}")
+endforeach()
 string(FIND "${_script}" "${_text_head}" _at_text)
-string(FIND "${_script}" "${_fini}" _at_fini)
-string(FIND "${_script}" "${_init}" _at_init)
-if(_at_text EQUAL -1 OR _at_fini EQUAL -1 OR _at_init EQUAL -1)
+if(_at_text EQUAL -1 OR NOT _fini OR NOT _init)
   message(STATUS "liballot.so code layout: unknown linker script, "
                  "default order")
   return()

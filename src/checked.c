@@ -1983,10 +1983,15 @@ static void report_leaks(walk_t *w, bool classified) {
  * checked_verify below), then the leak report. */
 static COLD void checked_exit_report(void) {
   /* the registers as exit left them, and where its frames start: roots of
-   * the leak report's scan (what this code does below is not) */
+   * the leak report's scan (what this code does below is not). The
+   * canonical frame address, the stack pointer at the call, is the top of
+   * this function's frame on every target; the frame address is not: on
+   * aarch64 it is the frame record at the bottom, with this function's own
+   * locals above it (uninitialised, they held a stale pointer to a lost
+   * block there, and misuse-leak-report saw it reachable). */
   jmp_buf regs;
   setjmp(regs);
-  uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
+  uintptr_t sp = (uintptr_t)__builtin_dwarf_cfa();
   char line[256];
   VG(VALGRIND_DISABLE_ERROR_REPORTING);
   int bad = allot_check_report(line, sizeof line);

@@ -550,7 +550,38 @@ void fault(const char *fn, const char *what, const void *addr) {
   abort();
 }
 
+/* allot cuts memory at 4 KiB (OS_PAGE): purges, secure mode's guard pages,
+ * a large block's header, the ends trimmed off aligned mappings. A kernel
+ * with bigger pages (aarch64 ones may run 16 or 64 KiB) rounds madvise and
+ * mprotect ranges out to its own pages, so a purge would discard and a guard
+ * would protect live blocks beside them, and munmap of the trimmed ends
+ * fails. allot stops at start-up there, before its first mapping, rather
+ * than corrupt memory later (docs/design.md, "Page size"). */
+#ifdef ALLOT_TEST_HOOKS
+static _Atomic unsigned long hook_page_size; /* 0: the kernel's */
+__attribute__((visibility("default"))) void
+allot_test_page_size(unsigned long size) {
+  atomic_store(&hook_page_size, size);
+}
+#define kernel_page_size()                                                     \
+  (atomic_load(&hook_page_size) ? atomic_load(&hook_page_size)                 \
+                                : getauxval(AT_PAGESZ))
+#else
+#define kernel_page_size() getauxval(AT_PAGESZ)
+#endif
+
+static COLD _Noreturn void page_size_fault(unsigned long size) {
+  char num[24];
+  os_fmt_dec(num, size);
+  os_write_err("allot: the kernel's page size is ");
+  os_write_err(num);
+  os_write_err(" bytes; allot needs 4096-byte pages\n");
+  abort();
+}
+
 void os_init(void) {
+  unsigned long page = kernel_page_size(); /* 0: no auxiliary vector entry */
+  if (unlikely(page != OS_PAGE && page != 0)) page_size_fault(page);
   os_lock_init(&brk_lock);
 }
 

@@ -352,6 +352,15 @@ static int parent(const char *self, int pexit) {
     dup2(fds[1], 1);
     close(fds[0]);
     close(fds[1]);
+    /* cross-built tests run under an emulator (docs/testing.md, aarch64),
+     * which needs the program's own path: its /proc/self/exe is itself */
+    const char *emu = getenv("ALLOT_TEST_EMULATOR");
+    char path[4096];
+    ssize_t n = readlink(self, path, sizeof path - 1);
+    if (emu && *emu && n > 0) {
+      path[n] = 0;
+      execlp(emu, emu, path, mode, (char *)NULL);
+    }
     execl(self, self, mode, (char *)NULL);
     perror("early: exec");
     _exit(127);

@@ -95,6 +95,9 @@ UNUSED static int run_self(const char *arg, const char *env_kv, char *out,
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n <= 0) _exit(126);
     self[n] = 0;
+    /* cross-built tests run under an emulator (docs/testing.md, aarch64) */
+    const char *emu = getenv("ALLOT_TEST_EMULATOR");
+    if (emu && *emu) execlp(emu, emu, self, arg, (char *)NULL);
     execl(self, self, arg, (char *)NULL);
     _exit(127);
   }

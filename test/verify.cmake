@@ -45,6 +45,21 @@ add_test(NAME hostile_osfail_brk COMMAND hostile_osfail brk)
 set_tests_properties(hostile_osfail hostile_osfail_brk PROPERTIES
   TIMEOUT 120 LABELS "verify;prefixed")
 
+# A kernel with pages other than 4 KiB: a clear message and abort() at the
+# first call (os.c); under qemu also with a real 64 KiB page (qemu's -p).
+allot_hostile(pagesize LIBS allot-testhooks)
+add_test(NAME hostile_pagesize COMMAND hostile_pagesize)
+set_tests_properties(hostile_pagesize PROPERTIES TIMEOUT 60
+  LABELS "verify;prefixed")
+if(CMAKE_CROSSCOMPILING_EMULATOR MATCHES "qemu-")
+  set(_emulator ${CMAKE_CROSSCOMPILING_EMULATOR})
+  list(INSERT _emulator 1 -p 65536)
+  add_test(NAME hostile_pagesize_64k
+    COMMAND ${_emulator} $<TARGET_FILE:hostile_pagesize>)
+  set_tests_properties(hostile_pagesize_64k PROPERTIES TIMEOUT 60
+    LABELS "verify;prefixed" PASS_REGULAR_EXPRESSION "kernel pages of 65536")
+endif()
+
 # Checked modes: allot_check while other threads make, resize and free large
 # blocks (the check read blocks being freed: a crash or a false report). Not
 # under TSan: the check reads blocks other threads write as a seqlock's
@@ -134,6 +149,10 @@ set_tests_properties(fuzz_corpus PROPERTIES TIMEOUT 120
 # UBSan, so the fast paths are what gets fuzzed (under ASan allot turns to its
 # checked mode: scripts/fuzz.sh runs that configuration too).
 find_program(ALLOT_CLANG NAMES clang clang-16 clang-15 clang-14)
+if(CMAKE_CROSSCOMPILING)
+  # the host's clang would build a fuzzer for the host, not the target
+  set(ALLOT_HAVE_LIBFUZZER OFF)
+endif()
 if(ALLOT_CLANG AND NOT DEFINED ALLOT_HAVE_LIBFUZZER)
   set(probe_dir ${CMAKE_CURRENT_BINARY_DIR}/fuzz-probe)
   file(MAKE_DIRECTORY ${probe_dir})
