@@ -24,19 +24,8 @@ case ${1:-} in
   ;;
 esac
 
-pkgs=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross
-  qemu-user cmake)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+bash scripts/deps.sh gcc-aarch64-linux-gnu g++-aarch64-linux-gnu \
+  libc6-dev-arm64-cross qemu-user cmake
 
 jobs=$(nproc)
 dir=${CROSS_BUILD:-build-aarch64}
