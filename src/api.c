@@ -147,18 +147,7 @@ static ALWAYS_INLINE void small_free(segment_t *s, void *p, size_t size,
       page_free_full(h, pg, b);
       return;
     }
-    uintptr_t mark = free_mark(b), next = link_encode(pg->free, b);
-    /* opaque, so that the compiler stores the two words as two words
-     * rather than building them in a vector register (3 more
-     * instructions, and the mark computed twice) */
-    __asm__("" : "+r"(next));
-    b->mark = mark;
-    b->next = next;
-    pg->free = b;
-    /* an emptied page may go back to its segment (not the last of its
-     * class) */
-    if (unlikely(--pg->used == 0) && h->avail[pg->cls].count > 1)
-      page_free_slow(h, pg);
+    page_give(h, pg, b);
     return;
   }
   small_xfree(pg, b);

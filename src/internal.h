@@ -604,6 +604,23 @@ static ALWAYS_INLINE void *page_take(page_t *pg, const char *fn) {
   return b;
 }
 
+/* Push block b back onto page pg's free list: the owner's free of a block
+ * of its page outside the full list (h: the owner, the free fast path), and
+ * the profiler's return of a held block. An emptied page may go back to its
+ * segment (not the last of its class). */
+static ALWAYS_INLINE void page_give(heap_t *h, page_t *pg, block_t *b) {
+  uintptr_t mark = free_mark(b), next = link_encode(pg->free, b);
+  /* opaque, so that the compiler stores the two words as two words rather
+   * than building them in a vector register (3 more instructions, and the
+   * mark computed twice) */
+  __asm__("" : "+r"(next));
+  b->mark = mark;
+  b->next = next;
+  pg->free = b;
+  if (unlikely(--pg->used == 0) && h->avail[pg->cls].count > 1)
+    page_free_slow(h, pg);
+}
+
 /* The malloc fast path: a block of class cls from the heap's current page. */
 static ALWAYS_INLINE void *heap_alloc_class(heap_t *h, size_t cls, size_t size,
                                             const char *fn) {

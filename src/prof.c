@@ -1489,8 +1489,9 @@ static bool prof_block(segment_t *s) {
 
 /* A small sample's held block goes back to its page as the program's free
  * of it would have gone: onto the page's list when this thread owns the page
- * and the page is not in the full list (small_free's path then, without the
- * checks a block from the program needs: only the sample had this one),
+ * and the page is not in the full list (small_free's page_give then,
+ * without the checks a block from the program needs: only the sample had
+ * this one),
  * through free otherwise. free_unchecked took about 70 instructions for it,
  * this about 20. */
 static void release_held(block_t *b) {
@@ -1501,10 +1502,7 @@ static void release_held(block_t *b) {
     free_unchecked(b, "free");
     return;
   }
-  b->mark = free_mark(b);
-  b->next = link_encode(pg->free, b);
-  pg->free = b;
-  if (--pg->used == 0 && h->avail[pg->cls].count > 1) page_free_slow(h, pg);
+  page_give(h, pg, b);
 }
 
 /* A medium or large block whose filter group is set (the caller tested

@@ -596,8 +596,8 @@ void *medium_malloc_joined(heap_t *h, size_t size) {
  *   (cc1 under gcc -O2: 1.8 MiB of its peak).
  * Not first-class heaps, whose small blocks allot_heap_destroy looks for in
  * their pages and whose large blocks are their own mappings. One function
- * for both, out of line: the code the default mode runs must fit one 64 KiB
- * window (cmake/layout.cmake, test/layout_check.py).
+ * for both, out of line: every byte of the hot code's tiers is resident in
+ * the programs that run them (cmake/hot-functions.txt).
  *
  * medium_cut_next: where the last block ended. A run of small blocks is most
  * often carved one after another from the same free chunk, so the next block
