@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(build-essential cmake python3 git sqlite3 gcc g++ clang libclang-rt-14-dev time
       pkg-config valgrind redis-server redis-tools
       libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4
-      libpython3.11-testsuite bc binutils)
+      libpython3.11-testsuite bc binutils librsvg2-bin)
 [ $# -eq 0 ] || pkgs=("$@")
 missing=()
 for p in "${pkgs[@]}"; do
