@@ -80,8 +80,10 @@ typedef struct page {
   uint8_t queue;    /* which heap list holds it: Q_AVAIL, Q_FULL */
   uint8_t dirty;    /* free, but memory not yet given back */
   uint8_t last_cls; /* dirty: the class it held, on its heap's dirty_free */
-  _Alignas(64) _Atomic uintptr_t xfree; /* blocks freed by other threads */
-  _Atomic uint8_t full;                 /* set while in the full list */
+  /* blocks freed by other threads: the list's head and, in the top 16
+   * bits, its length (xfree_head, xfree_count) */
+  _Alignas(64) _Atomic uintptr_t xfree;
+  _Atomic uint8_t full; /* set while in the full list */
   /* Bytes from the page's start (whole OS pages) that its former lives
    * made resident since its memory was last purged: a hint (page.c) */
   uint32_t touched;
@@ -390,6 +392,24 @@ INTERNAL void *page_malloc_slow(heap_t *h, size_t cls, size_t size);
 INTERNAL void *page_alloc_block(heap_t *h, size_t cls);
 INTERNAL void page_free_slow(heap_t *h, page_t *pg);
 INTERNAL void page_free_full(heap_t *h, page_t *pg, block_t *b);
+/* A page's cross-thread list is one word: the head block (user addresses
+ * are below 2^48: the segment map covers no more) and the number of blocks
+ * on the list, which each push adds one to in the same compare-and-swap. So
+ * the owner takes the list over without walking it (page.c, take_xfree). */
+#define XFREE_SHIFT 48
+#define XFREE_ONE ((uintptr_t)1 << XFREE_SHIFT)
+_Static_assert(XFREE_SHIFT >= VA_BITS, "xfree's count above every address");
+_Static_assert(PAGE_SIZE / 16 < ((size_t)1 << (64 - XFREE_SHIFT)),
+               "a page's blocks fit xfree's count");
+static inline block_t *xfree_head(uintptr_t w) {
+  return (block_t *)(w & (XFREE_ONE - 1));
+}
+static inline size_t xfree_count(uintptr_t w) {
+  return (size_t)(w >> XFREE_SHIFT);
+}
+static inline uintptr_t xfree_word(const block_t *head, size_t count) {
+  return (uintptr_t)head | ((uintptr_t)count << XFREE_SHIFT);
+}
 INTERNAL bool page_xfree(page_t *pg, block_t *b);
 INTERNAL size_t page_collect_xfree(page_t *pg); /* blocks taken over */
 INTERNAL void heap_collect_pages(heap_t *h, bool abandoning);

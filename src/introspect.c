@@ -204,7 +204,7 @@ static size_t resident(const void *p, size_t len) {
 static size_t pending_xfree(page_t *pg, size_t limit) {
   uint8_t *start = page_start(segment_of(pg), pg);
   block_t *b =
-      (block_t *)atomic_load_explicit(&pg->xfree, memory_order_acquire);
+      xfree_head(atomic_load_explicit(&pg->xfree, memory_order_acquire));
   size_t n = 0;
   while (b && n < limit) {
     if ((uint8_t *)b < start || (uint8_t *)b >= start + PAGE_SIZE) break;
@@ -1335,11 +1335,13 @@ static void check_page(chk_t *c, heap_t *h, segment_t *s, page_t *pg) {
     if (count_marks)
       for (size_t k = 0; k < pg->capacity; k++)
         marked += block_free_marked(start + k * bsize);
-    block_t *x =
-        (block_t *)atomic_load_explicit(&pg->xfree, memory_order_acquire);
-    size_t nx = check_list(
-        c, pg, start, x, "cross-thread free list link leads outside its page");
+    uintptr_t xw = atomic_load_explicit(&pg->xfree, memory_order_acquire);
+    size_t nx =
+        check_list(c, pg, start, xfree_head(xw),
+                   "cross-thread free list link leads outside its page");
     if (c->what) return;
+    if (nx != xfree_count(xw))
+      return fail(c, "cross-thread free list's count disagrees with it", start);
     if (nx > pg->used)
       return fail(c, "more cross-thread frees than blocks in use", start);
     if (!count_marks || marked <= nfree + nx) return;

@@ -1219,9 +1219,9 @@ static void cut(pthread_state_t *t, page_t *pg, size_t k, size_t n) {
   t->cuts_n++;
   pg->used += (uint32_t)(n - k);
   /* usually nobody else has freed into the page: the list goes as it is */
-  uintptr_t head = 0;
+  uintptr_t word = 0;
   if (atomic_compare_exchange_strong_explicit(
-          &pg->xfree, &head, (uintptr_t)rest, memory_order_release,
+          &pg->xfree, &word, xfree_word(rest, n - k), memory_order_release,
           memory_order_relaxed)) {
     pcut_t *c = NULL;
     for (int i = 0; i < CUTS && !c; i++)
@@ -1239,10 +1239,10 @@ static void cut(pthread_state_t *t, page_t *pg, size_t k, size_t n) {
     if (++m > n - k) break;
   if (m != n - k) fault("malloc", "corrupted free list", last);
   do {
-    last->next = link_encode((block_t *)head, last);
+    last->next = link_encode(xfree_head(word), last);
   } while (!atomic_compare_exchange_weak_explicit(
-      &pg->xfree, &head, (uintptr_t)rest, memory_order_release,
-      memory_order_relaxed));
+      &pg->xfree, &word, xfree_word(rest, xfree_count(word) + n - k),
+      memory_order_release, memory_order_relaxed));
 }
 
 /* The countdown while forced: the hook's subtraction leaves it below 0. */
@@ -1287,10 +1287,11 @@ size_t prof_collect_xfree(page_t *pg, uintptr_t head) {
     t->ncuts--;
     if (!cut_tail(c, pg, &tail)) break;
     t->whole_n++;
-    if (head == (uintptr_t)c->rest && !tail) {
+    if (xfree_head(head) == c->rest && !tail) {
       /* the usual case: the page's list ran out at the cut and nobody has
        * freed into the page since; page_take_xfree's work then */
-      if (c->n > pg->used) fault("malloc", "corrupted free list", c->rest);
+      if (c->n > pg->used || xfree_count(head) != c->n)
+        fault("malloc", "corrupted free list", c->rest);
       pg->free = c->rest;
       pg->used -= c->n;
       return c->n;

@@ -177,6 +177,24 @@ static void df_cross_thread(size_t n) {
   misuse_end();
 }
 
+/* Both frees in other threads than the owner: the block is on its page's
+ * cross-thread list, which the owner takes over unwalked (page.c). */
+static void *thread_bad_free(void *p) {
+  bad_free(p);
+  return NULL;
+}
+static void df_cross_twice(size_t n) {
+  void *p = xmalloc(n);
+  pthread_t t;
+  pthread_create(&t, NULL, thread_free, p);
+  pthread_join(t, NULL);
+  misuse_begin();
+  pthread_create(&t, NULL, thread_bad_free, p);
+  pthread_join(t, NULL);
+  misuse_end();
+  churn(n, 4);
+}
+
 static void df_after_trim(size_t n) {
   void *p = xmalloc(n);
   free(p);
@@ -720,6 +738,8 @@ static const misuse_case_t c_cases[] = {
      df_reused},
     {"df_cross_thread", "double free", "first free in another thread", SIZED,
      df_cross_thread},
+    {"df_cross_twice", "double free", "both frees in other threads", SIZED,
+     df_cross_twice},
     {"df_after_trim", "double free",
      "after malloc_trim (a large block's mapping is gone)", SIZED,
      df_after_trim},
