@@ -167,11 +167,19 @@ static void *thread_free(void *p) {
   free(p);
   return NULL;
 }
+static void *thread_bad_free(void *p) {
+  bad_free(p);
+  return NULL;
+}
+/* fn(p) on a thread of its own, waited for. */
+static void in_thread(void *(*fn)(void *), void *p) {
+  pthread_t t;
+  pthread_create(&t, NULL, fn, p);
+  pthread_join(t, NULL);
+}
 static void df_cross_thread(size_t n) {
   void *p = xmalloc(n);
-  pthread_t t;
-  pthread_create(&t, NULL, thread_free, p);
-  pthread_join(t, NULL);
+  in_thread(thread_free, p);
   misuse_begin();
   bad_free(p);
   misuse_end();
@@ -179,18 +187,11 @@ static void df_cross_thread(size_t n) {
 
 /* Both frees in other threads than the owner: the block is on its page's
  * cross-thread list, which the owner takes over unwalked (page.c). */
-static void *thread_bad_free(void *p) {
-  bad_free(p);
-  return NULL;
-}
 static void df_cross_twice(size_t n) {
   void *p = xmalloc(n);
-  pthread_t t;
-  pthread_create(&t, NULL, thread_free, p);
-  pthread_join(t, NULL);
+  in_thread(thread_free, p);
   misuse_begin();
-  pthread_create(&t, NULL, thread_bad_free, p);
-  pthread_join(t, NULL);
+  in_thread(thread_bad_free, p);
   misuse_end();
   churn(n, 4);
 }
