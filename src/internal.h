@@ -711,12 +711,12 @@ extern INTERNAL __thread int64_t prof_left_big;
 #define PROF_FILTER_GROUP 5 /* log2 of the slots a group */
 extern INTERNAL _Atomic uint64_t
     prof_filter_sum[((size_t)1 << (PROF_FILTER_BITS - PROF_FILTER_GROUP)) / 64];
-/* page_collect_xfree, for a page of a pending class: head, the list taken */
-INTERNAL size_t prof_collect_xfree(page_t *pg, uintptr_t head);
+/* page_collect_xfree, for a page of a pending class: word, the list taken */
+INTERNAL size_t prof_collect_xfree(page_t *pg, uintptr_t word);
 /* heap_collect_pages, first: the thread's cut lists in h's pages, whole */
 INTERNAL void prof_uncut(heap_t *h);
-/* page.c, for it: head taken over, a cut's list from cut on back whole */
-INTERNAL size_t page_take_xfree(page_t *pg, uintptr_t head, block_t *cut,
+/* page.c, for it: word taken over, a cut's list from cut on back whole */
+INTERNAL size_t page_take_xfree(page_t *pg, uintptr_t word, block_t *cut,
                                 size_t cut_n, block_t *tail);
 
 static ALWAYS_INLINE size_t prof_filter_slot(const void *p) {

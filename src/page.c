@@ -239,27 +239,27 @@ static ALWAYS_INLINE size_t take_xfree(page_t *pg, uintptr_t word, block_t *cut,
 /* Take over the blocks other threads freed into this page, to the front of
  * its free list: how many. */
 size_t page_collect_xfree(page_t *pg) {
-  uintptr_t head =
+  uintptr_t word =
       atomic_exchange_explicit(&pg->xfree, 0, memory_order_acquire);
-  if (!head) return 0;
+  if (!word) return 0;
   /* the heap profile: the list may end with one that prof.c cut */
   if (unlikely(g.prof) && prof_is_pending(pg->cls))
-    return prof_collect_xfree(pg, head);
-  return take_xfree(pg, head, NULL, 0, NULL);
+    return prof_collect_xfree(pg, word);
+  return take_xfree(pg, word, NULL, 0, NULL);
 }
 
-size_t page_take_xfree(page_t *pg, uintptr_t head, block_t *cut, size_t cut_n,
+size_t page_take_xfree(page_t *pg, uintptr_t word, block_t *cut, size_t cut_n,
                        block_t *tail) {
-  return take_xfree(pg, head, cut, cut_n, tail);
+  return take_xfree(pg, word, cut, cut_n, tail);
 }
 
 /* page_collect_xfree without the profile's test, for heap_collect_pages,
  * before which prof_uncut has taken back the thread's cut lists. */
 static NOINLINE size_t collect_xfree_all(page_t *pg) {
-  uintptr_t head =
+  uintptr_t word =
       atomic_exchange_explicit(&pg->xfree, 0, memory_order_acquire);
-  if (!head) return 0;
-  return take_xfree(pg, head, NULL, 0, NULL);
+  if (!word) return 0;
+  return take_xfree(pg, word, NULL, 0, NULL);
 }
 
 /* Carve the page's next blocks (in checked mode: in random order, with the

@@ -1265,14 +1265,14 @@ static bool cut_tail(const pcut_t *c, page_t *pg, block_t **tail) {
   return true;
 }
 
-/* page_collect_xfree took over head, the cross-thread list of pg, a page of
+/* page_collect_xfree took over word, the cross-thread list of pg, a page of
  * a class whose sample is pending: in the refill that makes that sample
  * (or in another collection; heap_collect_pages has prof_uncut). A list
  * kept by cut comes back whole, after what other threads pushed in front
  * of it. The countdown is then set so that the next hook, the refill's,
  * calls prof_small, which is where the pending classes are tested: the
  * hooks on every refill do not test them. */
-size_t prof_collect_xfree(page_t *pg, uintptr_t head) {
+size_t prof_collect_xfree(page_t *pg, uintptr_t word) {
   pthread_state_t *t = &T;
   if (!t->forced) {
     t->forced = 1;
@@ -1287,18 +1287,18 @@ size_t prof_collect_xfree(page_t *pg, uintptr_t head) {
     t->ncuts--;
     if (!cut_tail(c, pg, &tail)) break;
     t->whole_n++;
-    if (xfree_head(head) == c->rest && !tail) {
+    if (xfree_head(word) == c->rest && !tail) {
       /* the usual case: the page's list ran out at the cut and nobody has
        * freed into the page since; page_take_xfree's work then */
-      if (c->n > pg->used || xfree_count(head) != c->n)
+      if (c->n > pg->used || xfree_count(word) != c->n)
         fault("malloc", "corrupted free list", c->rest);
       pg->free = c->rest;
       pg->used -= c->n;
       return c->n;
     }
-    return page_take_xfree(pg, head, c->rest, c->n, tail);
+    return page_take_xfree(pg, word, c->rest, c->n, tail);
   }
-  return page_take_xfree(pg, head, NULL, 0, NULL);
+  return page_take_xfree(pg, word, NULL, 0, NULL);
 }
 
 void prof_uncut(heap_t *h) {
@@ -1311,11 +1311,11 @@ void prof_uncut(heap_t *h) {
       continue;
     c->pg = NULL;
     t->ncuts--;
-    uintptr_t head;
-    if (cut_tail(c, pg, &tail) && (head = atomic_exchange_explicit(
+    uintptr_t word;
+    if (cut_tail(c, pg, &tail) && (word = atomic_exchange_explicit(
                                        &pg->xfree, 0, memory_order_acquire))) {
       t->whole_n++;
-      page_take_xfree(pg, head, c->rest, c->n, tail);
+      page_take_xfree(pg, word, c->rest, c->n, tail);
     }
   }
   if (t->cuts_n | t->whole_n) {
