@@ -508,6 +508,19 @@ static void uaf_write_reuse(size_t n) {
   churn(n, churn_rounds(n));
 }
 
+/* The first field of a block another thread freed, written: the block
+ * waits on its page's cross-thread list, whose links the owner now checks
+ * as it pops the blocks rather than when it takes the list over. */
+static void uaf_xthread(size_t n) {
+  char *p = xmalloc(n);
+  in_thread(thread_free, p);
+  misuse_begin();
+  *(volatile uint64_t *)misuse_launder(p) = 0x7575757575757575ull;
+  misuse_wrote();
+  misuse_end();
+  churn(n, churn_rounds(n));
+}
+
 /* ---- zero-size blocks
  * ----------------------------------------------------------- */
 
@@ -806,6 +819,8 @@ static const misuse_case_t c_cases[] = {
      SIZED, uaf_zero},
     {"uaf_write_reuse", "use after free",
      "write after the size was allocated again", SIZED, uaf_write_reuse},
+    {"uaf_xthread", "use after free",
+     "first 8 bytes written after another thread freed it", SIZED, uaf_xthread},
     {"zero_read", "zero-size block", "read from malloc(0)", 0, zero_read},
     {"zero_write", "zero-size block", "write to malloc(0)", 0, zero_write},
     {"zero_unique", "zero-size block", "malloc(0) twice: distinct pointers",
