@@ -1,9 +1,10 @@
 /* rss-steps.c: how far the peak RSS that wait4() reports (ru_maxrss, what
- * `allot bench` reads) lies from the exact one, for a child that touches N
- * pages of anonymous memory and exits. The child sends its VmHWM from
- * /proc/self/status just before _exit; the parent prints VmHWM/ru_maxrss
- * and the difference, in kB, for 6 children. docs/memory.md, "What the
- * benchmark's peak RSS shows".
+ * `allot bench` reads) lies from the VmHWM a child reads from
+ * /proc/self/status just before it exits, for children that touch N pages
+ * of anonymous memory. Prints VmHWM/ru_maxrss and the difference, in kB,
+ * for 6 children. Both come from the kernel's per-CPU RSS counters, read
+ * without the batches in flight: docs/memory.md, "What the benchmark's
+ * peak RSS shows".
  *   cc -O2 -o rss-steps scripts/rss-steps.c && ./rss-steps 1000 */
 #define _GNU_SOURCE
 #include <stdio.h>
