@@ -123,6 +123,19 @@ static NOINLINE void small_xfree(page_t *pg, block_t *b) {
   if (unlikely(page_xfree(pg, b))) purge_poll();
 }
 
+/* A free that is not the owner's into an available page: the owner's into
+ * a full page, which goes back to the available list under the page lock,
+ * or another thread's. */
+static NOINLINE void small_free_other(heap_t *h, page_t *pg, block_t *b) {
+  if (atomic_load_explicit(&pg->heap, memory_order_relaxed) != h) {
+    small_xfree(pg, b);
+  } else if (pg->queue == Q_FULL) {
+    page_free_full(h, pg, b);
+  } else {
+    page_give(h, pg, b);
+  }
+}
+
 /* A size that free_sized may be given for a block of usable size u: not more
  * than u, and more than half of it (a realloc that shrinks by half or more
  * moves the block, so no smaller size can belong to it). */
@@ -141,16 +154,12 @@ static ALWAYS_INLINE void small_free(segment_t *s, void *p, size_t size,
     fault(fn, "size does not match the block", p);
   block_t *b = p;
   heap_t *h = tls_heap;
-  if (likely(atomic_load_explicit(&pg->heap, memory_order_relaxed) == h)) {
-    /* a full page goes back to the available list, under the page lock */
-    if (unlikely(pg->queue == Q_FULL)) {
-      page_free_full(h, pg, b);
-      return;
-    }
+  if (likely(atomic_load_explicit(&pg->avail_owner, memory_order_relaxed) ==
+             h)) {
     page_give(h, pg, b);
     return;
   }
-  small_xfree(pg, b);
+  small_free_other(h, pg, b);
 }
 
 /* Any block, by the segment map, ignoring the checked-mode flag: checked.c

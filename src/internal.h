@@ -80,6 +80,10 @@ typedef struct page {
   uint8_t queue;    /* which heap list holds it: Q_AVAIL, Q_FULL */
   uint8_t dirty;    /* free, but memory not yet given back */
   uint8_t last_cls; /* dirty: the class it held, on its heap's dirty_free */
+  /* the owner while the page is on its available list, else NULL: free's
+   * fast path compares it with the thread's heap, one test for "mine, and
+   * not full" (page_set_queue keeps it) */
+  _Atomic(struct heap *) avail_owner;
   /* blocks freed by other threads: the list's head and, in the top 16
    * bits, its length (xfree_head, xfree_count) */
   _Alignas(64) _Atomic uintptr_t xfree;
@@ -392,6 +396,14 @@ INTERNAL void *page_malloc_slow(heap_t *h, size_t cls, size_t size);
 INTERNAL void *page_alloc_block(heap_t *h, size_t cls);
 INTERNAL void page_free_slow(heap_t *h, page_t *pg);
 INTERNAL void page_free_full(heap_t *h, page_t *pg, block_t *b);
+/* Put page pg of heap h on list q (Q_NONE, Q_AVAIL, Q_FULL) as far as its
+ * fields say: free's fast path trusts avail_owner only while the page is
+ * h's and available. */
+static inline void page_set_queue(page_t *pg, struct heap *h, uint8_t q) {
+  pg->queue = q;
+  atomic_store_explicit(&pg->avail_owner, q == Q_AVAIL ? h : NULL,
+                        memory_order_relaxed);
+}
 /* A page's cross-thread list is one word: the head block (user addresses
  * are below 2^48: the segment map covers no more) and the number of blocks
  * on the list, which each push adds one to in the same compare-and-swap. So

@@ -1320,6 +1320,9 @@ static void check_page(chk_t *c, heap_t *h, segment_t *s, page_t *pg) {
     return fail(c, "page in use but on no list", start);
   if ((pg->queue == Q_FULL) != (atomic_load(&pg->full) != 0))
     return fail(c, "page's full flag disagrees with its list", start);
+  if (atomic_load_explicit(&pg->avail_owner, memory_order_relaxed) !=
+      (pg->queue == Q_AVAIL ? h : NULL))
+    return fail(c, "page's available owner disagrees with its list", start);
   bool count_marks = !quarantine_possible();
   size_t nfree = check_list(c, pg, start, pg->free,
                             "free list link leads outside its page");

@@ -130,7 +130,7 @@ static void page_init(heap_t *h, page_t *pg, size_t cls) {
   pg->reserved = (uint32_t)((PAGE_SIZE - (g.secure ? OS_PAGE : 0)) / pg->bsize);
   pg->recip = (uint32_t)((((uint64_t)1 << 32) + pg->bsize - 1) / pg->bsize);
   pg->cls = (uint8_t)cls;
-  pg->queue = Q_NONE;
+  page_set_queue(pg, h, Q_NONE);
   atomic_store_explicit(&pg->full, 0, memory_order_relaxed);
   atomic_store_explicit(&pg->xfree, 0, memory_order_relaxed);
   atomic_store_explicit(&pg->heap, h, memory_order_release);
@@ -312,7 +312,7 @@ static bool page_to_full(heap_t *h, page_t *pg) {
   }
   plist_remove(&h->avail[pg->cls], pg);
   plist_push_back(&h->full[pg->cls], pg);
-  pg->queue = Q_FULL;
+  page_set_queue(pg, h, Q_FULL);
   return true;
 }
 
@@ -320,7 +320,7 @@ static void page_from_full(heap_t *h, page_t *pg) {
   plist_remove(&h->full[pg->cls], pg);
   atomic_store_explicit(&pg->full, 0, memory_order_relaxed);
   plist_push_front(&h->avail[pg->cls], pg);
-  pg->queue = Q_AVAIL;
+  page_set_queue(pg, h, Q_AVAIL);
 }
 
 /* Pages of class cls that other threads freed into while they were full
@@ -673,7 +673,7 @@ static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
   }
   page_init(h, pg, cls);
   plist_push_front(&h->avail[cls], pg);
-  pg->queue = Q_AVAIL;
+  page_set_queue(pg, h, Q_AVAIL);
   page_grow(pg); /* secure mode: and the page's guard */
   set_current(h, cls, pg);
   return page_take(pg, "malloc");
@@ -874,7 +874,7 @@ void heap_absorb(heap_t *into, heap_t *from) {
         atomic_store_explicit(&pg->heap, into, memory_order_seq_cst);
         atomic_store_explicit(&pg->full, 0, memory_order_seq_cst);
         plist_push_back(&into->avail[cls], pg);
-        pg->queue = Q_AVAIL;
+        page_set_queue(pg, into, Q_AVAIL);
         page_collect_xfree(pg);
         if (pg->used == 0) page_retire(into, pg, true);
       }

@@ -377,7 +377,8 @@ static void page_free_as(heap_t *h, page_t *pg, bool purge) {
   pg->free = NULL;
   pg->used = pg->reserved = pg->bsize = pg->recip = 0;
   __atomic_store_n(&pg->capacity, 0, __ATOMIC_RELAXED);
-  pg->cls = pg->queue = 0;
+  pg->cls = 0;
+  page_set_queue(pg, NULL, Q_NONE);
   pg->next = pg->prev = NULL;
   atomic_store_explicit(&pg->full, 0, memory_order_relaxed);
   atomic_store_explicit(&pg->xfree, 0, memory_order_relaxed);
