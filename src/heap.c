@@ -119,7 +119,7 @@ static void process_init_late(void) {
   static _Atomic int done;
   int expected = 0;
   if (!atomic_compare_exchange_strong(&done, &expected, 1)) return;
-  pthread_atfork(fork_prepare, fork_parent, fork_child);
+  os_fork_handlers(fork_prepare, fork_parent, fork_child);
   atomic_store_explicit(&init_state, 2, memory_order_release);
 }
 
@@ -331,6 +331,7 @@ heap_t *heaps_first(void) {
 }
 
 static void fork_prepare(void) {
+  prof_fork_prepare(); /* its lock is taken before allot's, as it allocates */
   /* Page locks first, since an owner holding its own may wait for
    * heaps_lock (heap_absorb_abandoned); again if a heap was made meanwhile. */
   for (;;) {
@@ -361,6 +362,7 @@ static void fork_parent(void) {
   for (heap_t *h = all_heaps; h; h = h->next_all)
     os_unlock(&h->page_lock);
   os_unlock(&heaps_lock);
+  prof_fork_parent();
 }
 
 static void fork_child(void) {
@@ -375,4 +377,5 @@ static void fork_child(void) {
   }
   os_lock_init(&heaps_lock);
   purge_after_fork_child();
+  prof_fork_child();
 }

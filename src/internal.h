@@ -294,6 +294,13 @@ INTERNAL bool os_remap_inplace(void *old, size_t old_size, size_t new_size);
 INTERNAL uint64_t os_now_ms(void);
 INTERNAL uint64_t os_random_seed(void);
 INTERNAL void os_lock(os_lock_t *l);
+/* Fork handlers (os.c): given once, registered with pthread_atfork when the
+ * process has a second thread (or at once by os_fork_arm, before allot
+ * starts one itself). */
+INTERNAL void os_fork_handlers(void (*prepare)(void), void (*parent)(void),
+                               void (*child)(void));
+INTERNAL void os_fork_arm(void);
+INTERNAL bool os_fork_armed(void);
 INTERNAL bool os_trylock(os_lock_t *l);
 /* The executable segment holding `code` (a function of allot's): its bounds,
  * and whether it is a shared object's (liballot.so) rather than the
@@ -514,6 +521,10 @@ INTERNAL void heap_chunks_init(heap_t *h);
 
 /* ---- prof.c: the sampled heap profile; every call is behind g.prof ------ */
 INTERNAL void prof_configure(void); /* end of option parsing */
+/* heap.c's fork handlers call these: the profiler's locks, taken first */
+INTERNAL void prof_fork_prepare(void);
+INTERNAL void prof_fork_parent(void);
+INTERNAL void prof_fork_child(void);
 /* out of line from prof_count_small / prof_count_medium (below) */
 INTERNAL void *prof_small(void *p, page_t *pg, int64_t bytes);
 INTERNAL void prof_medium(heap_t *h, void *p, size_t size);

@@ -1656,19 +1656,27 @@ void prof_configure(void) {
   g.prof = 1;
 }
 
-static void fork_prepare(void) {
+/* Called by heap.c's fork handlers: this lock before allot's, since a
+ * sample allocates under it. Whether it was taken is kept, for a fork while
+ * prof_start runs (another thread's). */
+static bool fork_locked;
+void prof_fork_prepare(void) {
+  fork_locked = atomic_load_explicit(&ready, memory_order_acquire);
+  if (!fork_locked) return;
   os_lock(&lock);
 #if defined(__x86_64__)
   os_lock(&ulock);
 #endif
 }
-static void fork_parent(void) {
+void prof_fork_parent(void) {
+  if (!fork_locked) return;
 #if defined(__x86_64__)
   os_unlock(&ulock);
 #endif
   os_unlock(&lock);
 }
-static void fork_child(void) {
+void prof_fork_child(void) {
+  if (!fork_locked) return;
 #if defined(__x86_64__)
   os_lock_init(&ulock);
 #endif
@@ -1713,7 +1721,6 @@ static __attribute__((constructor)) void prof_start(void) {
   walk_ref_t ref;
   capture(ip, &ref); /* takes lock */
   os_unlock(&lock);
-  pthread_atfork(fork_prepare, fork_parent, fork_child);
   atomic_store_explicit(&ready, 1, memory_order_release);
 }
 

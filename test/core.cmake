@@ -55,6 +55,10 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   allot_core_test(core_stress stress.c)
   allot_core_test(core_fork fork.c)
   allot_core_test(core_early early.c)
+  allot_core_test(core_fork_lazy fork_lazy.c)
+  # its __register_atfork must be the one liballot.so's calls reach
+  target_link_options(core_fork_lazy PRIVATE -rdynamic)
+  target_link_libraries(core_fork_lazy PRIVATE ${CMAKE_DL_LIBS})
 
   allot_core_add(core.conformance 60 core_conformance)
   allot_core_add(core.unit_sizes 60 core_unit_sizes)
@@ -62,6 +66,10 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   allot_core_add(core.stress.rings16 120 core_stress rings 16 100000)
   allot_core_add(core.stress.churn 120 core_stress churn 2048)
   allot_core_add(core.fork 120 core_fork)
+  allot_core_add(core.fork_lazy 120 core_fork_lazy)
+  allot_core_add(core.fork_lazy_single 120 core_fork_lazy single)
+  set_tests_properties(core.fork_lazy_single PROPERTIES
+    ENVIRONMENT ALLOT_PURGE_THREAD=0)
   allot_core_add(core.early.exit 60 core_early exit)
   allot_core_add(core.early.pthread_exit 60 core_early pthread-exit)
 
