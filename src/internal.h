@@ -642,6 +642,13 @@ static ALWAYS_INLINE void *page_take(page_t *pg, const char *fn) {
   if (unlikely((((uintptr_t)next ^ (uintptr_t)b) >> PAGE_SHIFT) && next))
     fault(fn, "corrupted free list", b);
   pg->free = next;
+  /* The next malloc of the class pops `next`: a block freed long ago is
+   * a cache miss there, and the load of its link held up nearly every
+   * malloc of frag's refill phases (perf: 92 % of allot_malloc's samples on
+   * the instruction after it). Started now, it overlaps the program's work
+   * on b: frag 32 CPU 0.925x (21 interleaved rounds), one instruction more
+   * a malloc. NULL is fine: a prefetch never faults. */
+  __builtin_prefetch(next);
   pg->used++;
   b->mark = 0;
   return b;
