@@ -7,10 +7,12 @@
 # run time with LD_PRELOAD, so the same binary serves allot and every peer.
 
 # spawn is not a workload: it is the runner's process launcher (it measures
-# a command's peak RSS, which a child of the Python runner cannot).
+# a command's peak RSS, which a child of the Python runner cannot); nor is
+# peakrss, which counts a program's peak RSS exactly, for
+# scripts/peakrss.sh (docs/memory.md).
 set(ALLOT_BENCH_WORKLOADS
   micro bignum logicmin larson prodcons cache-scratch cache-thrash pareto
-  gens large realloc aligned threadchurn frag spawn)
+  gens large realloc aligned threadchurn frag spawn peakrss)
 set(ALLOT_BENCH_DATA pybench.py sqlite.sql)
 
 find_package(Threads REQUIRED)
