@@ -301,6 +301,22 @@ INTERNAL void os_fork_handlers(void (*prepare)(void), void (*parent)(void),
                                void (*child)(void));
 INTERNAL void os_fork_arm(void);
 INTERNAL bool os_fork_armed(void);
+#define FORK_ARMED 1
+extern INTERNAL _Atomic int os_fork_state;
+#if __has_include(<sys/single_threaded.h>)
+#include <sys/single_threaded.h>
+#define single_threaded() (__libc_single_threaded != 0)
+#else
+#define single_threaded() false /* no way to know: register at once */
+#endif
+/* calloc's test (os.c, "fork handlers"): a load and a branch once they are
+ * registered, two of each while the process is single-threaded */
+static ALWAYS_INLINE void fork_calloc_check(void) {
+  if (unlikely(atomic_load_explicit(&os_fork_state, memory_order_relaxed) !=
+               FORK_ARMED) &&
+      !single_threaded())
+    os_fork_arm();
+}
 INTERNAL bool os_trylock(os_lock_t *l);
 /* The executable segment holding `code` (a function of allot's): its bounds,
  * and whether it is a shared object's (liballot.so) rather than the

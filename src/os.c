@@ -377,44 +377,54 @@ uint64_t os_random_seed(void) {
  * and glibc's registration reads a line of libc's read-only data that a C
  * program does not otherwise touch: fault-around made its 64 KiB window
  * resident, 4 % of a small program's peak RSS (bench/bignum: 1724 against
- * glibc's own 1572 kB, exact, from /proc/PID/smaps). The rule: no lock is
- * taken in a process with a second thread before the handlers are
- * registered (os_lock and os_trylock check), and a thread that first sees
- * the process multi-threaded holds none of allot's locks: only pthread_create
- * ends single-threadedness, and allot calls that (purge.c) holding no lock,
- * after os_fork_arm. glibc's fork holds its handler list's lock from the
- * prepare handlers to the parent's and child's, so a registration that
- * waits for it completes after the fork, whose child inherits no lock. */
-#if __has_include(<sys/single_threaded.h>)
-#include <sys/single_threaded.h>
-#define single_threaded() (__libc_single_threaded != 0)
-#else
-#define single_threaded() false /* no way to know: register at once */
-#endif
-
+ * glibc's own 1572 kB, exact, from /proc/PID/smaps).
+ *
+ * The registration must be done while the process has one thread: done
+ * later, it could wait for the handler list's lock that a fork in another
+ * thread holds from its prepare handlers to its parent and child handlers
+ * (a fork whose child would then start with a lock taken, or deadlock, if
+ * that thread allocated meanwhile). glibc's pthread_create clears
+ * __libc_single_threaded and then, before the thread exists, calls calloc
+ * for the new thread's TLS vector (allocate_dtv; a thread's first stack is
+ * never a cached one), so calloc checks (os_fork_calloc_check, api.c):
+ * the first thread of every kind (pthread_create, C11 threads, the helper
+ * threads of timers and AIO) registers the handlers there, in the one
+ * thread there is. allot's own purge thread registers them before it is
+ * created. os_lock and os_trylock check too, as a fallback for a thread that
+ * came some other way; a registration by a process that has since forked
+ * (the word holds its pid) is started again in the child. */
 static void (*fork_prepare_fn)(void), (*fork_parent_fn)(void),
     (*fork_child_fn)(void);
 static _Atomic int fork_fns_set;
-static _Atomic int
-    fork_armed; /* futex word: 0 not yet, 1 registering, 2 done */
+/* futex word: 0 not yet, FORK_ARMED done, else 2 + 2 * pid of the process
+ * registering them */
+INTERNAL _Atomic int os_fork_state;
 static __thread bool fork_arming; /* pthread_atfork may itself allocate */
 
 void os_fork_arm(void) {
   if (fork_arming || !atomic_load_explicit(&fork_fns_set, memory_order_acquire))
     return; /* os_fork_handlers registers them when it gets them */
-  int expected = 0;
-  if (atomic_compare_exchange_strong(&fork_armed, &expected, 1)) {
-    fork_arming = true;
-    pthread_atfork(fork_prepare_fn, fork_parent_fn, fork_child_fn);
-    fork_arming = false;
-    atomic_store_explicit(&fork_armed, 2, memory_order_release);
-    syscall(SYS_futex, &fork_armed, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL,
-            0);
-    return;
+  int mine = 2 + 2 * (int)getpid();
+  for (;;) {
+    int seen = 0;
+    if (atomic_compare_exchange_strong(&os_fork_state, &seen, mine)) {
+      fork_arming = true;
+      pthread_atfork(fork_prepare_fn, fork_parent_fn, fork_child_fn);
+      fork_arming = false;
+      atomic_store_explicit(&os_fork_state, FORK_ARMED, memory_order_release);
+      syscall(SYS_futex, &os_fork_state, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL,
+              NULL, 0);
+      return;
+    }
+    if (seen == FORK_ARMED) return;
+    if (seen != mine) {
+      /* a parent's registration, cut off by the fork that made us */
+      atomic_compare_exchange_strong(&os_fork_state, &seen, 0);
+      continue;
+    }
+    /* another thread of ours is registering: no lock before it is done */
+    syscall(SYS_futex, &os_fork_state, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
   }
-  /* another thread is registering: no lock before it is done */
-  while (atomic_load_explicit(&fork_armed, memory_order_acquire) == 1)
-    syscall(SYS_futex, &fork_armed, FUTEX_WAIT_PRIVATE, 1, NULL, NULL, 0);
 }
 
 void os_fork_handlers(void (*prepare)(void), void (*parent)(void),
@@ -427,11 +437,13 @@ void os_fork_handlers(void (*prepare)(void), void (*parent)(void),
 }
 
 bool os_fork_armed(void) {
-  return atomic_load_explicit(&fork_armed, memory_order_acquire) == 2;
+  return atomic_load_explicit(&os_fork_state, memory_order_acquire) ==
+         FORK_ARMED;
 }
 
 static inline void fork_check(void) {
-  if (unlikely(atomic_load_explicit(&fork_armed, memory_order_acquire) != 2) &&
+  if (unlikely(atomic_load_explicit(&os_fork_state, memory_order_acquire) !=
+               FORK_ARMED) &&
       !single_threaded())
     os_fork_arm();
 }

@@ -13,6 +13,8 @@
  *     second thread: starting it registers them);
  *   - a fork then: the child frees the parent's blocks, allocates, starts a
  *     thread that allocates, forks a grandchild, and exits 0;
+ *   - the first thread finds them registered when it starts: the thread
+ *     that created it did it (pthread_create's calloc);
  *   - a thread that only frees the main thread's blocks while the main
  *     thread forks, and one that allocates and frees while it forks again:
  *     every child exits 0 within its alarm (a lock held across fork would
@@ -111,6 +113,14 @@ static void *free_all(void *arg) {
   return NULL;
 }
 
+/* the process's first thread: the registration must be done before it
+ * runs, by the thread that creates it (calloc in pthread_create) */
+static int seen_at_start = -1;
+static void *note_registrations(void *arg) {
+  seen_at_start = atomic_load(&registrations);
+  return free_all(arg);
+}
+
 /* fork; the child runs `body` under an alarm and exits with its result */
 static void forked(const char *what, int (*body)(void)) {
   pid_t pid = fork();
@@ -175,10 +185,22 @@ int main(int argc, char **argv) {
 
   /* a thread that only frees what the main thread allocated */
   pthread_t t;
-  if (pthread_create(&t, NULL, free_all, NULL)) abort();
+  /* every small size with a free block at hand, so that pthread_create's
+   * own calloc takes no lock (which would register them too) */
+  for (size_t n = 16; n <= 4096; n += 16) {
+    void *w = calloc(1, n);
+    if (!w) abort();
+    free(w);
+  }
+  if (pthread_create(&t, NULL, note_registrations, NULL)) abort();
   for (int i = 0; i < 5; i++)
     forked("while another thread frees", child_churn);
   pthread_join(t, NULL);
+#ifdef TEST_ALLOT
+  CHECK(seen_at_start == 1,
+        "%d registrations when the first thread started (want 1)",
+        seen_at_start);
+#endif
 
   /* a thread that allocates and frees all along */
   if (pthread_create(&t, NULL, churn_until_stopped, NULL)) abort();
