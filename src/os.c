@@ -433,7 +433,13 @@ void os_fork_handlers(void (*prepare)(void), void (*parent)(void),
   fork_parent_fn = parent;
   fork_child_fn = child;
   atomic_store_explicit(&fork_fns_set, 1, memory_order_release);
+#if ALLOT_OVERRIDE
   if (!single_threaded()) os_fork_arm();
+#else
+  /* the allot_* names alone: the program's threads get their TLS vectors
+   * from the C library's calloc, not ours, so register them now */
+  os_fork_arm();
+#endif
 }
 
 bool os_fork_armed(void) {
