@@ -683,7 +683,13 @@ static ALWAYS_INLINE void page_give(heap_t *h, page_t *pg, block_t *b) {
   b->mark = mark;
   b->next = next;
   pg->free = b;
-  if (unlikely(--pg->used == 0) && h->avail[pg->cls].count > 1)
+  /* Not unlikely(used hits 0): that sent every free of a page's last live
+   * block (each of micro pair's frees) through two taken branches, out to
+   * the test and back to the return; inline, micro pair 40000000 runs in
+   * 0.952x the CPU time (21 rounds), the other frees' taken branch goes to
+   * the return instead (frag 32 0.973x, aligned 2000000 0.975x, bignum
+   * 80000 1.008x: 15 rounds, within noise). */
+  if (--pg->used == 0 && unlikely(h->avail[pg->cls].count > 1))
     page_free_slow(h, pg);
 }
 
