@@ -295,12 +295,11 @@ INTERNAL uint64_t os_now_ms(void);
 INTERNAL uint64_t os_random_seed(void);
 INTERNAL void os_lock(os_lock_t *l);
 /* Fork handlers (os.c): given once, registered with pthread_atfork when the
- * process has a second thread (or at once by os_fork_arm, before allot
- * starts one itself). */
+ * process is about to have a second thread (calloc, below; os_fork_arm,
+ * before allot starts one itself; the lock as a fallback). */
 INTERNAL void os_fork_handlers(void (*prepare)(void), void (*parent)(void),
                                void (*child)(void));
 INTERNAL void os_fork_arm(void);
-INTERNAL bool os_fork_armed(void);
 #define FORK_ARMED 1
 extern INTERNAL _Atomic int os_fork_state;
 #if __has_include(<sys/single_threaded.h>)

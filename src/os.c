@@ -386,10 +386,10 @@ uint64_t os_random_seed(void) {
  * that thread allocated meanwhile). glibc's pthread_create clears
  * __libc_single_threaded and then, before the thread exists, calls calloc
  * for the new thread's TLS vector (allocate_dtv; a thread's first stack is
- * never a cached one), so calloc checks (os_fork_calloc_check, api.c):
- * the first thread of every kind (pthread_create, C11 threads, the helper
- * threads of timers and AIO) registers the handlers there, in the one
- * thread there is. allot's own purge thread registers them before it is
+ * never a cached one), so calloc checks (fork_calloc_check, internal.h;
+ * test/fork_lazy.c checks that the first thread finds them registered):
+ * the thread creating the first one registers the handlers there, while it
+ * is the only thread. allot's own purge thread registers them before it is
  * created. os_lock and os_trylock check too, as a fallback for a thread that
  * came some other way; a registration by a process that has since forked
  * (the word holds its pid) is started again in the child. */
@@ -440,11 +440,6 @@ void os_fork_handlers(void (*prepare)(void), void (*parent)(void),
    * from the C library's calloc, not ours, so register them now */
   os_fork_arm();
 #endif
-}
-
-bool os_fork_armed(void) {
-  return atomic_load_explicit(&os_fork_state, memory_order_acquire) ==
-         FORK_ARMED;
 }
 
 static inline void fork_check(void) {
