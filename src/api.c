@@ -256,7 +256,7 @@ EXPORT void allot_free(void *p) {
 }
 
 EXPORT void *allot_calloc(size_t n, size_t size) {
-  fork_calloc_check(); /* pthread_create's first thread: os.c */
+  os_fork_check(); /* pthread_create's first thread: os.c */
   size_t total;
   if (unlikely(__builtin_mul_overflow(n, size, &total))) {
     errno = ENOMEM;

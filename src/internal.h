@@ -295,8 +295,8 @@ INTERNAL uint64_t os_now_ms(void);
 INTERNAL uint64_t os_random_seed(void);
 INTERNAL void os_lock(os_lock_t *l);
 /* Fork handlers (os.c): given once, registered with pthread_atfork when the
- * process is about to have a second thread (calloc, below; os_fork_arm,
- * before allot starts one itself; the lock as a fallback). */
+ * process is about to have a second thread (calloc's os_fork_check, below;
+ * the locks' as a fallback). */
 INTERNAL void os_fork_handlers(void (*prepare)(void), void (*parent)(void),
                                void (*child)(void));
 INTERNAL void os_fork_arm(void);
@@ -308,10 +308,12 @@ extern INTERNAL _Atomic int os_fork_state;
 #else
 #define single_threaded() false /* no way to know: register at once */
 #endif
-/* calloc's test (os.c, "fork handlers"): a load and a branch once they are
- * registered, two of each while the process is single-threaded */
-static ALWAYS_INLINE void fork_calloc_check(void) {
-  if (unlikely(atomic_load_explicit(&os_fork_state, memory_order_relaxed) !=
+/* The test calloc, os_lock and os_trylock make (os.c, "fork handlers"): a
+ * load and a branch once they are registered, two of each while the process
+ * is single-threaded. Acquire: a lock taken after it sees them registered
+ * is taken after the registration. */
+static ALWAYS_INLINE void os_fork_check(void) {
+  if (unlikely(atomic_load_explicit(&os_fork_state, memory_order_acquire) !=
                FORK_ARMED) &&
       !single_threaded())
     os_fork_arm();

@@ -386,13 +386,13 @@ uint64_t os_random_seed(void) {
  * that thread allocated meanwhile). glibc's pthread_create clears
  * __libc_single_threaded and then, before the thread exists, calls calloc
  * for the new thread's TLS vector (allocate_dtv; a thread's first stack is
- * never a cached one), so calloc checks (fork_calloc_check, internal.h;
+ * never a cached one), so calloc checks (os_fork_check, internal.h;
  * test/fork_lazy.c checks that the first thread finds them registered):
- * the thread creating the first one registers the handlers there, while it
- * is the only thread. allot's own purge thread registers them before it is
- * created. os_lock and os_trylock check too, as a fallback for a thread that
- * came some other way; a registration by a process that has since forked
- * (the word holds its pid) is started again in the child. */
+ * the thread creating the first one, allot's purge thread included,
+ * registers the handlers there, while it is the only thread. os_lock and
+ * os_trylock check too, as a fallback for a thread that came some other
+ * way; a registration by a process that has since forked (the word holds
+ * its pid) is started again in the child. */
 static void (*fork_prepare_fn)(void), (*fork_parent_fn)(void),
     (*fork_child_fn)(void);
 static _Atomic int fork_fns_set;
@@ -442,13 +442,6 @@ void os_fork_handlers(void (*prepare)(void), void (*parent)(void),
 #endif
 }
 
-static inline void fork_check(void) {
-  if (unlikely(atomic_load_explicit(&os_fork_state, memory_order_acquire) !=
-               FORK_ARMED) &&
-      !single_threaded())
-    os_fork_arm();
-}
-
 /* A three-state futex lock (0 free, 1 taken, 2 taken with waiters): no
  * dependency on libpthread's initialisation, trivially reset after fork. */
 void os_lock_init(os_lock_t *l) {
@@ -456,7 +449,7 @@ void os_lock_init(os_lock_t *l) {
 }
 
 void os_lock(os_lock_t *l) {
-  fork_check();
+  os_fork_check();
   int c = 0;
   if (likely(atomic_compare_exchange_strong_explicit(
           &l->state, &c, 1, memory_order_acquire, memory_order_relaxed)))
@@ -563,7 +556,7 @@ const os_unwind_t *os_unwind(void) {
 #endif
 
 bool os_trylock(os_lock_t *l) {
-  fork_check();
+  os_fork_check();
   int c = 0;
   return atomic_compare_exchange_strong_explicit(
       &l->state, &c, 1, memory_order_acquire, memory_order_relaxed);

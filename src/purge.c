@@ -108,7 +108,6 @@ void purge_maybe_start(void) {
   int expected = 0;
   atomic_store_explicit(&purge_start_wanted, 0, memory_order_relaxed);
   if (!atomic_compare_exchange_strong(&state, &expected, 1)) return;
-  os_fork_arm(); /* the process is about to have a second thread */
   pthread_t t;
   pthread_attr_t attr;
   pthread_attr_init(&attr);
