@@ -79,17 +79,18 @@ ALLOT_EXPORT void allot_collect(void);
  * Each option is also an environment variable, read once at start-up (not in
  * set-user-ID programs); a bad value gives one warning line and the default. */
 typedef enum allot_option {
-  ALLOT_OPTION_SHOW_STATS,   /* ALLOT_SHOW_STATS: print stats at exit, 0..2 */
-  ALLOT_OPTION_VERBOSE,      /* ALLOT_VERBOSE: report settings, 0..1 */
-  ALLOT_OPTION_PURGE_DELAY,  /* ALLOT_PURGE_DELAY: ms, 0..3600000 */
-  ALLOT_OPTION_PURGE_THREAD, /* ALLOT_PURGE_THREAD: 0..1 */
-  ALLOT_OPTION_USE_BRK,      /* ALLOT_USE_BRK: 0..1 */
-  ALLOT_OPTION_HUGE_PAGES,   /* ALLOT_HUGE_PAGES: 0 off, 1 on, 2 auto */
-  ALLOT_OPTION_SECURE,       /* ALLOT_SECURE: 0..1, start-up only */
-  ALLOT_OPTION_SEGMENT_SIZE, /* ALLOT_SEGMENT_SIZE: fixed, 4194304 */
-  ALLOT_OPTION_STATS,        /* ALLOT_STATS: statistics mode, 0..1 */
-  ALLOT_OPTION_DEBUG,        /* ALLOT_DEBUG: 0..1, start-up only */
-  ALLOT_OPTION_PURGE_MADV,   /* ALLOT_PURGE_MADV: 0 dontneed, 1 free */
+  ALLOT_OPTION_SHOW_STATS,    /* ALLOT_SHOW_STATS: print stats at exit, 0..2 */
+  ALLOT_OPTION_VERBOSE,       /* ALLOT_VERBOSE: report settings, 0..1 */
+  ALLOT_OPTION_PURGE_DELAY,   /* ALLOT_PURGE_DELAY: ms, 0..3600000 */
+  ALLOT_OPTION_PURGE_THREAD,  /* ALLOT_PURGE_THREAD: 0..1 */
+  ALLOT_OPTION_USE_BRK,       /* ALLOT_USE_BRK: 0..1 */
+  ALLOT_OPTION_HUGE_PAGES,    /* ALLOT_HUGE_PAGES: 0 off, 1 on, 2 auto */
+  ALLOT_OPTION_SECURE,        /* ALLOT_SECURE: 0..1, start-up only */
+  ALLOT_OPTION_SEGMENT_SIZE,  /* ALLOT_SEGMENT_SIZE: fixed, 4194304 */
+  ALLOT_OPTION_STATS,         /* ALLOT_STATS: statistics mode, 0..1 */
+  ALLOT_OPTION_DEBUG,         /* ALLOT_DEBUG: 0..1, start-up only */
+  ALLOT_OPTION_PURGE_MADV,    /* ALLOT_PURGE_MADV: 0 dontneed, 1 free */
+  ALLOT_OPTION_PROMPT_RETURN, /* ALLOT_PROMPT_RETURN: 0..1 */
   ALLOT_OPTION_COUNT
 } allot_option_t;
 

@@ -115,6 +115,13 @@ typedef struct segment {
   /* small */
   uint64_t free_pages; /* bit i: page i not in use */
   uint32_t pages_used;
+  /* for prompt return (purge.c): bytes carved in its pages, added by the
+   * owner as it carves (its only writer: a load and a store, no lock), less
+   * uncarved, those of its pages retired since (under the owner's
+   * seg_lock), is what its pages in use hold; dirty_bytes is what its dirty
+   * free pages hold resident (under seg_lock) */
+  _Atomic size_t carved;
+  size_t uncarved, dirty_bytes;
   /* medium */
   void *region;
   size_t region_size;
@@ -209,10 +216,17 @@ typedef struct heap {
    * since free chunks were last purged: free memory still resident, which
    * small blocks may use (medium_small) */
   size_t medium_idle;
+  /* Prompt return (purge.c, purge_prompt): what free memory must grow to,
+   * in KiB of dirty pages and of medium_idle, less PROMPT_FLOOR_KIB, before
+   * the owner looks again at whether the heap has become nearly empty */
+  _Atomic uint32_t prompt_small, prompt_medium;
   void *checked; /* checked.c's per-heap state (quarantine); NULL until used */
   /* heapapi.c: first-class heaps (allot_heap_new) */
-  uint64_t owner;        /* thread_uid() of the one thread that allocates */
-  int first_class;       /* made by allot_heap_new, not a thread's heap */
+  uint64_t owner;  /* thread_uid() of the one thread that allocates */
+  int first_class; /* made by allot_heap_new, not a thread's heap */
+  /* prompt return: the ms (even, 32 bits) of the heap's last, | 1 while it
+   * has taken no memory since (in what was padding) */
+  _Atomic uint32_t prompt_state;
   segment_t *large_segs; /* first-class: its live large blocks (medium_lock) */
   /* The counters on the first two pages: xfrees is counted in every mode
    * (after the hints, it made a fourth OS page of every thread's heap
@@ -253,6 +267,7 @@ typedef struct allot_globals {
   int huge_pages; /* 0 off (MADV_NOHUGEPAGE), 1 on (MADV_HUGEPAGE), 2 auto */
   int purge_madv_free; /* ALLOT_PURGE_MADV: purge with MADV_FREE */
   int prof;            /* ALLOT_PROF: sampled heap profile (prof.c) */
+  int prompt_return;   /* ALLOT_PROMPT_RETURN: purge.c's purge_prompt */
 } allot_globals_t;
 
 extern INTERNAL allot_globals_t g;
@@ -348,9 +363,10 @@ INTERNAL int os_tier_threads(void), os_tier_medium(void), os_tier_rest(void),
 
 typedef struct os_stats {
   _Atomic size_t mmaps, munmaps, purges, remaps;
-  _Atomic uint64_t ns;        /* time in those calls (statistics mode) */
-  _Atomic size_t mapped;      /* bytes currently mapped */
-  _Atomic size_t mapped_peak; /* their peak */
+  _Atomic uint64_t ns;           /* time in those calls (statistics mode) */
+  _Atomic size_t mapped;         /* bytes currently mapped */
+  _Atomic size_t mapped_peak;    /* their peak */
+  _Atomic size_t prompt_returns; /* purge.c's purge_prompt */
 } os_stats_t;
 extern INTERNAL os_stats_t os_stats;
 
@@ -419,6 +435,7 @@ static inline void *zero_block(segment_t *s, size_t i) {
 INTERNAL void *page_malloc_slow(heap_t *h, size_t cls, size_t size);
 INTERNAL void *page_alloc_block(heap_t *h, size_t cls);
 INTERNAL void page_free_slow(heap_t *h, page_t *pg);
+INTERNAL void page_retire_empty(heap_t *h); /* prompt return (purge.c) */
 INTERNAL void page_free_full(heap_t *h, page_t *pg, block_t *b);
 /* Put page pg of heap h on list q (Q_NONE, Q_AVAIL, Q_FULL) as far as its
  * fields say: free's fast path trusts avail_owner only while the page is
@@ -480,6 +497,33 @@ INTERNAL void purge_after_fork_child(void);
 extern INTERNAL _Atomic int purge_start_wanted;
 /* Start the purge thread if it is wanted; call only where allot holds no
  * lock, since pthread_create allocates. */
+/* Prompt return (purge.c): the owner's frees of small pages and medium
+ * blocks call these, on their slow paths, with no lock held. The marks are
+ * kept less PROMPT_FLOOR_KIB, so that a heap's zeroed ones stand for the
+ * least free memory worth a look: a program that never frees that much
+ * never runs purge.c's code (its pages stay out of memory). */
+#define PROMPT_FLOOR_KIB 256u
+INTERNAL void purge_prompt(heap_t *h);
+static ALWAYS_INLINE void purge_prompt_small(heap_t *h) {
+  if (unlikely(
+          atomic_load_explicit(&h->dirty_pages, memory_order_relaxed) *
+              (PAGE_SIZE >> 10) >=
+          (size_t)atomic_load_explicit(&h->prompt_small, memory_order_relaxed) +
+              PROMPT_FLOOR_KIB))
+    purge_prompt(h);
+}
+/* medium: idle is medium_idle, read under the lock by the caller */
+static ALWAYS_INLINE bool purge_prompt_medium_due(heap_t *h, size_t idle) {
+  return idle >> 10 >=
+         (size_t)atomic_load_explicit(&h->prompt_medium, memory_order_relaxed) +
+             PROMPT_FLOOR_KIB;
+}
+/* The heap takes memory: a prompt return's episode ends (purge.c). */
+static ALWAYS_INLINE void purge_prompt_took(heap_t *h) {
+  uint32_t st = atomic_load_explicit(&h->prompt_state, memory_order_relaxed);
+  if (unlikely(st & 1))
+    atomic_store_explicit(&h->prompt_state, st & ~1u, memory_order_relaxed);
+}
 static inline void purge_poll(void) {
   if (__builtin_expect(
           atomic_load_explicit(&purge_start_wanted, memory_order_relaxed), 0))

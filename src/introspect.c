@@ -1417,13 +1417,15 @@ static void check_small(chk_t *c, heap_t *h, bool whole) {
       break;
     }
     uint64_t freebits = s->free_pages;
-    size_t used_pages = 0;
+    size_t used_pages = 0, dirty_bytes = 0, carved = 0;
     if (freebits & 1) fail(c, "segment header page marked free", s);
     for (size_t i = 1; i < PAGES_PER_SEG && !c->what; i++) {
       page_t *pg = &s->pages[i];
       bool is_free = (freebits >> i) & 1;
+      carved += is_free ? 0 : (size_t)LOAD(pg->capacity) * pg->bsize;
       if (is_free) {
         dirty += pg->dirty;
+        dirty_bytes += pg->dirty ? pg->touched : 0;
         if (whole && pg->bsize)
           fail(c, "free page has a size class", page_start(s, pg));
         continue;
@@ -1433,6 +1435,13 @@ static void check_small(chk_t *c, heap_t *h, bool whole) {
     }
     if (!c->what && used_pages != s->pages_used)
       fail(c, "segment's count of pages in use is wrong", s);
+    if (!c->what && dirty_bytes != s->dirty_bytes)
+      fail(c, "segment's count of unpurged free bytes is wrong", s);
+    /* the owner carves (and counts) without a lock: only its own check */
+    if (!c->what && whole &&
+        carved != atomic_load_explicit(&s->carved, memory_order_relaxed) -
+                      s->uncarved)
+      fail(c, "segment's count of carved bytes is wrong", s);
     pages_in_use += used_pages;
   }
   if (!c->what && dirty != h->dirty_pages)

@@ -41,6 +41,8 @@ static const option_def_t defs[ALLOT_OPTION_COUNT] = {
     [ALLOT_OPTION_STATS] = {"ALLOT_STATS", T_BOOL, 0, 0, 1, true},
     [ALLOT_OPTION_DEBUG] = {"ALLOT_DEBUG", T_BOOL, 0, 0, 1, false},
     [ALLOT_OPTION_PURGE_MADV] = {"ALLOT_PURGE_MADV", T_MADV, 0, 0, 1, true},
+    [ALLOT_OPTION_PROMPT_RETURN] = {"ALLOT_PROMPT_RETURN", T_BOOL, 1, 0, 1,
+                                    true},
 };
 
 static os_lock_t set_lock; /* serialises allot_option_set */
@@ -187,6 +189,8 @@ static long get_value(allot_option_t o) {
     return g.debug;
   case ALLOT_OPTION_PURGE_MADV:
     return g.purge_madv_free;
+  case ALLOT_OPTION_PROMPT_RETURN:
+    return g.prompt_return;
   default:
     return -1;
   }
@@ -227,6 +231,9 @@ static void put_value(allot_option_t o, long v) {
     break;
   case ALLOT_OPTION_PURGE_MADV:
     SET(g.purge_madv_free, (int)v);
+    break;
+  case ALLOT_OPTION_PROMPT_RETURN:
+    SET(g.prompt_return, (int)v);
     break;
   default:
     break;

@@ -159,6 +159,10 @@ static ALWAYS_INLINE void extend_blocks(page_t *pg, size_t n) {
   }
   pg->free = next;
   __atomic_store_n(&pg->capacity, pg->capacity + (uint32_t)n, __ATOMIC_RELAXED);
+  atomic_store_explicit(&s->carved,
+                        atomic_load_explicit(&s->carved, memory_order_relaxed) +
+                            n * pg->bsize,
+                        memory_order_relaxed);
 }
 
 static NOINLINE void page_extend_n(page_t *pg, size_t n) {
@@ -683,6 +687,21 @@ static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
 void page_free_slow(heap_t *h, page_t *pg) {
   if (pg->used == 0) page_retire(h, pg, true);
   purge_poll();
+  purge_prompt_small(h);
+}
+
+/* Prompt return (purge.c), the owner: its empty pages that stayed in the
+ * available lists (the last of each class, which page_retire keeps) go to
+ * their segments, as dirty free pages the purge that follows gives back. */
+void page_retire_empty(heap_t *h) {
+  for (size_t cls = 1; cls < NCLASSES; cls++) {
+    for (page_t *pg = h->avail[cls].first, *next; pg; pg = next) {
+      next = pg->next;
+      if (pg->used == 0 &&
+          !atomic_load_explicit(&pg->xfree, memory_order_relaxed))
+        page_retire(h, pg, false);
+    }
+  }
 }
 
 /* The owner frees into a full page: under the page lock, since the purge
@@ -698,6 +717,7 @@ void page_free_full(heap_t *h, page_t *pg, block_t *b) {
   if (pg->used == 0) page_retire(h, pg, true);
   os_unlock(&h->page_lock);
   purge_poll();
+  purge_prompt_small(h);
 }
 
 /* A free from a thread that does not own the page. Returns true when it

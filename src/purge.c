@@ -120,6 +120,115 @@ void purge_maybe_start(void) {
   pthread_attr_destroy(&attr);
 }
 
+/* ---- prompt return --------------------------------------------------------
+ *
+ * The purge delay keeps freed memory resident so that a program that frees
+ * and allocates again finds it there. A program that frees nearly all it
+ * holds and goes on to something else (prints its result and exits, in most
+ * of the suite's workloads) would keep it all for the delay: glibc's malloc
+ * gives the top of its heap back at the free instead, and where the program
+ * touches other memory after the frees (libc's printing and exit code, 300
+ * to 550 kB of file pages), allot's peak came at exit, with the freed heap
+ * still resident (docs/memory.md, "Prompt return").
+ *
+ * So when the owner's frees leave its heap nearly empty -- its free resident
+ * memory at least PROMPT_RATIO times what it still holds, and at least
+ * PROMPT_MIN -- the owner gives the free memory back at once. Bounds on
+ * what that costs a program that frees and allocates again in cycles (which
+ * faults the memory in anew after each return): only heaps of PROMPT_MAX
+ * free bytes or less, and once a PROMPT_INTERVAL delays at most, unless the
+ * heap has taken no memory since its last return (the frees that follow in
+ * the same episode give back what they free, a PROMPT_STEP at a time). At
+ * 32 MiB a second, refaulting costs at most about 2 % of a CPU.
+ *
+ * What the heap holds: the carved bytes of its small pages with live blocks
+ * (counted per segment as they are carved), the bytes of its live medium
+ * chunks. What is free and resident: its dirty free pages (as far as they
+ * were touched), its empty pages still in the available lists, and
+ * medium_idle. Looked at on the owner's slow paths of
+ * free (a page retired, a medium block freed) each time free memory has
+ * grown by a step since the last look (purge_prompt_small,
+ * purge_prompt_medium_due), so a heap being emptied is looked at
+ * O(log n) times plus once a PROMPT_STEP. */
+#define PROMPT_MIN ((size_t)PROMPT_FLOOR_KIB << 10)
+#define PROMPT_STEP ((size_t)256 << 10)
+#define PROMPT_MAX ((size_t)32 << 20)
+#define PROMPT_RATIO 4
+#define PROMPT_INTERVAL 20 /* purge delays */
+
+/* The mark free memory must reach before the next look (KiB, less
+ * PROMPT_FLOOR_KIB: internal.h). */
+static uint32_t prompt_step(size_t now) {
+  size_t next = (now + (now / 8 > PROMPT_STEP ? now / 8 : PROMPT_STEP)) >> 10;
+  next -= PROMPT_FLOOR_KIB;
+  return next > UINT32_MAX ? UINT32_MAX : (uint32_t)next;
+}
+
+/* Bytes free and resident, and held, in h's small pages, from its
+ * segments' counts; false if they are more than PROMPT_MAX bytes of
+ * segments. Each class's last page, kept in its list when it empties
+ * (page_retire), counts as free: page_retire_empty would give it back. */
+static bool prompt_small_bytes(heap_t *h, size_t *free_b, size_t *held) {
+  size_t segs = 0;
+  os_lock(&h->seg_lock);
+  for (segment_t *s = h->segs; s; s = s->hnext) {
+    if (++segs > PROMPT_MAX / SEG_SIZE + 1) break;
+    *held +=
+        atomic_load_explicit(&s->carved, memory_order_relaxed) - s->uncarved;
+    *free_b += s->dirty_bytes;
+  }
+  os_unlock(&h->seg_lock);
+  if (segs > PROMPT_MAX / SEG_SIZE + 1) return false;
+  for (size_t cls = 1; cls < NCLASSES; cls++) {
+    const page_t *pg = h->avail[cls].first;
+    if (!pg || pg->used) continue;
+    size_t carved = (size_t)pg->capacity * pg->bsize;
+    *held -= carved < *held ? carved : *held;
+    *free_b += carved;
+  }
+  return true;
+}
+
+void purge_prompt(heap_t *h) {
+  size_t small_now =
+      atomic_load_explicit(&h->dirty_pages, memory_order_relaxed) * PAGE_SIZE;
+  if (h->first_class) { /* never: its memory is its owner's to keep */
+    atomic_store_explicit(&h->prompt_small, UINT32_MAX, memory_order_relaxed);
+    atomic_store_explicit(&h->prompt_medium, UINT32_MAX, memory_order_relaxed);
+    return;
+  }
+  if (h != tls_heap) return;
+  uint32_t now = (uint32_t)os_now_ms() & ~1u,
+           st = atomic_load_explicit(&h->prompt_state, memory_order_relaxed);
+  uint64_t interval = (uint64_t)g.purge_delay_ms * PROMPT_INTERVAL;
+  bool may = __atomic_load_n(&g.prompt_return, __ATOMIC_RELAXED) &&
+             !g.slow_mode &&
+             ((st & 1) || !st || (uint32_t)(now - st) >= interval);
+  size_t free_b = 0, held = 0, idle;
+  bool small_ok = may && prompt_small_bytes(h, &free_b, &held);
+  os_lock(&h->medium_lock);
+  idle = h->medium_idle;
+  held += h->chunks.used_bytes;
+  os_unlock(&h->medium_lock);
+  free_b += idle;
+  if (!small_ok || free_b < PROMPT_MIN || free_b > PROMPT_MAX ||
+      free_b < PROMPT_RATIO * held) {
+    atomic_store_explicit(&h->prompt_small, prompt_step(small_now),
+                          memory_order_relaxed);
+    atomic_store_explicit(&h->prompt_medium, prompt_step(idle),
+                          memory_order_relaxed);
+    return;
+  }
+  page_retire_empty(h);
+  segment_purge_heap(h, true);
+  medium_purge_heap(h, true);
+  atomic_store_explicit(&h->prompt_state, (now ? now : 2) | 1,
+                        memory_order_relaxed);
+  atomic_store_explicit(&h->prompt_small, 0, memory_order_relaxed);
+  atomic_store_explicit(&h->prompt_medium, 0, memory_order_relaxed);
+  atomic_fetch_add_explicit(&os_stats.prompt_returns, 1, memory_order_relaxed);
+}
+
 void purge_after_fork_child(void) {
   atomic_store(&state, 0);
   atomic_store(&purge_start_wanted, 1);

@@ -122,6 +122,7 @@ static void dirty_unlink(heap_t *h, page_t *pg) {
 static void page_clean(heap_t *h, page_t *pg) {
   dirty_unlink(h, pg);
   pg->dirty = 0;
+  segment_of(pg)->dirty_bytes -= pg->touched;
   h->dirty_pages--;
 }
 
@@ -263,6 +264,7 @@ static segment_t *segment_steal(heap_t *h, size_t *dirty_out) {
 }
 
 page_t *segment_page_alloc(heap_t *h, size_t cls) {
+  purge_prompt_took(h);
   os_lock(&h->seg_lock);
   page_t *pg = segment_page_alloc_locked(h, cls, false);
   os_unlock(&h->seg_lock);
@@ -330,11 +332,12 @@ static page_t *segment_page_alloc_locked(heap_t *h, size_t cls, bool may_map) {
   if (pg->dirty) {
     /* another class's: carved anew from a purged page, it holds no more
      * memory than the new class touches */
-    if (pg->last_cls != cls) {
+    bool other = pg->last_cls != cls;
+    page_clean(h, pg);
+    if (other) {
       os_purge((uint8_t *)s + i * PAGE_SIZE, PAGE_SIZE);
       pg->touched = 0;
     }
-    page_clean(h, pg);
   }
   pg->freed_at = 0;
   if (!s->free_pages) {
@@ -372,6 +375,7 @@ static void page_free_as(heap_t *h, page_t *pg, bool purge) {
   uint32_t end = (uint32_t)(((size_t)pg->capacity * pg->bsize + OS_PAGE - 1) &
                             ~(size_t)(OS_PAGE - 1));
   if (end > pg->touched) pg->touched = end;
+  s->uncarved += (size_t)pg->capacity * pg->bsize;
   /* Field by field: a thread that just pushed a block here (and whose push
    * the owner has already collected) may still read `full` and `heap`. */
   pg->free = NULL;
@@ -389,6 +393,7 @@ static void page_free_as(heap_t *h, page_t *pg, bool purge) {
     pg->touched = 0;
   } else {
     pg->dirty = 1;
+    s->dirty_bytes += pg->touched;
     dirty_push(h, pg, cls);
     pg->freed_at = os_now_ms();
     first = h->dirty_pages == 0;
@@ -514,6 +519,7 @@ uint64_t segment_purge_heap(heap_t *h, bool force) {
     segment_free_if_clean(s);
   }
   h->purge_due = next_due;
+  atomic_store_explicit(&h->prompt_small, 0, memory_order_relaxed);
   os_unlock(&h->seg_lock);
   return next_due;
 }
@@ -557,6 +563,7 @@ static void *medium_alloc_in(heap_t *h, size_t size, size_t align,
   void *p = align > 16 ? chunk_memalign(&h->chunks, align, size)
                        : chunk_malloc(&h->chunks, size);
   h->medium_idle = h->medium_idle > size ? h->medium_idle - size : 0;
+  purge_prompt_took(h);
   if (!p) {
     segment_t *s = segment_alloc(h, SEG_MEDIUM);
     if (s) {
@@ -625,6 +632,7 @@ void *medium_cut(heap_t *h, size_t size, size_t idle) {
   if (h->medium_idle >= idle) {
     p = chunk_malloc(&h->chunks, size);
     if (p) h->medium_idle -= size;
+    purge_prompt_took(h);
   }
   os_unlock(&h->medium_lock);
   medium_cut_next = p ? (uintptr_t)p + chunk_usable_size(p) : 0;
@@ -681,6 +689,7 @@ uint64_t medium_purge_heap(heap_t *h, bool force) {
   os_lock(&h->medium_lock);
   atomic_store_explicit(&h->medium_dirty_at, 0, memory_order_relaxed);
   h->medium_idle = 0;
+  atomic_store_explicit(&h->prompt_medium, 0, memory_order_relaxed);
   for (segment_t *s = h->medium_segs, *next; s; s = next) {
     next = s->hnext;
     /* an empty region goes back whole, unless it is the heap's last */
@@ -728,6 +737,8 @@ void medium_free(segment_t *s, void *p, const char *fn) {
   size_t u = chunk_usable_size(p); /* p checked by chunk_free */
   chunk_free(&h->chunks, p, chunk_fault_free);
   h->medium_idle += u;
+  bool prompt =
+      unlikely(purge_prompt_medium_due(h, h->medium_idle)) && h == tls_heap;
   medium_gen_bump(h); /* realloc's hints about h's blocks (api.c) */
   if (h != tls_heap)  /* statistics: a free from another thread */
     atomic_fetch_add_explicit(&h->stats.xfrees, 1, memory_order_relaxed);
@@ -745,6 +756,7 @@ void medium_free(segment_t *s, void *p, const char *fn) {
   os_unlock(&h->medium_lock);
   if (!release) medium_mark_dirty(h);
   purge_poll();
+  if (prompt) purge_prompt(h);
 }
 
 /* Usable size of a live medium block, SIZE_MAX if p is not one. Under the

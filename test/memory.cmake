@@ -20,7 +20,7 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
     -fno-builtin-calloc -fno-builtin-free)
 
   foreach(prog mem_return mem_thp mem_metadata mem_borrow mem_borrow_xthread
-      mem_reuse_large)
+      mem_reuse_large mem_prompt)
     add_executable(${prog} ${CMAKE_CURRENT_LIST_DIR}/${prog}.c)
     target_compile_options(${prog} PRIVATE ${ALLOT_MEM_TEST_FLAGS})
     target_compile_definitions(${prog} PRIVATE TEST_ALLOT=1)
@@ -61,8 +61,19 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   # ... its own blocks back from another thread before a lender's, and a
   # lender's blocks back from another thread before new memory
   allot_mem_add(mem.borrow.xthread 60 "" mem_borrow_xthread)
-  # a request above the medium limit cut from idle medium memory
-  allot_mem_add(mem.reuse_large 60 ALLOT_PURGE_DELAY=3600000 mem_reuse_large)
+  # a request above the medium limit cut from idle medium memory (which
+  # prompt return would give back: the test's heap is empty but for it)
+  allot_mem_add(mem.reuse_large 60
+    "ALLOT_PURGE_DELAY=3600000;ALLOT_PROMPT_RETURN=0" mem_reuse_large)
+  # prompt return: a heap its frees leave nearly empty gives its free memory
+  # back at once (not a half-full one, nor one above 32 MiB, nor one that
+  # cycles more than once a 20 purge delays), and not with the option off
+  foreach(mode empty off held cycles big)
+    allot_mem_add(mem.prompt.${mode} 60
+      "ALLOT_PURGE_DELAY=3600000;ALLOT_PURGE_THREAD=0" mem_prompt ${mode})
+  endforeach()
+  set_tests_properties(mem.prompt.off PROPERTIES ENVIRONMENT
+    "ALLOT_SECURE=0;ALLOT_DEBUG=0;ALLOT_PURGE_DELAY=3600000;ALLOT_PURGE_THREAD=0;ALLOT_PROMPT_RETURN=0")
 
   # small blocks freed by another thread while their owner stays alive and
   # idle (the purge thread retires the owner's full pages once every block

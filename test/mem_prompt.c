@@ -1,0 +1,180 @@
+/* mem_prompt.c: prompt return (purge.c, purge_prompt; docs/memory.md,
+ * "Prompt return"). When the owner's frees leave its heap nearly empty, the
+ * free memory goes back to the OS at once instead of after the purge delay,
+ * within bounds on what that may cost a program that allocates again. One
+ * mode per CTest entry (test/memory.cmake), each run with a purge delay of an
+ * hour and no purge thread, so nothing else gives memory back:
+ *
+ *   empty    8 MiB of small and medium blocks, all freed: allot's resident
+ *            bytes (committed) fall by three quarters or more before the
+ *            next call (a class's last page, kept for the class, goes back
+ *            only if it was empty when the heap was looked at), and the heap
+ *            is whole and usable after (allot_check, contents)
+ *   off      the same with ALLOT_PROMPT_RETURN=0: nothing goes back (the
+ *            test's own check that the mode above can fail)
+ *   held     8 MiB allocated, every other run of 8 blocks freed: a heap
+ *            half full keeps its free memory for reuse
+ *   cycles   30 rounds of 4 MiB allocated and freed: the first round's frees
+ *            give it back, the following rounds' (the heap took memory since,
+ *            within 20 purge delays) keep it, so a program that cycles
+ *            faults its memory in once, not every round
+ *   big      48 MiB of small blocks, all freed: above the 32 MiB bound,
+ *            kept (the purge delay gives it back)
+ *
+ * Exit 0 pass, 1 fail. */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <sys/mman.h>
+
+#include "test_api_common.h" /* CHECK, finish */
+
+#define KiB ((size_t)1 << 10)
+#define MiB ((size_t)1 << 20)
+#define MAX_BLOCKS (1u << 20)
+
+static void **blocks;
+static size_t *sizes;
+static size_t nblocks;
+
+static size_t committed(void) {
+  allot_stats_t st;
+  allot_stats_get(&st);
+  return st.committed;
+}
+
+static size_t purges(void) {
+  allot_stats_t st;
+  allot_stats_get(&st);
+  return st.os_purges;
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static size_t next_size(size_t lo, size_t hi) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return lo + (size_t)(rng % (hi - lo + 1));
+}
+
+/* bytes worth of blocks: seven in eight small (16 B..1 KiB), the rest
+ * medium (16..128 KiB), each written through */
+static void fill(size_t bytes) {
+  size_t total = 0;
+  while (total < bytes && nblocks < MAX_BLOCKS) {
+    size_t n =
+        nblocks % 8 ? next_size(16, 1024) : next_size(16 * KiB, 128 * KiB);
+    unsigned char *p = malloc(n);
+    if (!p) {
+      CHECK(0, "malloc(%zu) failed", n);
+      return;
+    }
+    memset(p, (int)(nblocks & 0xff), n);
+    blocks[nblocks] = p;
+    sizes[nblocks++] = n;
+    total += n;
+  }
+}
+
+/* frees the blocks of every step-th run of 8 from the first (step 1: all),
+ * checking their contents; fill's runs of 8 hold one medium block */
+static void drop(size_t step) {
+  for (size_t i = 0; i < nblocks; i++) {
+    if (!blocks[i] || (i / 8) % step) continue;
+    const unsigned char *p = blocks[i];
+    CHECK(p[0] == (unsigned char)(i & 0xff) &&
+              p[sizes[i] - 1] == (unsigned char)(i & 0xff),
+          "block %zu overwritten", i);
+    free(blocks[i]);
+    blocks[i] = NULL;
+  }
+}
+
+static void drop_all(void) {
+  drop(1);
+  nblocks = 0;
+}
+
+int main(int argc, char **argv) {
+  const char *mode = argc > 1 ? argv[1] : "";
+  blocks = mmap(NULL, MAX_BLOCKS * sizeof *blocks, PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  sizes = mmap(NULL, MAX_BLOCKS * sizeof *sizes, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (blocks == MAP_FAILED || sizes == MAP_FAILED) return 1;
+  free(malloc(1)); /* the heap exists: its fixed pages are in `base` */
+  size_t base = committed();
+
+  if (!strcmp(mode, "empty") || !strcmp(mode, "off")) {
+    fill(8 * MiB);
+    size_t full = committed();
+    CHECK(full >= base + 7 * MiB, "8 MiB allocated: committed %zu KiB",
+          (full - base) / KiB);
+    size_t p0 = purges();
+    drop_all();
+    size_t after = committed();
+    printf("%s: committed %zu KiB above the start with 8 MiB live, %zu after "
+           "the frees; %zu purge calls\n",
+           mode, (full - base) / KiB, (after - base) / KiB, purges() - p0);
+    if (!strcmp(mode, "empty")) {
+      CHECK(after - base <= (full - base) / 4,
+            "%zu KiB of %zu still resident after the heap emptied",
+            (after - base) / KiB, (full - base) / KiB);
+      CHECK(allot_check() == 0, "heap inconsistent after the return");
+      fill(8 * MiB); /* usable again, contents checked as they go */
+      drop_all();
+      CHECK(allot_check() == 0, "heap inconsistent after reuse");
+    } else {
+      CHECK(after >= full - 1 * MiB,
+            "ALLOT_PROMPT_RETURN=0: %zu KiB given back", (full - after) / KiB);
+    }
+  } else if (!strcmp(mode, "held")) {
+    fill(8 * MiB);
+    size_t full = committed();
+    drop(2);
+    size_t after = committed();
+    printf("held: committed %zu KiB above the start, %zu after freeing half\n",
+           (full - base) / KiB, (after - base) / KiB);
+    CHECK(after >= full - 1 * MiB, "a half-full heap gave %zu KiB back",
+          (full - after) / KiB);
+    drop_all();
+  } else if (!strcmp(mode, "cycles")) {
+    size_t p1 = 0, low = 0, high = 0;
+    for (int round = 0; round < 30; round++) {
+      fill(4 * MiB);
+      drop_all();
+      if (round == 0) low = committed();
+      if (round == 1) p1 = purges();
+      if (round == 29) high = committed();
+    }
+    size_t p29 = purges();
+    printf("cycles: committed %zu KiB after the first round, %zu after the "
+           "last; %zu purge calls in rounds 2-30\n",
+           (low - base) / KiB, (high - base) / KiB, p29 - p1);
+    CHECK(low < base + 1 * MiB, "first round: %zu KiB kept",
+          (low - base) / KiB);
+    CHECK(p29 == p1, "%zu purge calls after the first return", p29 - p1);
+    CHECK(high >= base + 3 * MiB, "last round: only %zu KiB kept",
+          (high - base) / KiB);
+  } else if (!strcmp(mode, "big")) {
+    size_t total = 0;
+    while (total < 48 * MiB && nblocks < MAX_BLOCKS) {
+      size_t n = next_size(16, 1024);
+      blocks[nblocks] = malloc(n);
+      CHECK(blocks[nblocks] != NULL, "malloc(%zu)", n);
+      memset(blocks[nblocks], (int)(nblocks & 0xff), n);
+      sizes[nblocks++] = n;
+      total += n;
+    }
+    size_t full = committed();
+    drop_all();
+    size_t after = committed();
+    printf("big: committed %zu KiB above the start, %zu after the frees\n",
+           (full - base) / KiB, (after - base) / KiB);
+    CHECK(after >= full - 4 * MiB, "a 48 MiB heap gave %zu KiB back at once",
+          (full - after) / KiB);
+  } else {
+    fprintf(stderr, "usage: mem_prompt empty|off|held|cycles|big\n");
+    return 2;
+  }
+  return finish("mem_prompt");
+}
