@@ -495,8 +495,6 @@ INTERNAL void purge_notify_xwake(void);
 INTERNAL void purge_maybe_start(void);
 INTERNAL void purge_after_fork_child(void);
 extern INTERNAL _Atomic int purge_start_wanted;
-/* Start the purge thread if it is wanted; call only where allot holds no
- * lock, since pthread_create allocates. */
 /* Prompt return (purge.c): the owner's frees of small pages and medium
  * blocks call these, on their slow paths, with no lock held. The marks are
  * kept less PROMPT_FLOOR_KIB, so that a heap's zeroed ones stand for the
@@ -524,6 +522,8 @@ static ALWAYS_INLINE void purge_prompt_took(heap_t *h) {
   if (unlikely(st & 1))
     atomic_store_explicit(&h->prompt_state, st & ~1u, memory_order_relaxed);
 }
+/* Start the purge thread if it is wanted; call only where allot holds no
+ * lock, since pthread_create allocates. */
 static inline void purge_poll(void) {
   if (__builtin_expect(
           atomic_load_explicit(&purge_start_wanted, memory_order_relaxed), 0))

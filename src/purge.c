@@ -8,7 +8,10 @@
  * purge is due and exits when nothing is pending, so an idle program pays
  * nothing. It is started lazily, from a point in the slow paths where allot
  * holds no lock (pthread_create itself allocates), and again in a forked
- * child on demand. */
+ * child on demand.
+ *
+ * Also prompt return (below): a heap its owner's frees leave nearly empty
+ * gives its free memory back at once, without waiting for the delay. */
 #include "internal.h"
 
 #include <linux/futex.h>
