@@ -1,4 +1,5 @@
-/* purge.c: giving memory back to the OS when the program does not call us.
+/* purge.c: giving memory back to the OS after the purge delay, also when the
+ * program does not call us, and at once when a heap is left nearly empty.
  *
  * Free pages, free medium chunks and cached large mappings are returned once
  * they have been unused for the purge delay. The owner thread does this in
