@@ -770,7 +770,10 @@ void heap_collect_pages(heap_t *h, bool abandoning) {
     while (pg) {
       page_t *next = pg->next;
       collect_xfree_all(pg);
-      if (pg->used == 0) page_retire(h, pg, !abandoning);
+      /* the class's last page too: a collection is asked for (malloc_trim,
+       * allot_collect, allot_heap_collect), and a class's next malloc
+       * takes a page again on its slow path */
+      if (pg->used == 0) page_retire(h, pg, false);
       pg = next;
     }
     if (abandoning) {

@@ -20,9 +20,14 @@
  *            faults its memory in once, not every round
  *   big      48 MiB of small blocks, all freed: above the 32 MiB bound,
  *            kept (the purge delay gives it back)
+ *   trim     64 MiB of blocks of every small class, all freed, then
+ *            malloc_trim(0) (prompt return off): every page goes back, the
+ *            last of each class too, which the thread otherwise keeps as
+ *            the class's page (56 classes: 1.8 MiB)
  *
  * Exit 0 pass, 1 fail. */
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <stdint.h>
 #include <sys/mman.h>
 
@@ -172,8 +177,31 @@ int main(int argc, char **argv) {
            (full - base) / KiB, (after - base) / KiB);
     CHECK(after >= full - 4 * MiB, "a 48 MiB heap gave %zu KiB back at once",
           (full - after) / KiB);
+  } else if (!strcmp(mode, "trim")) {
+    size_t total = 0;
+    while (total < 64 * MiB && nblocks < MAX_BLOCKS) {
+      size_t n = next_size(16, 8192);
+      blocks[nblocks] = malloc(n);
+      CHECK(blocks[nblocks] != NULL, "malloc(%zu)", n);
+      memset(blocks[nblocks], (int)(nblocks & 0xff), n);
+      sizes[nblocks++] = n;
+      total += n;
+    }
+    size_t full = committed();
+    drop_all();
+    size_t freed = committed();
+    malloc_trim(0);
+    size_t after = committed();
+    printf("trim: committed %zu KiB above the start, %zu after the frees, %zu "
+           "after malloc_trim(0)\n",
+           (full - base) / KiB, (freed - base) / KiB, (after - base) / KiB);
+    CHECK(after < base + 256 * KiB, "%zu KiB still resident after malloc_trim",
+          (after - base) / KiB);
+    fill(1 * MiB); /* the classes take pages again */
+    drop_all();
+    CHECK(allot_check() == 0, "heap inconsistent after the trim");
   } else {
-    fprintf(stderr, "usage: mem_prompt empty|off|held|cycles|big\n");
+    fprintf(stderr, "usage: mem_prompt empty|off|held|cycles|big|trim\n");
     return 2;
   }
   return finish("mem_prompt");

@@ -72,6 +72,10 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
     allot_mem_add(mem.prompt.${mode} 60
       "ALLOT_PURGE_DELAY=3600000;ALLOT_PURGE_THREAD=0" mem_prompt ${mode})
   endforeach()
+  # malloc_trim(0) gives back the last page of each class too
+  allot_mem_add(mem.trim.last_pages 60
+    "ALLOT_PURGE_DELAY=3600000;ALLOT_PURGE_THREAD=0;ALLOT_PROMPT_RETURN=0"
+    mem_prompt trim)
   set_tests_properties(mem.prompt.off PROPERTIES ENVIRONMENT
     "ALLOT_SECURE=0;ALLOT_DEBUG=0;ALLOT_PURGE_DELAY=3600000;ALLOT_PURGE_THREAD=0;ALLOT_PROMPT_RETURN=0")
 
