@@ -28,6 +28,7 @@
  * Exit 0 pass, 1 fail. */
 #define _GNU_SOURCE
 #include <malloc.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/mman.h>
 
@@ -61,13 +62,13 @@ static size_t next_size(size_t lo, size_t hi) {
   return lo + (size_t)(rng % (hi - lo + 1));
 }
 
-/* bytes worth of blocks: seven in eight small (16 B..1 KiB), the rest
- * medium (16..128 KiB), each written through */
-static void fill(size_t bytes) {
+/* bytes worth of blocks, each written through: of 16..small_max bytes,
+ * and with mixed, one in eight of 16..128 KiB (medium) */
+static void fill_with(size_t bytes, size_t small_max, bool mixed) {
   size_t total = 0;
   while (total < bytes && nblocks < MAX_BLOCKS) {
-    size_t n =
-        nblocks % 8 ? next_size(16, 1024) : next_size(16 * KiB, 128 * KiB);
+    size_t n = mixed && nblocks % 8 == 0 ? next_size(16 * KiB, 128 * KiB)
+                                         : next_size(16, small_max);
     unsigned char *p = malloc(n);
     if (!p) {
       CHECK(0, "malloc(%zu) failed", n);
@@ -78,6 +79,12 @@ static void fill(size_t bytes) {
     sizes[nblocks++] = n;
     total += n;
   }
+}
+static void fill(size_t bytes) {
+  fill_with(bytes, 1024, true);
+}
+static void fill_small(size_t bytes, size_t max) {
+  fill_with(bytes, max, false);
 }
 
 /* frees the blocks of every step-th run of 8 from the first (step 1: all),
@@ -161,15 +168,7 @@ int main(int argc, char **argv) {
     CHECK(high >= base + 3 * MiB, "last round: only %zu KiB kept",
           (high - base) / KiB);
   } else if (!strcmp(mode, "big")) {
-    size_t total = 0;
-    while (total < 48 * MiB && nblocks < MAX_BLOCKS) {
-      size_t n = next_size(16, 1024);
-      blocks[nblocks] = malloc(n);
-      CHECK(blocks[nblocks] != NULL, "malloc(%zu)", n);
-      memset(blocks[nblocks], (int)(nblocks & 0xff), n);
-      sizes[nblocks++] = n;
-      total += n;
-    }
+    fill_small(48 * MiB, 1024);
     size_t full = committed();
     drop_all();
     size_t after = committed();
@@ -178,15 +177,7 @@ int main(int argc, char **argv) {
     CHECK(after >= full - 4 * MiB, "a 48 MiB heap gave %zu KiB back at once",
           (full - after) / KiB);
   } else if (!strcmp(mode, "trim")) {
-    size_t total = 0;
-    while (total < 64 * MiB && nblocks < MAX_BLOCKS) {
-      size_t n = next_size(16, 8192);
-      blocks[nblocks] = malloc(n);
-      CHECK(blocks[nblocks] != NULL, "malloc(%zu)", n);
-      memset(blocks[nblocks], (int)(nblocks & 0xff), n);
-      sizes[nblocks++] = n;
-      total += n;
-    }
+    fill_small(64 * MiB, 8192);
     size_t full = committed();
     drop_all();
     size_t freed = committed();
