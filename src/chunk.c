@@ -968,6 +968,11 @@ bool chunk_check(const chunk_heap_t *h, void *const *regions,
   check_ctx_t x = {h, regions, sizes, nregions, fault};
   uint64_t key = h->key;
   size_t free_bytes = 0, used_bytes = 0, used_count = 0, free_count = 0;
+  /* not set up yet (allot's heaps set theirs up with their first region):
+   * all zero, or it has been written to */
+  if (h->fl_count == 0 && nregions == 0 && !h->fl_bitmap && !h->limit &&
+      !h->free_bytes && !h->used_bytes && !h->used_count && !h->regions)
+    return true;
   /* the table's size first: every other read of a row depends on it */
   if (h->fl_count == 0 || h->fl_count > CHUNK_FL_COUNT ||
       h->limit != (size_t)1 << (h->fl_count + FL_OFFSET))

@@ -125,9 +125,10 @@ static void process_init_late(void) {
 
 /* Only the rows of bins a medium segment's chunks reach (HEAP_CHUNK_ROWS of
  * 40, the first 2 KiB of the table's 5): the mapping is fresh, and the rows
- * past them are neither cleared nor read. allot_heap_destroy re-initialises
- * with the same rows, since chunk_heap_absorb (allot_heap_delete) takes a heap
- * into one with at least as many. */
+ * past them are neither cleared nor read. Done with the heap's first medium
+ * region (heap_chunks_ready). allot_heap_destroy re-initialises with the
+ * same rows, since chunk_heap_absorb (allot_heap_delete) takes a heap into
+ * one with at least as many. */
 void heap_chunks_init(heap_t *h) {
   chunk_heap_init_sized(&h->chunks, g.key, SEG_SIZE);
   chunk_set_fault(&h->chunks, chunk_fault_malloc);
@@ -154,7 +155,8 @@ static heap_t *heap_new_struct(void) {
    * or statistics mode would touch. */
   for (size_t i = 0; i < NCLASSES; i++)
     h->current[i] = &empty_page;
-  heap_chunks_init(h);
+  /* the chunk heap waits for the first medium region (heap_chunks_ready):
+   * a thread that has none touches only the heap's first page */
   os_lock_init(&h->medium_lock);
   os_lock_init(&h->seg_lock);
   os_lock_init(&h->page_lock);

@@ -258,7 +258,8 @@ static void destroy_now(heap_t *h) {
   segment_t *large = take_large(h);
   while (h->medium_segs)
     segment_free(h->medium_segs);
-  heap_chunks_init(h); /* the rows it had: chunk_heap_absorb compares them */
+  /* the rows it had, if it had any: chunk_heap_absorb compares them */
+  if (h->chunks.fl_count) heap_chunks_init(h);
   atomic_store_explicit(&h->medium_dirty_at, 0, memory_order_relaxed);
   os_unlock(&h->medium_lock);
   while (large) {
@@ -327,7 +328,10 @@ static void delete_into(heap_t *h, heap_t *d) {
     if (d->medium_segs) d->medium_segs->hprev = s;
     d->medium_segs = s;
   }
-  chunk_heap_absorb(&d->chunks, &h->chunks);
+  if (h->chunks.fl_count) { /* h had medium blocks; d may not have yet */
+    heap_chunks_ready(d);
+    chunk_heap_absorb(&d->chunks, &h->chunks);
+  }
   /* empty regions go back (medium_free releases a region only when a free
    * empties it, and h kept its last one); d keeps one */
   for (segment_t *s = d->medium_segs, *next; s && moved; s = next) {

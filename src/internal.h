@@ -144,15 +144,17 @@ typedef struct os_lock {
 
 enum { HEAP_ACTIVE = 1, HEAP_ABANDONED = 2, HEAP_POOLED = 3 };
 
-/* Per-heap counters (introspect.c). xfrees is counted on the owner's slow
- * path; the rest only in statistics mode (g.stats), whose mallocs and frees
- * all take the checked path. Rows: 0 zero-size, 1..NCLASSES-1 the small
- * classes, then medium and large. */
+/* Per-heap counters (introspect.c), counted only in statistics mode
+ * (g.stats), whose mallocs and frees all take the checked path (a heap's
+ * xfrees, counted in every mode, is heap_t's). Rows: 0 zero-size, 1..NCLASSES-1
+ * the small classes, then medium and large. */
 #define STATS_MEDIUM NCLASSES
 #define STATS_LARGE (NCLASSES + 1)
 #define STATS_ROWS (NCLASSES + 2)
 typedef struct heap_stats {
-  _Atomic size_t xfrees; /* small and medium blocks other threads freed */
+  /* small and medium blocks other threads freed (a heap's own count is
+   * heap_t.xfrees; this one sums retired heaps') */
+  _Atomic size_t xfrees;
   _Atomic size_t mallocs[STATS_ROWS], frees[STATS_ROWS];
   _Atomic size_t requested;           /* bytes asked for */
   _Atomic size_t in_use, in_use_peak; /* usable bytes of live blocks */
@@ -172,7 +174,6 @@ typedef struct realloc_hint {
 typedef struct heap {
   page_t *current[NCLASSES]; /* the fast path allocates from these */
   page_list_t avail[NCLASSES];
-  page_list_t full[NCLASSES];
   _Atomic uint64_t xwake; /* classes with frees into full pages */
   /* Classes whose owner freed into full pages lately (page.c): their pages
    * that run dry stay in `avail` for a while, where a free costs no lock. */
@@ -181,9 +182,6 @@ typedef struct heap {
    * or that it found none to take (page.c, page_borrow) */
   uint8_t borrowed[NCLASSES];
   segment_t *segs; /* small segments of this heap */
-  /* Their free pages still resident, by the class each last held (under
-   * seg_lock): a class needing a fresh page takes one of its own first. */
-  page_list_t dirty_free[NCLASSES];
   /* bit cls: dirty_free[cls] is not empty (written under seg_lock, read
    * without it by the owner's slow path) */
   _Atomic uint64_t dirty_classes;
@@ -228,23 +226,39 @@ typedef struct heap {
    * has taken no memory since (in what was padding) */
   _Atomic uint32_t prompt_state;
   segment_t *large_segs; /* first-class: its live large blocks (medium_lock) */
-  /* The counters on the first two pages: xfrees is counted in every mode
-   * (after the hints, it made a fourth OS page of every thread's heap
-   * resident: threadchurn, 16 KiB per heap against 12). */
-  heap_stats_t stats;
-  /* After the lists, locks and counters, since its regions are medium
-   * segments, whose chunks need 15 of the type's 40 rows of bins
-   * (heap_chunks_init): all a heap touches then lies on its first two OS
-   * pages, and the rows past the 15th stay untouched (a heap touched 3
-   * pages with the whole table cleared before its locks). */
+  /* small and medium blocks other threads freed, counted in every mode on
+   * the owner's slow path (the statistics' other counters are in `stats`,
+   * below; introspect.c adds this one to them) */
+  _Atomic size_t xfrees;
+  page_list_t full[NCLASSES]; /* pages with no free block */
+  /* Everything above lies on the heap's first OS page, which is all that a
+   * thread touches whose pages never empty and which has no medium block
+   * (its chunk heap is set up with its first medium region,
+   * heap_chunks_ready): 8 threads with a few small blocks each hold 4 KiB
+   * less apiece than when every heap touched two pages (session 13). */
+  /* Free pages still resident, by the class each last held (under
+   * seg_lock): a class needing a fresh page takes one of its own first. */
+  page_list_t dirty_free[NCLASSES];
+  /* Its regions are medium segments, whose chunks need 15 of the type's 40
+   * rows of bins (heap_chunks_init): with dirty_free, the second page holds
+   * them, and the rows past the 15th stay untouched (a heap touched 3 pages
+   * with the whole table cleared before its locks). All zero until
+   * heap_chunks_ready: a zeroed chunk heap has no free chunk and no region
+   * (its lookups find nothing). */
   chunk_heap_t chunks;
+  /* Statistics mode's counters (introspect.c): past what any other mode
+   * touches. */
+  heap_stats_t stats;
   /* Last, as only realloc touches them: the heap's last pages stay
    * untouched (not resident) until it does. */
   realloc_hint_t rhint[REALLOC_HINTS]; /* this thread's (api.c) */
 } heap_t;
 #define HEAP_CHUNK_ROWS 15 /* chunk_heap_init_sized(..., SEG_SIZE) */
+_Static_assert(
+    offsetof(heap_t, dirty_free) <= OS_PAGE,
+    "a thread's lists, locks and counters fit its heap's first page");
 _Static_assert(offsetof(heap_t, chunks.bins[HEAP_CHUNK_ROWS]) <= 2 * OS_PAGE,
-               "what a heap touches should fit two OS pages (heap.c)");
+               "a heap's free-page lists and medium bins fit its second page");
 
 /* ---- process-wide state ----------------------------------------------- */
 typedef struct allot_globals {
@@ -579,6 +593,10 @@ INTERNAL void allot_process_init(void);
 INTERNAL heap_t *heap_new_detached(void); /* a fresh heap for allot_heap_new */
 /* (Re)initialise h's chunk heap, with the bin rows its medium segments need */
 INTERNAL void heap_chunks_init(heap_t *h);
+/* Under h's medium_lock: its chunk heap set up if it is not yet. */
+static inline void heap_chunks_ready(heap_t *h) {
+  if (unlikely(!h->chunks.fl_count)) heap_chunks_init(h);
+}
 
 /* ---- prof.c: the sampled heap profile; every call is behind g.prof ------ */
 INTERNAL void prof_configure(void); /* end of option parsing */

@@ -160,6 +160,7 @@ static void fold(heap_stats_t *into, heap_stats_t *from) {
 
 void stats_heap_retire(heap_t *h) {
   fold(&retired, &h->stats);
+  add(&retired.xfrees, atomic_exchange(&h->xfrees, 0));
   atomic_store(&h->stats.in_use, 0);
   atomic_store(&h->stats.in_use_peak, 0);
 }
@@ -377,8 +378,10 @@ EXPORT int allot_stats_get(allot_stats_t *out) {
   gather_all(&t);
   heap_stats_t c;
   memset(&c, 0, sizeof c);
-  for (heap_t *h = heaps_first(); h; h = h->next_all)
+  for (heap_t *h = heaps_first(); h; h = h->next_all) {
     sum_counters(&c, &h->stats);
+    add(&c.xfrees, ALOAD(h->xfrees));
+  }
   sum_counters(&c, &retired);
   sum_counters(&c, &unowned);
   fill(out, &t, &c);
@@ -408,6 +411,7 @@ EXPORT int allot_heap_stats(allot_heap_t *heap, allot_stats_t *out) {
   gather_heap(h, &t, LOAD(h->owner) == thread_uid(), true);
   t.heaps = 1;
   fill(out, &t, &h->stats);
+  out->xfrees = ALOAD(h->xfrees);
   out->reserved_peak = out->reserved;
   out->committed_peak = out->committed;
   out->in_use_peak = g.stats ? ALOAD(h->stats.in_use_peak) : 0;
@@ -455,6 +459,7 @@ EXPORT void allot_stats_reset(void) {
     heap_stats_t scratch;
     memset(&scratch, 0, sizeof scratch);
     fold(&scratch, &h->stats);
+    atomic_store(&h->xfrees, 0);
     atomic_store(&h->stats.in_use_peak, atomic_load(&h->stats.in_use));
   }
   for (int i = 0; i < 2; i++) {

@@ -208,7 +208,7 @@ static ALWAYS_INLINE size_t take_xfree(page_t *pg, uintptr_t word, block_t *cut,
     pg->free = head;
     pg->used -= (uint32_t)count;
     heap_t *owner = atomic_load_explicit(&pg->heap, memory_order_relaxed);
-    atomic_fetch_add_explicit(&owner->stats.xfrees, count - (cut ? cut_n : 0),
+    atomic_fetch_add_explicit(&owner->xfrees, count - (cut ? cut_n : 0),
                               memory_order_relaxed);
     return count;
   }
@@ -236,7 +236,7 @@ static ALWAYS_INLINE size_t take_xfree(page_t *pg, uintptr_t word, block_t *cut,
   pg->used -= (uint32_t)n;
   /* statistics: counted here, on the owner's slow path, not per free */
   heap_t *owner = atomic_load_explicit(&pg->heap, memory_order_relaxed);
-  atomic_fetch_add_explicit(&owner->stats.xfrees, others, memory_order_relaxed);
+  atomic_fetch_add_explicit(&owner->xfrees, others, memory_order_relaxed);
   return n;
 }
 
@@ -861,7 +861,7 @@ static void reclaim(heap_t *h, bool purge) {
         if (n != xfree_count(word))
           fault("free", "corrupted cross-thread free list", head);
         if (n == pg->used) {
-          atomic_fetch_add_explicit(&h->stats.xfrees, n, memory_order_relaxed);
+          atomic_fetch_add_explicit(&h->xfrees, n, memory_order_relaxed);
           plist_remove(&h->full[cls], pg);
           if (purge)
             segment_page_release(h, pg);

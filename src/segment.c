@@ -567,6 +567,7 @@ static void *medium_alloc_in(heap_t *h, size_t size, size_t align,
   if (!p) {
     segment_t *s = segment_alloc(h, SEG_MEDIUM);
     if (s) {
+      heap_chunks_ready(h);
       chunk_add_region(&h->chunks, s->region, s->region_size);
       p = align > 16 ? chunk_memalign(&h->chunks, align, size)
                      : chunk_malloc(&h->chunks, size);
@@ -741,7 +742,7 @@ void medium_free(segment_t *s, void *p, const char *fn) {
       unlikely(purge_prompt_medium_due(h, h->medium_idle)) && h == tls_heap;
   medium_gen_bump(h); /* realloc's hints about h's blocks (api.c) */
   if (h != tls_heap)  /* statistics: a free from another thread */
-    atomic_fetch_add_explicit(&h->stats.xfrees, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->xfrees, 1, memory_order_relaxed);
   /* An empty region stays until the purge delay has passed
    * (medium_purge_heap), so a program that frees a phase of blocks and then
    * allocates another finds the memory resident instead of faulting it in

@@ -91,6 +91,15 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   # ALLOT_PURGE_MADV=free: purged memory is lazily freed, and reusable
   allot_mem_add(mem.madv_free 60 ALLOT_PURGE_MADV=free mem_return lazyfree)
 
+  # a thread with a few small blocks makes one page of its heap structure
+  # resident, one with a medium block too two (liballot.a: the test reads
+  # the thread's heap pointer)
+  add_executable(mem_heap_pages ${CMAKE_CURRENT_LIST_DIR}/mem_heap_pages.c)
+  target_compile_options(mem_heap_pages PRIVATE ${ALLOT_MEM_TEST_FLAGS})
+  target_include_directories(mem_heap_pages PRIVATE ${PROJECT_SOURCE_DIR}/src)
+  target_link_libraries(mem_heap_pages PRIVATE allot-static Threads::Threads)
+  allot_mem_add(mem.heap_pages 60 "" mem_heap_pages)
+
   # the fixed footprint of liballot.so in a small C program: its code
   # resident by tiers, none of the cold code, only the core in a small
   # single-threaded one; libgcc_s not loaded (mem_footprint.c)
