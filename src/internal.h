@@ -116,10 +116,10 @@ typedef struct segment {
   uint64_t free_pages; /* bit i: page i not in use */
   uint32_t pages_used;
   /* for prompt return (purge.c): bytes carved in its pages, added by the
-   * owner as it carves (its only writer: a load and a store, no lock), less
-   * uncarved, those of its pages retired since (under the owner's
-   * seg_lock), is what its pages in use hold; dirty_bytes is what its dirty
-   * free pages hold resident (under seg_lock) */
+   * owner as it carves (segment_count_carved), less uncarved, those of its
+   * pages retired since (under the owner's seg_lock), is what its pages in
+   * use hold; dirty_bytes is what its dirty free pages hold resident (under
+   * seg_lock) */
   _Atomic size_t carved;
   size_t uncarved, dirty_bytes;
   /* medium */
@@ -131,6 +131,15 @@ typedef struct segment {
   uint64_t cached_at;
   page_t pages[PAGES_PER_SEG];
 } segment_t;
+
+/* The owner carved bytes more of s's pages: it is the count's only writer,
+ * so a load and a store, no lock (prompt return reads it, purge.c). */
+static inline void segment_count_carved(segment_t *s, size_t bytes) {
+  atomic_store_explicit(&s->carved,
+                        atomic_load_explicit(&s->carved, memory_order_relaxed) +
+                            bytes,
+                        memory_order_relaxed);
+}
 
 /* ---- heaps ------------------------------------------------------------- */
 typedef struct page_list {
@@ -377,10 +386,9 @@ INTERNAL int os_tier_threads(void), os_tier_medium(void), os_tier_rest(void),
 
 typedef struct os_stats {
   _Atomic size_t mmaps, munmaps, purges, remaps;
-  _Atomic uint64_t ns;           /* time in those calls (statistics mode) */
-  _Atomic size_t mapped;         /* bytes currently mapped */
-  _Atomic size_t mapped_peak;    /* their peak */
-  _Atomic size_t prompt_returns; /* purge.c's purge_prompt */
+  _Atomic uint64_t ns;        /* time in those calls (statistics mode) */
+  _Atomic size_t mapped;      /* bytes currently mapped */
+  _Atomic size_t mapped_peak; /* their peak */
 } os_stats_t;
 extern INTERNAL os_stats_t os_stats;
 
@@ -449,7 +457,6 @@ static inline void *zero_block(segment_t *s, size_t i) {
 INTERNAL void *page_malloc_slow(heap_t *h, size_t cls, size_t size);
 INTERNAL void *page_alloc_block(heap_t *h, size_t cls);
 INTERNAL void page_free_slow(heap_t *h, page_t *pg);
-INTERNAL void page_retire_empty(heap_t *h); /* prompt return (purge.c) */
 INTERNAL void page_free_full(heap_t *h, page_t *pg, block_t *b);
 /* Put page pg of heap h on list q (Q_NONE, Q_AVAIL, Q_FULL) as far as its
  * fields say: free's fast path trusts avail_owner only while the page is

@@ -159,10 +159,7 @@ static ALWAYS_INLINE void extend_blocks(page_t *pg, size_t n) {
   }
   pg->free = next;
   __atomic_store_n(&pg->capacity, pg->capacity + (uint32_t)n, __ATOMIC_RELAXED);
-  atomic_store_explicit(&s->carved,
-                        atomic_load_explicit(&s->carved, memory_order_relaxed) +
-                            n * pg->bsize,
-                        memory_order_relaxed);
+  segment_count_carved(s, n * pg->bsize);
 }
 
 static NOINLINE void page_extend_n(page_t *pg, size_t n) {
@@ -690,20 +687,6 @@ void page_free_slow(heap_t *h, page_t *pg) {
   purge_prompt_small(h);
 }
 
-/* Prompt return (purge.c), the owner: its empty pages that stayed in the
- * available lists (the last of each class, which page_retire keeps) go to
- * their segments, as dirty free pages the purge that follows gives back. */
-void page_retire_empty(heap_t *h) {
-  for (size_t cls = 1; cls < NCLASSES; cls++) {
-    for (page_t *pg = h->avail[cls].first, *next; pg; pg = next) {
-      next = pg->next;
-      if (pg->used == 0 &&
-          !atomic_load_explicit(&pg->xfree, memory_order_relaxed))
-        page_retire(h, pg, false);
-    }
-  }
-}
-
 /* The owner frees into a full page: under the page lock, since the purge
  * thread may be looking at the full list. */
 void page_free_full(heap_t *h, page_t *pg, block_t *b) {
@@ -771,8 +754,8 @@ void heap_collect_pages(heap_t *h, bool abandoning) {
       page_t *next = pg->next;
       collect_xfree_all(pg);
       /* the class's last page too: a collection is asked for (malloc_trim,
-       * allot_collect, allot_heap_collect), and a class's next malloc
-       * takes a page again on its slow path */
+       * allot_collect, allot_heap_collect, prompt return), and a class's
+       * next malloc takes a page again on its slow path */
       if (pg->used == 0) page_retire(h, pg, false);
       pg = next;
     }

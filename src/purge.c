@@ -171,7 +171,7 @@ static uint32_t prompt_step(size_t now) {
 /* Bytes free and resident, and held, in h's small pages, from its
  * segments' counts; false if they are more than PROMPT_MAX bytes of
  * segments. Each class's last page, kept in its list when it empties
- * (page_retire), counts as free: page_retire_empty would give it back. */
+ * (page_retire), counts as free: heap_collect_pages gives it back. */
 static bool prompt_small_bytes(heap_t *h, size_t *free_b, size_t *held) {
   size_t segs = 0;
   os_lock(&h->seg_lock);
@@ -223,14 +223,13 @@ void purge_prompt(heap_t *h) {
                           memory_order_relaxed);
     return;
   }
-  page_retire_empty(h);
+  heap_collect_pages(h, false); /* its empty pages, classes' last ones too */
   segment_purge_heap(h, true);
   medium_purge_heap(h, true);
   atomic_store_explicit(&h->prompt_state, (now ? now : 2) | 1,
                         memory_order_relaxed);
   atomic_store_explicit(&h->prompt_small, 0, memory_order_relaxed);
   atomic_store_explicit(&h->prompt_medium, 0, memory_order_relaxed);
-  atomic_fetch_add_explicit(&os_stats.prompt_returns, 1, memory_order_relaxed);
 }
 
 void purge_after_fork_child(void) {

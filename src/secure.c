@@ -146,10 +146,7 @@ void secure_page_extend(page_t *pg) {
   }
   pg->free = next;
   __atomic_store_n(&pg->capacity, pg->capacity + n, __ATOMIC_RELAXED);
-  atomic_store_explicit(&s->carved,
-                        atomic_load_explicit(&s->carved, memory_order_relaxed) +
-                            (size_t)n * pg->bsize,
-                        memory_order_relaxed);
+  segment_count_carved(s, (size_t)n * pg->bsize);
 }
 
 /* A large block's mapping with GUARD bytes reserved before and after it.

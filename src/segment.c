@@ -738,8 +738,7 @@ void medium_free(segment_t *s, void *p, const char *fn) {
   size_t u = chunk_usable_size(p); /* p checked by chunk_free */
   chunk_free(&h->chunks, p, chunk_fault_free);
   h->medium_idle += u;
-  bool prompt =
-      unlikely(purge_prompt_medium_due(h, h->medium_idle)) && h == tls_heap;
+  bool prompt = purge_prompt_medium_due(h, h->medium_idle); /* the owner's */
   medium_gen_bump(h); /* realloc's hints about h's blocks (api.c) */
   if (h != tls_heap)  /* statistics: a free from another thread */
     atomic_fetch_add_explicit(&h->xfrees, 1, memory_order_relaxed);
