@@ -330,6 +330,8 @@ INTERNAL void *os_remap_fixed(void *old, size_t old_size, size_t new_size,
                               void *target);
 INTERNAL bool os_remap_inplace(void *old, size_t old_size, size_t new_size);
 INTERNAL uint64_t os_now_ms(void);
+INTERNAL int os_cpus(void);   /* CPUs the process may run on, >= 1 */
+INTERNAL void os_yield(void); /* sched_yield */
 INTERNAL uint64_t os_random_seed(void);
 INTERNAL void os_lock(os_lock_t *l);
 /* Fork handlers (os.c): given once, registered with pthread_atfork when the

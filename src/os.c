@@ -342,6 +342,27 @@ bool os_remap_inplace(void *old, size_t old_size, size_t new_size) {
   return true;
 }
 
+/* The CPUs this process may run on (its affinity when first asked; at
+ * least 1), and giving the CPU to another runnable thread: heap.c's wait
+ * for an exiting thread's heap (heap_wait_exiting). */
+int os_cpus(void) {
+  static _Atomic int cpus;
+  int n = atomic_load_explicit(&cpus, memory_order_relaxed);
+  if (n) return n;
+  unsigned long set[16] = {0}; /* 1024 CPUs */
+  long got = syscall(SYS_sched_getaffinity, 0, sizeof set, set);
+  n = 0;
+  for (long i = 0; i < got / (long)sizeof set[0]; i++)
+    n += __builtin_popcountl(set[i]);
+  if (n < 1) n = 1;
+  atomic_store_explicit(&cpus, n, memory_order_relaxed);
+  return n;
+}
+
+void os_yield(void) {
+  syscall(SYS_sched_yield);
+}
+
 uint64_t os_now_ms(void) {
   struct timespec ts;
   clock_read(CLOCK_MONOTONIC_COARSE, &ts);

@@ -20,7 +20,7 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
     -fno-builtin-calloc -fno-builtin-free)
 
   foreach(prog mem_return mem_thp mem_metadata mem_borrow mem_borrow_xthread
-      mem_reuse_large mem_prompt)
+      mem_reuse_large mem_prompt mem_thread_chains)
     add_executable(${prog} ${CMAKE_CURRENT_LIST_DIR}/${prog}.c)
     target_compile_options(${prog} PRIVATE ${ALLOT_MEM_TEST_FLAGS})
     target_compile_definitions(${prog} PRIVATE TEST_ALLOT=1)
@@ -87,6 +87,11 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   allot_mem_add(mem.return.xthread_small_exit 60 ""
     mem_return xthread-small-exit)
   allot_mem_add(mem.reuse 60 "" mem_return reuse)
+
+  # threads that start their successors and exit (larson's chains) pass
+  # their heaps on instead of each building one: on one CPU, where the new
+  # thread runs before its creator has exited
+  allot_mem_add(mem.thread_chains 60 "" mem_thread_chains)
 
   # ALLOT_PURGE_MADV=free: purged memory is lazily freed, and reusable
   allot_mem_add(mem.madv_free 60 ALLOT_PURGE_MADV=free mem_return lazyfree)
