@@ -7,7 +7,9 @@
  * the mapping. After the calls a program makes, this reads /proc/self/smaps:
  *   - `mem_footprint`: a mix of the calls a default-mode program makes
  *     (small, medium and aligned blocks, realloc, calloc, a second thread
- *     that frees the first one's blocks): nothing of the cold code (the
+ *     that frees the first one's blocks, then two threads at once on one
+ *     CPU, the third taking a heap while more threads hold heaps than the
+ *     process has CPUs: heap_wait_exiting): nothing of the cold code (the
  *     last tier's mapping) is resident; a function that runs but is
  *     missing from cmake/hot-functions.txt lands there and fails this;
  *   - `mem_footprint small`: what a small single-threaded program does
@@ -21,6 +23,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +40,16 @@ static void *freer(void *arg) {
     blocks[i] = NULL;
   }
   return NULL;
+}
+
+static pthread_barrier_t both;
+
+/* a thread holding a heap while the other takes one */
+static void *holder(void *arg) {
+  void *p = malloc(100 + (size_t)(uintptr_t)arg);
+  pthread_barrier_wait(&both);
+  free(p);
+  return p ? NULL : arg;
 }
 
 static void workload(void) {
@@ -75,6 +88,19 @@ static void workload(void) {
     }
     for (int i = 0; i < N; i++)
       free(blocks[i]);
+  }
+  /* on one CPU: main's heap and the first holder's are more than the CPUs */
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(sched_getcpu() >= 0 ? sched_getcpu() : 0, &one);
+  sched_setaffinity(0, sizeof one, &one);
+  pthread_t h[2];
+  pthread_barrier_init(&both, NULL, 2);
+  if (pthread_create(&h[0], NULL, holder, (void *)1) != 0 ||
+      pthread_create(&h[1], NULL, holder, (void *)2) != 0 ||
+      pthread_join(h[0], NULL) != 0 || pthread_join(h[1], NULL) != 0) {
+    printf("FAILED: threads\n");
+    exit(1);
   }
 }
 
