@@ -357,6 +357,8 @@ int os_cpus(void) {
   for (long i = 0; i < got / (long)sizeof set[0]; i++)
     for (unsigned long w = set[i]; w; w &= w - 1)
       n++;
+  /* a mask too small for the machine (EINVAL): more than it holds */
+  if (got < 0) n = (int)sizeof set * 8;
   if (n < 1) n = 1;
   atomic_store_explicit(&cpus, n, memory_order_relaxed);
   return n;
