@@ -180,10 +180,10 @@ static _Atomic size_t heaps_held;
  * than the process has CPUs (so some of them are not running: waiting for
  * a CPU, blocked, or exiting) first yields the CPU, up to EXIT_WAIT_YIELDS
  * times, until a heap is abandoned: an exiting creator then finishes and
- * leaves it its heap (larson: 2 heaps on one CPU, 7.5 MB; 10.5-14.8 MB on
+ * leaves it its heap (larson: 2 heaps on one CPU, 7.5 MB; 13.0-14.8 MB on
  * two; docs/memory.md, "Threads that come and go"). A yield returns at once
- * when nothing else can run on the CPU, and otherwise runs what can: a
- * thread's start is delayed, no CPU time is spent. */
+ * when nothing else can run on the CPU, and otherwise runs what can: the
+ * thread's start is delayed, but no CPU time goes to waiting. */
 #define EXIT_WAIT_YIELDS 8
 
 static NOINLINE void heap_wait_exiting(void) {
