@@ -175,7 +175,7 @@ static _Atomic size_t heaps_held;
  * still holds its heap, and finding no heap abandoned it used to build one
  * of its own. On one CPU most creators waited like that: 20 heaps or more
  * for 4 chains, each with the memory of a thread's blocks (larson 400: peak
- * RSS 22-37 MB on one CPU, 17-19 MB on two, against jemalloc's 14 MB). So a
+ * RSS 22-37 MB on one CPU, 16.7-19.6 MB on two, against jemalloc's 14 MB). So a
  * starting thread that finds no heap to adopt while more threads hold heaps
  * than the process has CPUs (so some of them are not running: waiting for
  * a CPU, blocked, or exiting) first yields the CPU, up to EXIT_WAIT_YIELDS
