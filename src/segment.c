@@ -632,8 +632,10 @@ void *medium_cut(heap_t *h, size_t size, size_t idle) {
   os_lock(&h->medium_lock);
   if (h->medium_idle >= idle) {
     p = chunk_malloc(&h->chunks, size);
-    if (p) h->medium_idle -= size;
-    purge_prompt_took(h);
+    if (p) {
+      h->medium_idle -= size;
+      purge_prompt_took(h);
+    }
   }
   os_unlock(&h->medium_lock);
   medium_cut_next = p ? (uintptr_t)p + chunk_usable_size(p) : 0;
