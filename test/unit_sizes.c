@@ -445,7 +445,35 @@ static void test_many(void) {
   free(v);
 }
 
+#ifdef TEST_ALLOT
+/* The first block of a fresh page must not sit at the page's start for every
+ * class: pages are 64 KiB-aligned, so those blocks would all share one set of
+ * the L1 cache (address bits 6-11), and a program reusing one block of each
+ * of its classes would miss the cache at every malloc (src/page.c,
+ * extend_blocks). Run first, before anything else allocates, so that each
+ * class's page is fresh. */
+static void test_first_blocks_spread(void) {
+  enum { N = 24 };
+  void *p[N];
+  uint64_t sets = 0; /* the L1 sets (0..63) the first blocks fall in */
+  size_t size = 16;
+  for (int i = 0; i < N; i++, size += size / 8 + 16) {
+    p[i] = malloc(size);
+    CHECK(p[i] != NULL, "malloc(%zu)", size);
+    sets |= (uint64_t)1 << (((uintptr_t)p[i] >> 6) & 63);
+  }
+  int distinct = __builtin_popcountll(sets);
+  CHECK(distinct >= N / 2,
+        "the first blocks of %d fresh classes fall in %d L1 sets", N, distinct);
+  for (int i = 0; i < N; i++)
+    free(p[i]);
+}
+#endif
+
 int main(void) {
+#ifdef TEST_ALLOT
+  test_first_blocks_spread();
+#endif
   test_many();
   test_aligned();
 #ifdef TEST_ALLOT
