@@ -148,9 +148,9 @@ ALLOT_EXPORT allot_heap_t *allot_heap_of(const void *p);
  * kept only in statistics mode (ALLOT_STATS=1 or allot_option_set), in which
  * every call takes the slower checked path; otherwise they are 0. */
 #define ALLOT_STATS_ROWS                                                       \
-  61 /* 0 zero-size, 1..58 small classes, medium, large */
-#define ALLOT_STATS_MEDIUM 59
-#define ALLOT_STATS_LARGE 60
+  62 /* 0 zero-size, 1..59 small classes, medium, large */
+#define ALLOT_STATS_MEDIUM 60
+#define ALLOT_STATS_LARGE 61
 
 typedef struct allot_class_stats {
   size_t block_size; /* small classes: the block size; else 0 */

@@ -44,10 +44,10 @@
 #define SMALL_MAX 8192u                 /* largest malloc served from pages */
 #define MEDIUM_MAX ((size_t)1 << 20)    /* largest size from the chunk heap */
 #define MEDIUM_REUSE_MAX (SEG_SIZE / 2) /* largest from idle chunks */
-/* Classes 1..56 hold sizes up to SMALL_MAX; 57 and 58 (12 and 16 KiB) only
+/* Classes 1..57 hold sizes up to SMALL_MAX; 58 and 59 (12 and 16 KiB) only
  * aligned requests (aligned_class_paged). */
-#define NCLASSES 59
-#define CLASSES_BY_SIZE 57
+#define NCLASSES 60
+#define CLASSES_BY_SIZE 58
 #define PAGED_ALIGNED_MAX 16384u /* largest aligned request from pages */
 #define LARGE_OFFSET OS_PAGE     /* user data of a large block starts here */
 #ifndef ALLOT_SECURE_DEFAULT     /* CMake option ALLOT_SECURE_DEFAULT */

@@ -47,6 +47,15 @@ allot_core_add(core.stress.rings_prefixed 120 core_stress_prefixed rings 8
   50000)
 allot_core_add(core.stress.churn_prefixed 120 core_stress_prefixed churn 512)
 
+# The size-class tables follow class_size, and the classes their rules
+# (scripts/classes.py).
+find_package(Python3 COMPONENTS Interpreter)
+if(Python3_FOUND)
+  allot_core_add(core.class_tables 60 ${Python3_EXECUTABLE}
+    ${PROJECT_SOURCE_DIR}/scripts/classes.py --check
+    ${PROJECT_SOURCE_DIR}/src/page.c)
+endif()
+
 # Under address and thread the sanitizer owns malloc: nothing that replaces
 # it can run there.
 if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")

@@ -196,7 +196,7 @@ static void test_aligned(void) {
 #include <unistd.h>
 
 /* Aligned requests of 2 KiB alignment or more whose rounded size is 8..16
- * KiB come from small pages of 12 or 16 KiB blocks (classes 57 and 58):
+ * KiB come from small pages of 12 or 16 KiB blocks (the last two classes):
  * their usable size is the block's, the statistics count them there, and
  * allot_free_aligned_sized holds them to that class. */
 static size_t paged_expected(size_t align, size_t size) {
@@ -211,6 +211,15 @@ static size_t class_blocks(size_t row) {
   return st.rows[row].blocks;
 }
 
+/* The statistics row of the class of `bsize`-byte blocks (0: none). */
+static size_t class_row(size_t bsize) {
+  allot_stats_t st;
+  CHECK(allot_stats_get(&st) == 0, "allot_stats_get failed");
+  for (size_t r = 1; r < ALLOT_STATS_MEDIUM; r++)
+    if (st.rows[r].block_size == bsize) return r;
+  return 0;
+}
+
 static void test_paged_aligned(void) {
   /* checked modes (debug, secure, statistics) keep to the classes by size */
   if (allot_option_get(ALLOT_OPTION_DEBUG) ||
@@ -222,32 +231,35 @@ static void test_paged_aligned(void) {
   static const size_t aligns[] = {1024, 2048, 4096, 8192, 16384, 32768};
   static const size_t sizes[] = {100,   8192,  8193,  9000,  10240,
                                  12288, 12289, 16384, 16385, 20000};
+  size_t r12 = class_row(12288), r16 = class_row(16384);
+  CHECK(r12 && r16 == ALLOT_STATS_MEDIUM - 1 && r12 == r16 - 1,
+        "the 12 and 16 KiB classes are rows %zu and %zu", r12, r16);
   for (size_t i = 0; i < sizeof aligns / sizeof *aligns; i++)
     for (size_t j = 0; j < sizeof sizes / sizeof *sizes; j++) {
       size_t a = aligns[i], n = sizes[j], want = paged_expected(a, n);
-      size_t b57 = class_blocks(57), b58 = class_blocks(58);
+      size_t b12 = class_blocks(r12), b16 = class_blocks(r16);
       void *p = NULL;
       int r = posix_memalign(&p, a, n);
       CHECK(r == 0, "posix_memalign(%zu, %zu) returned %d", a, n, r);
       check_block(p, n, a, "posix_memalign (paged)");
       if (!p) continue;
-      size_t got57 = class_blocks(57) - b57, got58 = class_blocks(58) - b58;
+      size_t got12 = class_blocks(r12) - b12, got16 = class_blocks(r16) - b16;
       if (want) {
         CHECK(malloc_usable_size(p) == want,
               "posix_memalign(%zu, %zu): usable %zu, want a %zu-byte block", a,
               n, malloc_usable_size(p), want);
-        CHECK(got57 == (want == 12288) && got58 == (want == 16384),
-              "posix_memalign(%zu, %zu): class 57 +%zu, 58 +%zu", a, n, got57,
-              got58);
+        CHECK(got12 == (want == 12288) && got16 == (want == 16384),
+              "posix_memalign(%zu, %zu): 12 KiB class +%zu, 16 KiB +%zu", a, n,
+              got12, got16);
       } else {
-        CHECK(got57 == 0 && got58 == 0,
-              "posix_memalign(%zu, %zu) took a paged block (57 +%zu, 58 +%zu)",
-              a, n, got57, got58);
+        CHECK(got12 == 0 && got16 == 0,
+              "posix_memalign(%zu, %zu) took a paged block (+%zu, +%zu)", a, n,
+              got12, got16);
       }
       fill(p, 0, n, a + n);
       CHECK(verify(p, n, a + n) == SIZE_MAX, "paged block %zu/%zu", a, n);
       allot_free_aligned_sized(p, a, n);
-      CHECK(class_blocks(57) == b57 && class_blocks(58) == b58,
+      CHECK(class_blocks(r12) == b12 && class_blocks(r16) == b16,
             "free_aligned_sized(%zu, %zu) left the block counted", a, n);
     }
   /* a paged block freed with the other class's size is refused */
