@@ -66,7 +66,7 @@ forks='core[.]fork|core[.]fork_lazy.*|mem[.]fork|api[.]mallinfo|cxx_new.*|hostil
 #  - RLIMIT_AS is not applied to the guest
 #  - qemu's own threads and memory are in /proc/self/task and the RSS, and
 #    so is qemu's per-thread memory that it never gives back
-limits='api[.]walk[.](debug|secure)|api[.]heap[.]secure|mem[.]thp[.](on|off)|mem[.]madv_free|hostile_aslimit|mem[.]return[.]idle|mem[.]trim[.]threads|mem[.]footprint.*|hostile_threads.*'
+limits='api[.]walk[.](debug|secure)|api[.]heap[.]secure|mem[.]thp[.](on|off)|mem[.]madv_free|hostile_aslimit|mem[.]return[.](idle|small)|mem[.]trim[.]threads|mem[.]footprint.*|hostile_threads.*'
 exclude="^($host|$forks|$limits)\$"
 if [ $all = 0 ]; then
   # CI: not the longest runs (mem.prodcons is 30 s by design; the others

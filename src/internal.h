@@ -501,6 +501,7 @@ INTERNAL void *large_malloc(size_t size, size_t align, bool zero);
 INTERNAL void large_free(segment_t *s, void *p, const char *fn);
 INTERNAL void *large_realloc(segment_t *s, void *p, size_t size);
 INTERNAL uint64_t large_collect(bool force);
+INTERNAL size_t large_cached_bytes(void); /* a hint: read without the lock */
 INTERNAL void large_cache_yield(size_t want); /* before a fresh segment */
 /* checked mode's heap walk reads a live large block only between large_pin
  * (false: not live) and large_unpin; large_unpinned waits for that after
@@ -514,7 +515,10 @@ INTERNAL void large_reset_lock(void);
 
 /* ---- purge.c ---------------------------------------------------------- */
 INTERNAL void purge_notify(void);
-INTERNAL void purge_notify_xwake(void);
+INTERNAL void purge_want(void);
+/* What a heap must hold to give back before the purge thread starts for it
+ * (purge_want) */
+#define PURGE_THREAD_MIN ((size_t)1 << 20)
 INTERNAL void purge_maybe_start(void);
 INTERNAL void purge_after_fork_child(void);
 extern INTERNAL _Atomic int purge_start_wanted;

@@ -49,6 +49,10 @@ static segment_t *cache[CACHE_SLOTS];
 static _Atomic size_t cache_bytes; /* read without the lock as a hint */
 
 /* Under large_lock: slot i's mapping, out of the cache. */
+size_t large_cached_bytes(void) {
+  return atomic_load_explicit(&cache_bytes, memory_order_relaxed);
+}
+
 static segment_t *cache_take(size_t i) {
   segment_t *s = cache[i];
   cache[i] = NULL;
@@ -425,6 +429,7 @@ void large_free(segment_t *s, void *p, const char *fn) {
     if (evict) cache_unmap(evict);
     if (cached) {
       purge_notify();
+      purge_want(); /* a cached mapping is 1 MiB or more */
       purge_poll();
       return;
     }

@@ -752,7 +752,7 @@ bool page_xfree(page_t *pg, block_t *b) {
     if (h && !(atomic_load_explicit(&h->xwake, memory_order_relaxed) & bit) &&
         !(atomic_fetch_or_explicit(&h->xwake, bit, memory_order_seq_cst) &
           bit)) {
-      purge_notify_xwake();
+      purge_want();
       return true;
     }
   }

@@ -387,7 +387,7 @@ static void page_free_as(heap_t *h, page_t *pg, bool purge) {
   atomic_store_explicit(&pg->full, 0, memory_order_relaxed);
   atomic_store_explicit(&pg->xfree, 0, memory_order_relaxed);
   atomic_store_explicit(&pg->heap, NULL, memory_order_release);
-  bool first = false;
+  bool first = false, want = false;
   if (purge) {
     os_purge((uint8_t *)s + i * PAGE_SIZE, PAGE_SIZE);
     pg->touched = 0;
@@ -398,7 +398,10 @@ static void page_free_as(heap_t *h, page_t *pg, bool purge) {
     pg->freed_at = os_now_ms();
     first = h->dirty_pages == 0;
     if (first) h->purge_due = pg->freed_at + (uint64_t)g.purge_delay_ms;
-    h->dirty_pages++;
+    /* the purge thread: in a single-threaded program once the heap holds
+     * PURGE_THREAD_MIN of free pages (purge_want) */
+    want = ++h->dirty_pages == PURGE_THREAD_MIN / PAGE_SIZE ||
+           (first && !single_threaded());
   }
   s->free_pages |= (uint64_t)1 << i;
   s->pages_used--;
@@ -412,6 +415,7 @@ static void page_free_as(heap_t *h, page_t *pg, bool purge) {
   if (purge) segment_free_if_clean(s);
   os_unlock(&h->seg_lock);
   if (first) purge_notify();
+  if (want) purge_want();
 }
 
 void segment_page_free(heap_t *h, page_t *pg) {
@@ -649,13 +653,15 @@ static void chunk_fault_free(const char *what, const void *addr) {
   fault(medium_fn ? medium_fn : "free", what, addr);
 }
 
-/* Lock the heap that owns s; the owner can change while we wait (an abandoned
- * heap adopted), so check again under the lock. */
-static void medium_mark_dirty(heap_t *h) {
+/* Whether h had no unpurged medium free before. */
+static bool medium_mark_dirty(heap_t *h) {
   uint64_t zero = 0;
   if (atomic_load_explicit(&h->medium_dirty_at, memory_order_relaxed) == 0 &&
-      atomic_compare_exchange_strong(&h->medium_dirty_at, &zero, os_now_ms()))
+      atomic_compare_exchange_strong(&h->medium_dirty_at, &zero, os_now_ms())) {
     purge_notify();
+    return true;
+  }
+  return false;
 }
 
 static int purge_free_chunk(void *payload, size_t size, bool used, void *arg) {
@@ -718,6 +724,8 @@ static void medium_gen_bump(heap_t *h) {
       memory_order_relaxed);
 }
 
+/* Lock the heap that owns s; the owner can change while we wait (an abandoned
+ * heap adopted), so check again under the lock. */
 static heap_t *medium_lock_owner(segment_t *s) {
   for (;;) {
     heap_t *h = atomic_load_explicit(&s->heap, memory_order_acquire);
@@ -740,6 +748,10 @@ void medium_free(segment_t *s, void *p, const char *fn) {
   size_t u = chunk_usable_size(p); /* p checked by chunk_free */
   chunk_free(&h->chunks, p, chunk_fault_free);
   h->medium_idle += u;
+  /* the purge thread: in a single-threaded program once free medium memory
+   * reaches PURGE_THREAD_MIN (purge_want) */
+  bool want = h->medium_idle >= PURGE_THREAD_MIN &&
+              h->medium_idle - u < PURGE_THREAD_MIN;
   bool prompt = purge_prompt_medium_due(h, h->medium_idle); /* the owner's */
   medium_gen_bump(h); /* realloc's hints about h's blocks (api.c) */
   if (h != tls_heap)  /* statistics: a free from another thread */
@@ -756,7 +768,8 @@ void medium_free(segment_t *s, void *p, const char *fn) {
     segment_free(s);
   }
   os_unlock(&h->medium_lock);
-  if (!release) medium_mark_dirty(h);
+  if (!release && medium_mark_dirty(h) && !single_threaded()) want = true;
+  if (want) purge_want();
   purge_poll();
   if (prompt) purge_prompt(h);
 }

@@ -25,6 +25,9 @@
  *                 frees 256 MiB and gets its RSS back
  *   lazyfree      with ALLOT_PURGE_MADV=free, purged memory shows as
  *                 LazyFree, and reusing it is correct
+ *   small         a single-threaded program frees whole pages and a medium
+ *                 block, under 1 MiB in all: no purge thread starts (its
+ *                 stack and the C library's thread code would cost more)
  *
  * "Back" means within 10 % (plus 16 MiB) of the RSS before the phase. Only
  * malloc, free and malloc_trim are used, so the program also runs against
@@ -739,6 +742,34 @@ static void mode_lazyfree(size_t total) {
   phase_done(&ph);
 }
 
+/* ---- small ---------------------------------------------------------------
+ */
+
+static void mode_small(void) {
+  enum { N = 384 }; /* six 64 KiB pages of 1 KiB blocks */
+  static void *blocks[N];
+  for (int i = 0; i < N; i++) {
+    blocks[i] = malloc(1000);
+    if (blocks[i]) memset(blocks[i], 1, 1000);
+  }
+  void *medium = malloc(100 * 1024);
+  if (medium) memset(medium, 2, 100 * 1024);
+  for (int i = 0; i < N; i++)
+    free(blocks[i]);
+  free(medium);
+  double t0 = now_ms();
+  int n = threads_in_process();
+  while (n == 1 && now_ms() - t0 < 300) {
+    sleep_ms(10);
+    n = threads_in_process();
+  }
+  printf("small: %d thread(s) in the 300 ms after freeing 484 KiB\n", n);
+  if (n != 1) {
+    printf("small: FAILED: a purge thread started for under 1 MiB\n");
+    failed = 1;
+  }
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   const char *mode = argc > 1 ? argv[1] : "idle";
@@ -769,11 +800,13 @@ int main(int argc, char **argv) {
     mode_fork();
   else if (!strcmp(mode, "lazyfree"))
     mode_lazyfree(argc > 2 ? total : 256 * MiB);
+  else if (!strcmp(mode, "small"))
+    mode_small();
   else {
     fprintf(stderr,
             "usage: %s idle|calls|xthread|xthread[-small]-exit|trim|"
-            "trim-threads|prodcons[-leak] [s]|reuse|reuse-exit|fork|lazyfree "
-            "[MiB]\n",
+            "trim-threads|prodcons[-leak] [s]|reuse|reuse-exit|fork|lazyfree|"
+            "small [MiB]\n",
             argv[0]);
     return 2;
   }

@@ -44,6 +44,8 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   allot_mem_add(mem.return.calls 60 "" mem_return calls)
   allot_mem_add(mem.return.xthread_exit 60 "" mem_return xthread-exit)
   allot_mem_add(mem.fork 60 "" mem_return fork)
+  # a single-threaded program with under 1 MiB to give back starts no thread
+  allot_mem_add(mem.return.small 60 "" mem_return small)
   # malloc_trim(0) at once: with a purge delay of an hour nothing else can
   allot_mem_add(mem.trim 60 ALLOT_PURGE_DELAY=3600000 mem_return trim)
   allot_mem_add(mem.trim.threads 60 ALLOT_PURGE_DELAY=3600000
