@@ -39,12 +39,12 @@ void purge_notify(void) {
  * threads freed into full pages of a heap whose owner may never come back
  * for them (page_xfree). A single-threaded program's first thread costs it
  * the thread's stack and the C library's thread code, which nothing else
- * made resident: logicmin 800's peak was 140 kB higher with it (3392
- * against 3252 kB), more than the thread gave back; what it would give back
- * below PURGE_THREAD_MIN is returned by the owner's slow paths, a prompt
- * return and malloc_trim. No wake-up: a running thread sees the memory or
- * the flags in its next pass, and one about to end looks for the flags
- * once more after it has said so (purge_main). */
+ * made resident (logicmin 800: 140 kB at its peak, 3392 against 3252 kB
+ * with ALLOT_PURGE_THREAD=0), more than the thread would give back below
+ * PURGE_THREAD_MIN; that much stays until the owner's slow paths (free
+ * pages), a prompt return or malloc_trim. No wake-up: a running thread sees
+ * the memory or the flags in its next pass, and one about to end looks for
+ * the flags once more after it has said so (purge_main). */
 void purge_want(void) {
   if (g.purge_thread && atomic_load_explicit(&state, memory_order_seq_cst) == 0)
     atomic_store_explicit(&purge_start_wanted, 1, memory_order_relaxed);
