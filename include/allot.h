@@ -91,6 +91,7 @@ typedef enum allot_option {
   ALLOT_OPTION_DEBUG,         /* ALLOT_DEBUG: 0..1, start-up only */
   ALLOT_OPTION_PURGE_MADV,    /* ALLOT_PURGE_MADV: 0 dontneed, 1 free */
   ALLOT_OPTION_PROMPT_RETURN, /* ALLOT_PROMPT_RETURN: 0..1 */
+  ALLOT_OPTION_LEAK_REPORT,   /* ALLOT_LEAK_REPORT: 0 off, 1 lost, 2 all */
   ALLOT_OPTION_COUNT
 } allot_option_t;
 

@@ -54,7 +54,7 @@ export QEMU_RESERVED_VA=0x8000000000
 # Not aarch64 programs: they run host programs (python, git, sqlite3, gcc,
 # redis, the allot command) with the aarch64 liballot.so, or build and run
 # the installed examples on the host.
-host='core[.]real[.].*|real_more_.*|tools[.].*|allot-bench-.*|package_install|api[.]stats[.]json'
+host='core[.]real[.].*|misuse-leak-report-clean-.*|real_more_.*|tools[.].*|allot-bench-.*|package_install|api[.]stats[.]json'
 # What qemu-user (7.2) does not do as Linux does:
 #  - a child forked from a process with threads aborts in qemu itself when
 #    it makes a thread ("qemu_plugin_vcpu_init_hook: assertion failed")

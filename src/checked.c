@@ -1914,8 +1914,11 @@ static void put_blocks(line_t *l, size_t count, size_t bytes) {
 
 /* The report: a header line with the totals, then the sites, the blocks
  * definitely lost first, each group largest first. classified: reach()
- * could tell lost blocks from reachable ones. */
-static void report_leaks(walk_t *w, bool classified) {
+ * could tell lost blocks from reachable ones. lost_only (ALLOT_LEAK_REPORT
+ * =lost): nothing unless a block is definitely lost, and only those sites,
+ * as LeakSanitizer reports (a program's blocks still reachable at exit are
+ * most often its own on purpose). */
+static void report_leaks(walk_t *w, bool classified, bool lost_only) {
   line_t l = {.n = 0};
   if (!w->leaks) return;
   size_t lost = 0, lost_bytes = 0;
@@ -1924,6 +1927,7 @@ static void report_leaks(walk_t *w, bool classified) {
       lost++;
       lost_bytes += w->blocks[i].size;
     }
+  if (lost_only && classified && !lost) return;
   put(&l, "allot: leak report: ");
   put_dec(&l, w->leaks);
   put(&l, w->leaks == 1 ? " block, " : " blocks, ");
@@ -1949,6 +1953,7 @@ static void report_leaks(walk_t *w, bool classified) {
     site_t *best = NULL;
     for (size_t k = 0; k < NSITES; k++) {
       site_t *s = &w->sites[k];
+      if (lost_only && classified && !s->lost) continue;
       if (s->count && (!best || (s->lost && !best->lost) ||
                        (s->lost == best->lost && s->bytes > best->bytes)))
         best = s;
@@ -1973,7 +1978,13 @@ static void report_leaks(walk_t *w, bool classified) {
       report_frame(k, best->frames[k]);
     best->count = 0;
   }
-  if (w->nsites > REPORT_SITES || w->dropped) {
+  bool more = w->nsites > REPORT_SITES || w->dropped;
+  if (lost_only && classified) { /* a lost site not shown (shown: count 0) */
+    more = false;
+    for (size_t k = 0; k < NSITES; k++)
+      if (w->sites[k].count && w->sites[k].lost) more = true;
+  }
+  if (more) {
     put(&l, "allot:   (more sites not shown)");
     flush(&l);
   }
@@ -2005,8 +2016,9 @@ static COLD void checked_exit_report(void) {
     os_write_err("\n");
     abort();
   }
+  int mode = __atomic_load_n(&g.leak_report, __ATOMIC_RELAXED);
   walk_t w = {0};
-  w.sites = os_map(NSITES * sizeof(site_t));
+  w.sites = mode ? os_map(NSITES * sizeof(site_t)) : NULL;
   w.collect = w.sites != NULL;
   VG(VALGRIND_DISABLE_ERROR_REPORTING);
   walk_heaps(&w);
@@ -2019,7 +2031,7 @@ static COLD void checked_exit_report(void) {
   }
   VG(VALGRIND_ENABLE_ERROR_REPORTING);
   if (w.sites) {
-    report_leaks(&w, classified);
+    report_leaks(&w, classified, mode == 1);
     os_unmap(w.sites, NSITES * sizeof(site_t));
   }
   if (w.blocks) os_unmap(w.blocks, w.blocks_cap * sizeof(lblock_t));

@@ -291,6 +291,7 @@ typedef struct allot_globals {
   int purge_madv_free; /* ALLOT_PURGE_MADV: purge with MADV_FREE */
   int prof;            /* ALLOT_PROF: sampled heap profile (prof.c) */
   int prompt_return;   /* ALLOT_PROMPT_RETURN: purge.c's purge_prompt */
+  int leak_report; /* ALLOT_LEAK_REPORT: debug mode's, 0 off, 1 lost, 2 all */
 } allot_globals_t;
 
 extern INTERNAL allot_globals_t g;

@@ -16,7 +16,7 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-enum { T_INT, T_BOOL, T_HUGE, T_SIZE, T_FORMAT, T_MADV };
+enum { T_INT, T_BOOL, T_HUGE, T_SIZE, T_FORMAT, T_MADV, T_LEAK };
 
 typedef struct option_def {
   const char *env;
@@ -43,6 +43,7 @@ static const option_def_t defs[ALLOT_OPTION_COUNT] = {
     [ALLOT_OPTION_PURGE_MADV] = {"ALLOT_PURGE_MADV", T_MADV, 0, 0, 1, true},
     [ALLOT_OPTION_PROMPT_RETURN] = {"ALLOT_PROMPT_RETURN", T_BOOL, 1, 0, 1,
                                     true},
+    [ALLOT_OPTION_LEAK_REPORT] = {"ALLOT_LEAK_REPORT", T_LEAK, 2, 0, 2, true},
 };
 
 static os_lock_t set_lock; /* serialises allot_option_set */
@@ -107,6 +108,21 @@ static bool parse_value(const option_def_t *d, const char *s, long *out) {
   if (d->type == T_MADV && (word_is(s, "dontneed") || word_is(s, "free"))) {
     *out = word_is(s, "free");
     return true;
+  }
+  if (d->type == T_LEAK) {
+    if (word_is(s, "off") || word_is(s, "no") || word_is(s, "false")) {
+      *out = 0;
+      return true;
+    }
+    if (word_is(s, "lost")) {
+      *out = 1;
+      return true;
+    }
+    if (word_is(s, "all") || word_is(s, "on") || word_is(s, "yes") ||
+        word_is(s, "true")) {
+      *out = 2;
+      return true;
+    }
   }
   return parse_number(s, d->type == T_SIZE, out) && *out >= d->lo &&
          *out <= d->hi;
@@ -191,6 +207,8 @@ static long get_value(allot_option_t o) {
     return g.purge_madv_free;
   case ALLOT_OPTION_PROMPT_RETURN:
     return g.prompt_return;
+  case ALLOT_OPTION_LEAK_REPORT:
+    return g.leak_report;
   default:
     return -1;
   }
@@ -234,6 +252,9 @@ static void put_value(allot_option_t o, long v) {
     break;
   case ALLOT_OPTION_PROMPT_RETURN:
     SET(g.prompt_return, (int)v);
+    break;
+  case ALLOT_OPTION_LEAK_REPORT:
+    SET(g.leak_report, (int)v);
     break;
   default:
     break;

@@ -24,6 +24,27 @@ foreach(mode default secure debug)
   set_tests_properties(misuse-${mode} PROPERTIES TIMEOUT 120)
 endforeach()
 add_test(NAME misuse-leak-report COMMAND misuse --leaks)
+# ALLOT_LEAK_REPORT: `lost` lists only the sites of blocks definitely lost,
+# and prints nothing for a process with none (/bin/true still has the C
+# library's start-up blocks, reachable: printed under the default, `all`);
+# `off` prints no report
+add_test(NAME misuse-leak-report-lost COMMAND misuse --run leaks -)
+set_tests_properties(misuse-leak-report-lost PROPERTIES
+  ENVIRONMENT "ALLOT_DEBUG=1;ALLOT_LEAK_REPORT=lost"
+  PASS_REGULAR_EXPRESSION "1234 bytes, definitely lost, allocated at"
+  FAIL_REGULAR_EXPRESSION ", reachable, ")
+add_test(NAME misuse-leak-report-off COMMAND misuse --run leaks -)
+set_tests_properties(misuse-leak-report-off PROPERTIES
+  ENVIRONMENT "ALLOT_DEBUG=1;ALLOT_LEAK_REPORT=off"
+  FAIL_REGULAR_EXPRESSION "leak report")
+add_test(NAME misuse-leak-report-clean-lost COMMAND /bin/true)
+set_tests_properties(misuse-leak-report-clean-lost PROPERTIES ENVIRONMENT
+  "LD_PRELOAD=$<TARGET_FILE:allot>;ALLOT_DEBUG=1;ALLOT_LEAK_REPORT=lost"
+  FAIL_REGULAR_EXPRESSION "allot:")
+add_test(NAME misuse-leak-report-clean-all COMMAND /bin/true)
+set_tests_properties(misuse-leak-report-clean-all PROPERTIES ENVIRONMENT
+  "LD_PRELOAD=$<TARGET_FILE:allot>;ALLOT_DEBUG=1"
+  PASS_REGULAR_EXPRESSION "allot: leak report: .* still reachable")
 
 # Tools that watch memory themselves must see allot's blocks: memcheck through
 # client requests (ALLOT_VALGRIND=ON; valgrind then runs with

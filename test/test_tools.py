@@ -139,11 +139,13 @@ def t_run(opts, c, tmp):
     r = allot(opts, "run", "--lib", opts.lib, "--purge-delay", "123",
               "--secure", "--huge-pages", "on", "--no-purge-thread",
               "--use-brk", "--debug", "--verbose", "--no-prompt-return",
-              "-e", "X_TEST=7", "--",
+              "--leak-report", "lost", "-e", "X_TEST=7", "--",
               "sh", "-c", 'echo "$ALLOT_PURGE_DELAY $ALLOT_SECURE '
               '$ALLOT_HUGE_PAGES $ALLOT_PURGE_THREAD $ALLOT_USE_BRK '
-              '$ALLOT_DEBUG $ALLOT_VERBOSE $ALLOT_PROMPT_RETURN $X_TEST"')
-    c.check(r.returncode == 0 and r.stdout.strip() == "123 1 1 0 1 1 1 0 7",
+              '$ALLOT_DEBUG $ALLOT_VERBOSE $ALLOT_PROMPT_RETURN '
+              '$ALLOT_LEAK_REPORT $X_TEST"')
+    c.check(r.returncode == 0 and
+            r.stdout.strip() == "123 1 1 0 1 1 1 0 lost 7",
             "allot run options become ALLOT_* variables", show(r))
     js = os.path.join(tmp, "stats.json")
     r = allot(opts, "run", "--lib", opts.lib, "--stats", "--stats-json", js,
