@@ -1921,13 +1921,14 @@ static void put_blocks(line_t *l, size_t count, size_t bytes) {
 static void report_leaks(walk_t *w, bool classified, bool lost_only) {
   line_t l = {.n = 0};
   if (!w->leaks) return;
+  lost_only = lost_only && classified; /* unclassified: all, as they are */
   size_t lost = 0, lost_bytes = 0;
   for (size_t i = 0; i < w->nblocks; i++)
     if (!w->blocks[i].reached) {
       lost++;
       lost_bytes += w->blocks[i].size;
     }
-  if (lost_only && classified && !lost) return;
+  if (lost_only && !lost) return;
   put(&l, "allot: leak report: ");
   put_dec(&l, w->leaks);
   put(&l, w->leaks == 1 ? " block, " : " blocks, ");
@@ -1953,7 +1954,7 @@ static void report_leaks(walk_t *w, bool classified, bool lost_only) {
     site_t *best = NULL;
     for (size_t k = 0; k < NSITES; k++) {
       site_t *s = &w->sites[k];
-      if (lost_only && classified && !s->lost) continue;
+      if (lost_only && !s->lost) continue;
       if (s->count && (!best || (s->lost && !best->lost) ||
                        (s->lost == best->lost && s->bytes > best->bytes)))
         best = s;
@@ -1979,7 +1980,7 @@ static void report_leaks(walk_t *w, bool classified, bool lost_only) {
     best->count = 0;
   }
   bool more = w->nsites > REPORT_SITES || w->dropped;
-  if (lost_only && classified) { /* a lost site not shown (shown: count 0) */
+  if (lost_only) { /* a lost site not shown (shown: count 0) */
     more = false;
     for (size_t k = 0; k < NSITES; k++)
       if (w->sites[k].count && w->sites[k].lost) more = true;

@@ -429,7 +429,6 @@ void large_free(segment_t *s, void *p, const char *fn) {
     if (evict) cache_unmap(evict);
     if (cached) {
       purge_notify();
-      purge_want(); /* a cached mapping is 1 MiB or more */
       purge_poll();
       return;
     }

@@ -365,7 +365,7 @@ EXPORT int allot_option_set(allot_option_t option, long value) {
     }
   } else {
     put_value(option, value);
-    if (option == ALLOT_OPTION_PURGE_THREAD && value) purge_want();
+    if (option == ALLOT_OPTION_PURGE_THREAD && value) purge_notify();
   }
   os_unlock(&set_lock);
   return 0;

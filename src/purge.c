@@ -31,20 +31,16 @@ void purge_notify(void) {
    * timed sleep already ends before anything new is due (every delay is the
    * same length), so no wake-up is needed. */
   atomic_fetch_add_explicit(&wake_seq, 1, memory_order_seq_cst);
+  purge_want();
 }
 
-/* Start the thread if none runs. Wanted when a heap has memory to give back
- * after the delay -- in a single-threaded program only once a heap holds
- * PURGE_THREAD_MIN of it (or a large mapping is cached) -- and when other
- * threads freed into full pages of a heap whose owner may never come back
- * for them (page_xfree). A single-threaded program's first thread costs it
- * the thread's stack and the C library's thread code, which nothing else
- * made resident (logicmin 800: 140 kB at its peak, 3392 against 3252 kB
- * with ALLOT_PURGE_THREAD=0), more than the thread would give back below
- * PURGE_THREAD_MIN; that much stays until the owner's slow paths (free
- * pages), a prompt return or malloc_trim. No wake-up: a running thread sees
- * the memory or the flags in its next pass, and one about to end looks for
- * the flags once more after it has said so (purge_main). */
+/* Start the thread if none runs (purge_maybe_start decides whether a
+ * single-threaded program gets it): memory to give back (purge_notify), a
+ * heap's free memory grown to PURGE_THREAD_MIN (page_free_as, medium_free),
+ * or other threads freed into full pages of a heap whose owner may never
+ * come back for them (page_xfree). No wake-up: a running thread sees the
+ * memory or the flags in its next pass, and one about to end looks for the
+ * flags once more after it has said so (purge_main). */
 void purge_want(void) {
   if (g.purge_thread && atomic_load_explicit(&state, memory_order_seq_cst) == 0)
     atomic_store_explicit(&purge_start_wanted, 1, memory_order_relaxed);
@@ -114,10 +110,15 @@ static void *purge_main(void *arg) {
   return NULL;
 }
 
-/* Whether a single-threaded program holds PURGE_THREAD_MIN to give back
- * now: what wanted the thread may have gone back meanwhile (a prompt
- * return's collection wants it on the way, then purges at once). No other
- * thread runs, so the heaps' counters can be read as they are. */
+/* Whether the thread is worth starting. A single-threaded program's first
+ * thread costs it the thread's stack and the C library's thread code, which
+ * nothing else made resident (logicmin 800: 140 kB at its peak, 3392
+ * against 3252 kB with ALLOT_PURGE_THREAD=0): more than the thread would
+ * give back below PURGE_THREAD_MIN, which stays until the owner's slow
+ * paths (free pages), a prompt return or malloc_trim. So such a program
+ * gets it only while its heaps hold that much to give back (read now: a
+ * prompt return's collection wants the thread on its way, then purges at
+ * once). No other thread runs, so the counters can be read as they are. */
 static bool purge_worth_a_thread(void) {
   if (!single_threaded()) return true;
   size_t bytes = large_cached_bytes();

@@ -398,10 +398,8 @@ static void page_free_as(heap_t *h, page_t *pg, bool purge) {
     pg->freed_at = os_now_ms();
     first = h->dirty_pages == 0;
     if (first) h->purge_due = pg->freed_at + (uint64_t)g.purge_delay_ms;
-    /* the purge thread: in a single-threaded program once the heap holds
-     * PURGE_THREAD_MIN of free pages (purge_want) */
-    want = ++h->dirty_pages == PURGE_THREAD_MIN / PAGE_SIZE ||
-           (first && !single_threaded());
+    /* a single-threaded program's purge thread (purge_worth_a_thread) */
+    want = ++h->dirty_pages == PURGE_THREAD_MIN / PAGE_SIZE;
   }
   s->free_pages |= (uint64_t)1 << i;
   s->pages_used--;
@@ -653,15 +651,11 @@ static void chunk_fault_free(const char *what, const void *addr) {
   fault(medium_fn ? medium_fn : "free", what, addr);
 }
 
-/* Whether h had no unpurged medium free before. */
-static bool medium_mark_dirty(heap_t *h) {
+static void medium_mark_dirty(heap_t *h) {
   uint64_t zero = 0;
   if (atomic_load_explicit(&h->medium_dirty_at, memory_order_relaxed) == 0 &&
-      atomic_compare_exchange_strong(&h->medium_dirty_at, &zero, os_now_ms())) {
+      atomic_compare_exchange_strong(&h->medium_dirty_at, &zero, os_now_ms()))
     purge_notify();
-    return true;
-  }
-  return false;
 }
 
 static int purge_free_chunk(void *payload, size_t size, bool used, void *arg) {
@@ -748,8 +742,7 @@ void medium_free(segment_t *s, void *p, const char *fn) {
   size_t u = chunk_usable_size(p); /* p checked by chunk_free */
   chunk_free(&h->chunks, p, chunk_fault_free);
   h->medium_idle += u;
-  /* the purge thread: in a single-threaded program once free medium memory
-   * reaches PURGE_THREAD_MIN (purge_want) */
+  /* a single-threaded program's purge thread (purge_worth_a_thread) */
   bool want = h->medium_idle >= PURGE_THREAD_MIN &&
               h->medium_idle - u < PURGE_THREAD_MIN;
   bool prompt = purge_prompt_medium_due(h, h->medium_idle); /* the owner's */
@@ -768,7 +761,7 @@ void medium_free(segment_t *s, void *p, const char *fn) {
     segment_free(s);
   }
   os_unlock(&h->medium_lock);
-  if (!release && medium_mark_dirty(h) && !single_threaded()) want = true;
+  if (!release) medium_mark_dirty(h);
   if (want) purge_want();
   purge_poll();
   if (prompt) purge_prompt(h);
