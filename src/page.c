@@ -504,11 +504,14 @@ static ALWAYS_INLINE bool medium_small_ok(size_t cls, size_t size) {
  * for requests of the class's own size, which is how aligned ones come
  * (their blocks need the class's alignment, and free_aligned_sized expects
  * the class), nor for first-class heaps, whose aligned requests come with
- * their own size, nor in checked mode or while profiling, whose accounting
- * is per class. */
+ * their own size, nor in checked mode, whose accounting is per class. (The
+ * heap profiler counts a borrowed block as one block of the class asking:
+ * prof.c, borrowed_sample. Not borrowing while profiling made the profiled
+ * heap another heap: aligned 1000000 took 330 page faults and 1.3 MB more.)
+ */
 static NOINLINE void *page_borrow(heap_t *h, size_t cls, size_t size,
                                   bool locked) {
-  if (h->first_class || g.slow_mode || g.prof) {
+  if (h->first_class || g.slow_mode) {
     h->borrowed[cls] = BORROW_NONE; /* or every refill would come here */
     return NULL;
   }

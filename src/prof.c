@@ -90,6 +90,9 @@ typedef struct pthread_state {
   int big;    /* prof_left_big drawn (at its first medium or large) */
   int forced; /* prof_collect_xfree saved the countdown in forced_left */
   int64_t forced_left;
+  /* the page whose kept cut list prof_collect_xfree took back since the
+   * last hook: a borrower's block from it may be the lender's sample */
+  page_t *taken;
   uint32_t next_cut; /* the slot taken when none is free */
   uint32_t ncuts;    /* slots in use */
   /* lists cut, and of them taken back whole, not yet in cut_lists and
@@ -1285,6 +1288,7 @@ size_t prof_collect_xfree(page_t *pg, uintptr_t word) {
     if (c->pg != pg) continue;
     c->pg = NULL;
     t->ncuts--;
+    t->taken = pg;
     if (!cut_tail(c, pg, &tail)) break;
     t->whole_n++;
     if (xfree_head(word) == c->rest && !tail) {
@@ -1398,28 +1402,66 @@ static page_t *small_page(void *p) {
   return s->kind == SEG_SMALL ? page_of(s, p) : NULL;
 }
 
-static NOINLINE void *small_slow(pthread_state_t *t, void *p, page_t *pg) {
+/* p was borrowed from a larger class's page, own (page.c, page_borrow), for
+ * a malloc of the class whose current page pg had no block left: the hook
+ * counted it as one block of pg's class, so when the countdown ends there
+ * this malloc is the sample. own's list is not counted nor cut here: it is
+ * the lender's, counted at the lender's refill. (Counted as own's refill,
+ * the lender's list would be counted twice.) */
+static NOINLINE void *borrowed_sample(pthread_state_t *t, void *p, page_t *pg,
+                                      page_t *own) {
+  int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
+  if (bytes < prof_small_tls.left) {
+    prof_small_tls.left -= bytes;
+    return p;
+  }
+  prof_small_tls.left = draw(t);
+  size_t b = pg->bsize, align = b & -b;
+  if (align < 16) align = 16;
+  bool kept;
+  void *got =
+      sample_block(t, b, align, b <= OVERRIDE_CLASS_MAX ? (uint32_t)b : 0,
+                   pg->cls, p, &kept);
+  if (!got) return p;
+  if (!kept) unpop(own, p);
+  return got;
+}
+
+static NOINLINE void *small_slow(pthread_state_t *t, void *p, page_t *pg,
+                                 const page_t *taken) {
   /* The hook counted h->current[cls], which is p's page on every path of
-   * page_malloc_slow; a sample cuts and unpops, so that is made sure of. */
+   * page_malloc_slow but a borrowed block's (own below); a sample cuts and
+   * unpops, so that is made sure of. */
+  page_t *own = pg;
   if (unlikely(pg == &empty_page || page_of(segment_of(p), p) != pg)) {
     /* (equal, the addresses say that p is pg's without reading p's
      * segment header, a cache miss at most samples: page_of's result lies
      * in p's own segment, and pg is a page of a small one) */
-    if (!(pg = small_page(p))) return p;
+    if (!(own = small_page(p))) return p;
   }
   if (atomic_load_explicit(&ready, memory_order_acquire) && !g.slow_mode) {
     if (unlikely(!t->init)) thread_start(t);
-    int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
-    if (bytes < prof_small_tls.left && !(prof_small_tls.pending >> pg->cls & 1))
+    /* A borrowed block, unless the borrower took back the lender's cut list
+     * in this malloc (page_borrow collects a lender's list when it has no
+     * block free): then p is the first block after the cut, where the
+     * lender's pending sample is, taken below as at the lender's refill. */
+    if (unlikely(own != pg) && pg != &empty_page &&
+        !(taken == own && prof_small_tls.pending >> own->cls & 1))
+      return borrowed_sample(t, p, pg, own);
+    int64_t bytes = (int64_t)(own->capacity - own->used + 1) * own->bsize;
+    if (bytes < prof_small_tls.left &&
+        !(prof_small_tls.pending >> own->cls & 1))
       prof_small_tls.left -= bytes; /* a first call, or a forced one */
     else
-      p = small_sample(t, p, pg);
+      p = small_sample(t, p, own);
   }
   return p;
 }
 
 void *prof_small(void *p, page_t *pg, int64_t bytes) {
   pthread_state_t *t = &T;
+  const page_t *taken = t->taken;
+  t->taken = NULL;
   if (t->forced) {
     t->forced = 0;
     prof_small_tls.left = t->forced_left;
@@ -1427,7 +1469,7 @@ void *prof_small(void *p, page_t *pg, int64_t bytes) {
     prof_small_tls.left += bytes;
   }
   if (unlikely(t->busy)) return p;
-  return small_slow(t, p, pg); /* a tail call: no frame to unwind */
+  return small_slow(t, p, pg, taken); /* a tail call: no frame to unwind */
 }
 
 /* ---- medium and large ---------------------------------------------------

@@ -60,6 +60,10 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   allot_mem_add(mem.reuse_exit 60 "" mem_return reuse-exit)
   # a class with nothing resident borrows a block of the next class up
   allot_mem_add(mem.borrow 60 "" mem_borrow)
+  # ... and the same while the heap profiler counts (no sample at that rate):
+  # a profiled heap borrows as an unprofiled one does
+  allot_mem_add(mem.borrow.profiled 60
+    "ALLOT_PROF=1;ALLOT_PROF_RATE=1024G;ALLOT_PROF_OUT=/dev/null" mem_borrow)
   # ... its own blocks back from another thread before a lender's, and a
   # lender's blocks back from another thread before new memory
   allot_mem_add(mem.borrow.xthread 60 "" mem_borrow_xthread)
