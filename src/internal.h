@@ -619,7 +619,7 @@ INTERNAL void prof_fork_prepare(void);
 INTERNAL void prof_fork_parent(void);
 INTERNAL void prof_fork_child(void);
 /* out of line from prof_count_small / prof_count_medium (below) */
-INTERNAL void *prof_small(void *p, page_t *pg, int64_t bytes);
+INTERNAL void *prof_small(void *p, page_t *pg, int64_t bytes, size_t cls);
 INTERNAL void prof_medium(heap_t *h, void *p, size_t size);
 INTERNAL void prof_large(void *p, size_t size);
 /* medium and large frees; true: p is kept (a sample's chunk), not freed */
@@ -884,13 +884,15 @@ static ALWAYS_INLINE bool prof_count_left(int64_t bytes) {
  * found from p (6 instructions less a refill). When it is empty_page its
  * bytes are 0: p is malloc(0)'s or a medium chunk's (medium_small's own
  * hook counts it), or h was empty_heap (the thread's first call, whose
- * countdown is 0) and prof_small finds p's page. No test of the pending
- * classes: their refills come to prof.c through prof_collect_xfree. */
+ * countdown is 0) and prof_small finds p's page. p may also be a block
+ * borrowed from a larger class's page (page_borrow): the class asking, cls,
+ * tells prof_small so. No test of the pending classes: their refills come
+ * to prof.c through prof_collect_xfree. */
 static ALWAYS_INLINE void *prof_count_small(heap_t *h, size_t cls, void *p) {
   page_t *pg = h->current[cls];
   int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
   if (likely(prof_count_left(bytes))) return p;
-  return prof_small(p, pg, bytes);
+  return prof_small(p, pg, bytes, cls);
 }
 /* prof_left_big -= size, and prof_medium when that reaches 0: on x86-64,
  * as above, a subtraction from memory (3 instructions a medium malloc). */

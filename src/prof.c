@@ -1338,6 +1338,18 @@ static void unpop(page_t *pg, void *p) {
   pg->used--;
 }
 
+/* A sampled small allocation of a block of pg's class, p: its chunk (see
+ * sample_block), or NULL. */
+static ALWAYS_INLINE void *class_sample(pthread_state_t *t, const page_t *pg,
+                                        void *p, bool *kept) {
+  size_t b = pg->bsize;
+  /* blocks of a class are aligned to the lowest set bit of their size */
+  size_t align = b & -b;
+  if (align < 16) align = 16;
+  return sample_block(t, b, align, b <= OVERRIDE_CLASS_MAX ? (uint32_t)b : 0,
+                      pg->cls, p, kept);
+}
+
 /* The small-object slow path has just refilled the thread's current page
  * for p's class and popped p: the page's list (capacity - used blocks) now
  * goes to the fast path. The hook (prof_count_small) counts p's block and
@@ -1359,15 +1371,11 @@ static NOINLINE void *small_sample(pthread_state_t *t, void *p, page_t *pg) {
   }
   size_t b = pg->bsize;
   uint64_t bit = (uint64_t)1 << pg->cls;
-  /* blocks of a class are aligned to the lowest set bit of their size */
-  size_t align = b & -b;
-  if (align < 16) align = 16;
   void *got = NULL;
   bool kept;
-  uint32_t usable = b <= OVERRIDE_CLASS_MAX ? (uint32_t)b : 0;
   if (prof_small_tls.pending & bit) {
     prof_small_tls.pending &= ~bit;
-    if ((got = sample_block(t, b, align, usable, pg->cls, p, &kept))) {
+    if ((got = class_sample(t, pg, p, &kept))) {
       if (!kept) unpop(pg, p);
       p = NULL;
     }
@@ -1383,7 +1391,7 @@ static NOINLINE void *small_sample(pthread_state_t *t, void *p, page_t *pg) {
     size_t k = (uint32_t)(prof_small_tls.left - 1) / (uint32_t)b;
     prof_small_tls.left = draw(t);
     if (k == 0 && held) { /* p's malloc is the sample */
-      if (!(got = sample_block(t, b, align, usable, pg->cls, p, &kept))) break;
+      if (!(got = class_sample(t, pg, p, &kept))) break;
       if (!kept) unpop(pg, p);
       p = NULL;
       continue; /* the list from here on: count it afresh */
@@ -1403,35 +1411,33 @@ static page_t *small_page(void *p) {
 }
 
 /* p was borrowed from a larger class's page, own (page.c, page_borrow), for
- * a malloc of the class whose current page pg had no block left: the hook
- * counted it as one block of pg's class, so when the countdown ends there
- * this malloc is the sample. own's list is not counted nor cut here: it is
- * the lender's, counted at the lender's refill. (Counted as own's refill,
- * the lender's list would be counted twice.) */
+ * a malloc of the class whose current page pg has no block free: the hook
+ * counted one block of pg's class (none if pg is empty_page), so when the
+ * countdown ends there this malloc is the sample. own's list is neither
+ * counted nor cut here: it is the lender's, counted at the lender's refill,
+ * and a cut is made only in the list of its class's current page. (No
+ * first-class heap borrows: no sample point to drop here.) */
 static NOINLINE void *borrowed_sample(pthread_state_t *t, void *p, page_t *pg,
                                       page_t *own) {
+  if (pg == &empty_page) return p; /* counted nothing */
   int64_t bytes = (int64_t)(pg->capacity - pg->used + 1) * pg->bsize;
   if (bytes < prof_small_tls.left) {
     prof_small_tls.left -= bytes;
     return p;
   }
   prof_small_tls.left = draw(t);
-  size_t b = pg->bsize, align = b & -b;
-  if (align < 16) align = 16;
   bool kept;
-  void *got =
-      sample_block(t, b, align, b <= OVERRIDE_CLASS_MAX ? (uint32_t)b : 0,
-                   pg->cls, p, &kept);
+  void *got = class_sample(t, pg, p, &kept);
   if (!got) return p;
   if (!kept) unpop(own, p);
   return got;
 }
 
 static NOINLINE void *small_slow(pthread_state_t *t, void *p, page_t *pg,
-                                 const page_t *taken) {
+                                 size_t cls, const page_t *taken) {
   /* The hook counted h->current[cls], which is p's page on every path of
-   * page_malloc_slow but a borrowed block's (own below); a sample cuts and
-   * unpops, so that is made sure of. */
+   * page_malloc_slow but borrowing's (below); a sample cuts and unpops, so
+   * that is made sure of. */
   page_t *own = pg;
   if (unlikely(pg == &empty_page || page_of(segment_of(p), p) != pg)) {
     /* (equal, the addresses say that p is pg's without reading p's
@@ -1441,11 +1447,11 @@ static NOINLINE void *small_slow(pthread_state_t *t, void *p, page_t *pg,
   }
   if (atomic_load_explicit(&ready, memory_order_acquire) && !g.slow_mode) {
     if (unlikely(!t->init)) thread_start(t);
-    /* A borrowed block, unless the borrower took back the lender's cut list
-     * in this malloc (page_borrow collects a lender's list when it has no
-     * block free): then p is the first block after the cut, where the
+    /* A borrowed block, unless the borrower took the lender's kept cut list
+     * back in this malloc (page_borrow collects a lender's list when it has
+     * no block free): then p is the first block after the cut, where the
      * lender's pending sample is, taken below as at the lender's refill. */
-    if (unlikely(own != pg) && pg != &empty_page &&
+    if (unlikely(own->cls != cls) &&
         !(taken == own && prof_small_tls.pending >> own->cls & 1))
       return borrowed_sample(t, p, pg, own);
     int64_t bytes = (int64_t)(own->capacity - own->used + 1) * own->bsize;
@@ -1458,7 +1464,7 @@ static NOINLINE void *small_slow(pthread_state_t *t, void *p, page_t *pg,
   return p;
 }
 
-void *prof_small(void *p, page_t *pg, int64_t bytes) {
+void *prof_small(void *p, page_t *pg, int64_t bytes, size_t cls) {
   pthread_state_t *t = &T;
   const page_t *taken = t->taken;
   t->taken = NULL;
@@ -1469,7 +1475,8 @@ void *prof_small(void *p, page_t *pg, int64_t bytes) {
     prof_small_tls.left += bytes;
   }
   if (unlikely(t->busy)) return p;
-  return small_slow(t, p, pg, taken); /* a tail call: no frame to unwind */
+  /* a tail call: no frame to unwind */
+  return small_slow(t, p, pg, cls, taken);
 }
 
 /* ---- medium and large ---------------------------------------------------
