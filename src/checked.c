@@ -300,7 +300,7 @@ static __thread int in_unwind;
 static _Atomic int unwind_ready;
 static __attribute__((constructor)) void checked_ready(void) {
   /* debug mode records sites: find the unwinder now, outside malloc */
-  if (options_env_on(ALLOT_OPTION_DEBUG)) os_unwind();
+  if (options_env_on(ALLOT_OPTION_DEBUG)) prof_unwind_start(NFRAMES);
   atomic_store_explicit(&unwind_ready, 1, memory_order_release);
 }
 
@@ -337,6 +337,13 @@ static NOINLINE void capture_frames(uintptr_t *out) {
       self_hi = hi;
     }
     atomic_store_explicit(&self_known, 1, memory_order_release);
+  }
+  /* the profiler's unwinder first (prof.c): libgcc's interprets each
+   * frame's call frame information at every walk */
+  int got = prof_unwind(out, NFRAMES);
+  if (got >= 0) {
+    in_unwind = 0;
+    return;
   }
   unwind_buf_t b;
   b.n = b.outside = 0;

@@ -387,6 +387,12 @@ static ALWAYS_INLINE int capture_libgcc(uintptr_t *ip) {
 }
 
 static int check_unwind; /* ALLOT_PROF_CHECK=1: both unwinders, compared */
+/* Frames a walk keeps: PROF_FRAMES for the profile, NFRAMES for debug
+ * mode's allocation sites (prof_unwind_start). */
+static int walk_frames = PROF_FRAMES;
+/* the unwinder's tables are set up (unwinder_start) */
+static _Atomic int unwind_on;
+static bool sites_on; /* debug mode's sites use it (prof_unwind_start) */
 static _Atomic uint64_t unwind_fallbacks, unwind_mismatches;
 
 struct walk;
@@ -812,7 +818,7 @@ static NOINLINE int capture_fast(uintptr_t *out, walk_ref_t *ref) {
     if (!ret) break;
     if (n || ret < self_lo || ret >= self_hi) {
       out[n++] = ret;
-      if (n == PROF_FRAMES) break;
+      if (n == walk_frames) break;
     }
     ip = ret;
     target = ret - 1; /* the call, not the instruction after it */
@@ -1710,7 +1716,8 @@ void prof_configure(void) {
  * prof_start runs (another thread's). */
 static bool fork_locked;
 void prof_fork_prepare(void) {
-  fork_locked = atomic_load_explicit(&ready, memory_order_acquire);
+  fork_locked = atomic_load_explicit(&ready, memory_order_acquire) ||
+                atomic_load_explicit(&unwind_on, memory_order_acquire);
   if (!fork_locked) return;
   os_lock(&lock);
 #if defined(__x86_64__)
@@ -1732,40 +1739,96 @@ void prof_fork_child(void) {
   os_lock_init(&lock);
 }
 
+/* The unwinder: libgcc's functions (which may load libgcc_s: at start-up,
+ * outside malloc), allot's code range and the walk's tables. Run by the
+ * constructors only (one thread). False without libgcc_s. */
+static NOINLINE bool unwinder_start(void) {
+  if (atomic_load_explicit(&unwind_on, memory_order_relaxed)) return true;
+  uw = os_unwind();
+  if (!uw) return false;
+  /* allot's own code, when it is a library of its own: its frames lead
+   * every stack and are dropped. Linked into the program, nothing is dropped
+   * here (the command leaves out allot's functions by name). */
+  uintptr_t lo, hi;
+  bool shared;
+  if (os_code_range((const void *)(uintptr_t)&unwinder_start, &lo, &hi,
+                    &shared) &&
+      shared) {
+    self_lo = lo;
+    self_hi = hi;
+  }
+#if defined(__x86_64__)
+  os_lock_init(&ulock);
+  urules = os_map(URULES * sizeof *urules); /* NULL: libgcc's only */
+  walks = os_map(WALKS * sizeof *walks);    /* NULL: no walk kept */
+#endif
+  atomic_store_explicit(&unwind_on, 1, memory_order_release);
+  return true;
+}
+
+/* Debug mode's allocation sites (checked.c) are taken by this unwinder:
+ * libgcc's took about 1.5 k instructions a frame, 87 % of a debug run of
+ * sed. Called from checked.c's constructor in debug mode, where the profile
+ * is off (prof_configure). */
+bool prof_unwind_start(int frames) {
+  if (!unwinder_start()) return false;
+  walk_frames = frames < PROF_FRAMES ? frames : PROF_FRAMES;
+  sites_on = true;
+#if defined(__x86_64__)
+  if (urules) { /* warmed up: its first walk binds what it uses */
+    uintptr_t ip[PROF_FRAMES];
+    walk_ref_t ref;
+    if (capture_fast(ip, &ref) >= 0) os_unlock(&lock);
+  }
+#endif
+  return true;
+}
+
+/* Up to max return addresses outside allot into out; -1 where only
+ * libgcc's unwinder can (another architecture, allot linked into the
+ * program, a frame it does not follow, no prof_unwind_start). */
+int prof_unwind(uintptr_t *out, int max) {
+#if defined(__x86_64__)
+  if (!sites_on || !urules || !self_hi) return -1;
+  uintptr_t ip[PROF_FRAMES]; /* a walk the profile kept may be longer */
+  walk_ref_t ref;
+  int n = capture_fast(ip, &ref); /* with lock held, unless -1 */
+  if (n < 0) return -1;
+  os_unlock(&lock);
+  if (n > max) n = max;
+  memcpy(out, ip, (size_t)n * sizeof *out);
+  return n;
+#else
+  (void)out;
+  (void)max;
+  return -1;
+#endif
+}
+
 /* Before main: the tables, allot's code range, the unwinder warmed up (its
  * first use loads and binds what it needs, outside malloc). */
+static NOINLINE void prof_start_on(void);
 static __attribute__((constructor)) void prof_start(void) {
   /* the environment read here, not through allot's start-up (which stays
    * at the first malloc); prof_configure decides, with the modes known */
   const char *on = getenv("ALLOT_PROF");
   if (getauxval(AT_SECURE) || !on || !word_in(on, yes)) return;
-  uw = os_unwind(); /* may load libgcc_s: here, outside malloc */
-  if (!uw) {
+  prof_start_on();
+}
+
+/* prof_start with ALLOT_PROF set: out of the code every process runs */
+static NOINLINE void prof_start_on(void) {
+  if (!unwinder_start()) {
     warn("ALLOT_PROF: no unwinder (libgcc_s.so.1); ", "not profiling", "");
     return;
   }
   start_ns = now_ns();
   start_ticks = ticks();
   seed = os_random_seed();
-  /* allot's own code, when it is a library of its own: its frames lead
-   * every stack and are dropped. Linked into the program, nothing is dropped
-   * here (the command leaves out allot's functions by name). */
-  uintptr_t lo, hi;
-  bool shared;
-  if (os_code_range((const void *)(uintptr_t)&prof_start, &lo, &hi, &shared) &&
-      shared) {
-    self_lo = lo;
-    self_hi = hi;
-  }
   os_populate(filter_count, sizeof filter_count);
   os_populate(prof_filter_sum, sizeof prof_filter_sum);
   const char *chk = getenv("ALLOT_PROF_CHECK");
   check_unwind = chk && chk[0] == '1';
-#if defined(__x86_64__)
-  os_lock_init(&ulock);
-  urules = os_map(URULES * sizeof *urules); /* NULL: libgcc's only */
-  walks = os_map(WALKS * sizeof *walks);    /* NULL: no walk kept */
-#endif
   uintptr_t ip[PROF_FRAMES];
   walk_ref_t ref;
   capture(ip, &ref); /* takes lock */
