@@ -298,9 +298,14 @@ static __thread int in_unwind;
 /* Set once the C library is up (constructors run): in a static program the
  * unwinder cannot run during the C library's own start-up mallocs. */
 static _Atomic int unwind_ready;
+/* ALLOT_PROF_CHECK=1 in debug mode: every site taken by both unwinders,
+ * the walks and their differences counted, and said at exit */
+static bool sites_check;
+static _Atomic size_t sites_walks, sites_diff;
 static __attribute__((constructor)) void checked_ready(void) {
   /* debug mode records sites: find the unwinder now, outside malloc */
-  if (options_env_on(ALLOT_OPTION_DEBUG)) prof_unwind_start(NFRAMES);
+  if (options_env_on(ALLOT_OPTION_DEBUG))
+    sites_check = prof_unwind_start(NFRAMES) && prof_unwind_checked();
   atomic_store_explicit(&unwind_ready, 1, memory_order_release);
 }
 
@@ -323,6 +328,7 @@ static _Unwind_Reason_Code unwind_step(struct _Unwind_Context *ctx, void *arg) {
 }
 
 /* The caller's return addresses, allot's own frames left out. */
+static void libgcc_frames(uintptr_t *out);
 static NOINLINE void capture_frames(uintptr_t *out) {
   memset(out, 0, NFRAMES * sizeof *out);
   if (in_unwind || !atomic_load_explicit(&unwind_ready, memory_order_acquire))
@@ -341,10 +347,20 @@ static NOINLINE void capture_frames(uintptr_t *out) {
   /* the profiler's unwinder first (prof.c): libgcc's interprets each
    * frame's call frame information at every walk */
   int got = prof_unwind(out, NFRAMES);
-  if (got >= 0) {
-    in_unwind = 0;
-    return;
+  if (got < 0) {
+    libgcc_frames(out);
+  } else if (unlikely(sites_check)) {
+    uintptr_t other[NFRAMES] = {0};
+    libgcc_frames(other);
+    atomic_fetch_add_explicit(&sites_walks, 1, memory_order_relaxed);
+    if (memcmp(other, out, sizeof other))
+      atomic_fetch_add_explicit(&sites_diff, 1, memory_order_relaxed);
   }
+  in_unwind = 0;
+}
+
+/* NFRAMES return addresses outside allot by libgcc's unwinder. */
+static void libgcc_frames(uintptr_t *out) {
   unwind_buf_t b;
   b.n = b.outside = 0;
   b.u = os_unwind();
@@ -355,7 +371,6 @@ static NOINLINE void capture_frames(uintptr_t *out) {
   if (i == b.n) i = b.n > 3 ? 3 : 0; /* allot linked into the program */
   for (int k = 0; k < NFRAMES && i + k < b.n; k++)
     out[k] = b.ip[i + k];
-  in_unwind = 0;
 }
 
 /* ---- the layers below ------------------------------------------------------
@@ -2048,8 +2063,19 @@ static COLD void checked_exit_report(void) {
 /* Every process runs this, so it is a test and a call: the report's code
  * stays out of the window of code the default mode keeps resident
  * (cmake/hot-functions.txt). */
+static COLD NOINLINE void sites_report(void) {
+  line_t l = {.n = 0};
+  put(&l, "allot: allocation sites: ");
+  put_dec(&l, atomic_load_explicit(&sites_diff, memory_order_relaxed));
+  put(&l, " of ");
+  put_dec(&l, atomic_load_explicit(&sites_walks, memory_order_relaxed));
+  put(&l, " differ from libgcc's unwinder (ALLOT_PROF_CHECK)");
+  flush(&l);
+}
+
 static __attribute__((destructor)) void checked_at_exit(void) {
   if (g.debug && g.slow_mode) checked_exit_report();
+  if (unlikely(sites_check)) sites_report();
 }
 
 /* For the heap check on demand (allot_check): the first problem checked

@@ -623,6 +623,7 @@ INTERNAL void *prof_small(void *p, page_t *pg, int64_t bytes, size_t cls);
 /* debug mode's allocation sites through the profiler's unwinder (checked.c) */
 INTERNAL bool prof_unwind_start(int frames);
 INTERNAL int prof_unwind(uintptr_t *out, int max);
+INTERNAL bool prof_unwind_checked(void);
 INTERNAL void prof_medium(heap_t *h, void *p, size_t size);
 INTERNAL void prof_large(void *p, size_t size);
 /* medium and large frees; true: p is kept (a sample's chunk), not freed */

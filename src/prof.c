@@ -1774,6 +1774,8 @@ bool prof_unwind_start(int frames) {
   if (!unwinder_start()) return false;
   walk_frames = frames < PROF_FRAMES ? frames : PROF_FRAMES;
   sites_on = true;
+  const char *chk = getenv("ALLOT_PROF_CHECK");
+  check_unwind = !getauxval(AT_SECURE) && chk && chk[0] == '1';
 #if defined(__x86_64__)
   if (urules) { /* warmed up: its first walk binds what it uses */
     uintptr_t ip[PROF_FRAMES];
@@ -1782,6 +1784,11 @@ bool prof_unwind_start(int frames) {
   }
 #endif
   return true;
+}
+
+/* ALLOT_PROF_CHECK=1 was set for debug mode's sites (checked.c compares) */
+bool prof_unwind_checked(void) {
+  return check_unwind;
 }
 
 /* Up to max return addresses outside allot into out; -1 where only

@@ -37,6 +37,14 @@ add_test(NAME misuse-leak-report-off COMMAND misuse --run leaks -)
 set_tests_properties(misuse-leak-report-off PROPERTIES
   ENVIRONMENT "ALLOT_DEBUG=1;ALLOT_LEAK_REPORT=off"
   FAIL_REGULAR_EXPRESSION "leak report")
+# debug mode's sites taken by the profiler's unwinder (x86-64) and, with
+# ALLOT_PROF_CHECK=1, by libgcc's as well: none may differ
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
+  add_test(NAME misuse-debug-sites-check COMMAND misuse --run leaks -)
+  set_tests_properties(misuse-debug-sites-check PROPERTIES
+    ENVIRONMENT "ALLOT_DEBUG=1;ALLOT_PROF_CHECK=1;ALLOT_LEAK_REPORT=off"
+    PASS_REGULAR_EXPRESSION "allocation sites: 0 of [1-9]")
+endif()
 add_test(NAME misuse-leak-report-clean-lost COMMAND /bin/true)
 set_tests_properties(misuse-leak-report-clean-lost PROPERTIES ENVIRONMENT
   "LD_PRELOAD=$<TARGET_FILE:allot>;ALLOT_DEBUG=1;ALLOT_LEAK_REPORT=lost"
