@@ -1716,8 +1716,8 @@ void prof_configure(void) {
  * prof_start runs (another thread's). */
 static bool fork_locked;
 void prof_fork_prepare(void) {
-  fork_locked = atomic_load_explicit(&ready, memory_order_acquire) ||
-                atomic_load_explicit(&unwind_on, memory_order_acquire);
+  /* set up for the profile (ready implies it) or for debug mode's sites */
+  fork_locked = atomic_load_explicit(&unwind_on, memory_order_acquire);
   if (!fork_locked) return;
   os_lock(&lock);
 #if defined(__x86_64__)
@@ -1737,6 +1737,13 @@ void prof_fork_child(void) {
   os_lock_init(&ulock);
 #endif
   os_lock_init(&lock);
+}
+
+/* ALLOT_PROF_CHECK=1 (not in set-user-ID programs): both unwinders,
+ * compared */
+static bool check_asked(void) {
+  const char *chk = getenv("ALLOT_PROF_CHECK");
+  return !getauxval(AT_SECURE) && chk && chk[0] == '1';
 }
 
 /* The unwinder: libgcc's functions (which may load libgcc_s: at start-up,
@@ -1774,15 +1781,9 @@ bool prof_unwind_start(int frames) {
   if (!unwinder_start()) return false;
   walk_frames = frames < PROF_FRAMES ? frames : PROF_FRAMES;
   sites_on = true;
-  const char *chk = getenv("ALLOT_PROF_CHECK");
-  check_unwind = !getauxval(AT_SECURE) && chk && chk[0] == '1';
-#if defined(__x86_64__)
-  if (urules) { /* warmed up: its first walk binds what it uses */
-    uintptr_t ip[PROF_FRAMES];
-    walk_ref_t ref;
-    if (capture_fast(ip, &ref) >= 0) os_unlock(&lock);
-  }
-#endif
+  check_unwind = check_asked();
+  uintptr_t ip[PROF_FRAMES]; /* warmed up: its first walk binds what it uses */
+  prof_unwind(ip, PROF_FRAMES);
   return true;
 }
 
@@ -1834,8 +1835,7 @@ static NOINLINE void prof_start_on(void) {
   seed = os_random_seed();
   os_populate(filter_count, sizeof filter_count);
   os_populate(prof_filter_sum, sizeof prof_filter_sum);
-  const char *chk = getenv("ALLOT_PROF_CHECK");
-  check_unwind = chk && chk[0] == '1';
+  check_unwind = check_asked();
   uintptr_t ip[PROF_FRAMES];
   walk_ref_t ref;
   capture(ip, &ref); /* takes lock */
