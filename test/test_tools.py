@@ -153,7 +153,7 @@ def t_run(opts, c, tmp):
     c.check(r.returncode == 0 and "workload: ok" in r.stdout,
             "allot run --stats runs the program", show(r))
     for want in ("in use at peak", "allocations by size", "1-64 B",
-                 "8 KiB-1 MiB", "fragmentation at exit", "OS calls",
+                 "\n  medium chunks ", "fragmentation at exit", "OS calls",
                  "page faults"):
         c.check(want in r.stderr, "the summary shows %r" % want, r.stderr)
     m = re.search(r"mmap (\d+), munmap (\d+), madvise (\d+), mremap (\d+): "
