@@ -20,6 +20,25 @@ target_compile_definitions(allot-testhooks PRIVATE ALLOT_OVERRIDE=0
   ALLOT_TEST_HOOKS=1 _GNU_SOURCE)
 target_link_libraries(allot-testhooks PUBLIC Threads::Threads)
 
+# How long the hunts for races and deadlocks run (forks, signals, seconds).
+# The default build's suite runs them in full: how often they catch a lock
+# held across fork or a handler that meets a half-made block grows with the
+# number of rounds. A sanitizer build looks for something else, undefined
+# behaviour or a bad access on the paths the rounds take, and every round
+# takes the same paths (only the timing between threads differs): a few
+# rounds there check what many would. scripts/test.sh runs both builds.
+if(ALLOT_SANITIZE)
+  set(ALLOT_FORKLOCKS_ARGS 30)
+  set(ALLOT_FORKCHECK_ARGS 15)
+  set(ALLOT_SIGNALS_ARGS 1000)
+else()
+  set(ALLOT_FORKLOCKS_ARGS 150)
+  set(ALLOT_FORKCHECK_ARGS 60)
+  set(ALLOT_SIGNALS_ARGS 3000)
+endif()
+set(ALLOT_ASLIMIT_ARGS "")
+set(ALLOT_THREADS_ARGS "")
+
 function(allot_hostile name)
   cmake_parse_arguments(arg "" "" "LIBS;DEFS" ${ARGN})
   add_executable(hostile_${name} ${ALLOT_VERIFY_DIR}/hostile/${name}.c)
@@ -90,7 +109,8 @@ endif()
 if(NOT ALLOT_SANITIZE MATCHES "address|thread")
   foreach(t aslimit forklocks threads signals)
     allot_hostile(${t} LIBS allot)
-    add_test(NAME hostile_${t} COMMAND hostile_${t})
+    string(TOUPPER ${t} upper)
+    add_test(NAME hostile_${t} COMMAND hostile_${t} ${ALLOT_${upper}_ARGS})
     set_tests_properties(hostile_${t} PROPERTIES TIMEOUT 120 LABELS verify)
   endforeach()
 
@@ -101,7 +121,8 @@ if(NOT ALLOT_SANITIZE MATCHES "address|thread")
   allot_hostile(forkcheck LIBS allot)
   foreach(mode DEBUG SECURE)
     string(TOLOWER ${mode} lower)
-    add_test(NAME hostile_forkcheck_${lower} COMMAND hostile_forkcheck)
+    add_test(NAME hostile_forkcheck_${lower}
+      COMMAND hostile_forkcheck ${ALLOT_FORKCHECK_ARGS})
     add_test(NAME hostile_threads_${lower} COMMAND hostile_threads)
     set_tests_properties(hostile_forkcheck_${lower} hostile_threads_${lower}
       PROPERTIES ENVIRONMENT "ALLOT_${mode}=1" TIMEOUT 120 LABELS verify)
