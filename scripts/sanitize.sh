@@ -47,6 +47,7 @@ mkdir -p "$parent"
 for san in "${sans[@]}"; do
   dir=$parent/$san
   echo "== sanitize: $san ($dir)"
+  t0=$SECONDS
   CC=$CC CXX=$CXX cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DALLOT_SANITIZE="$san" -DALLOT_BUILD_BENCH=OFF >"$dir.configure.log" 2>&1 ||
     {
@@ -62,10 +63,12 @@ for san in "${sans[@]}"; do
       grep -E 'error|Error' "$dir.build.log" | head -20
       failed+=("$san: build")
     fi
+    echo "== sanitize: $san built in $((SECONDS - t0)) s"
     # leak_caught checks that its own check fires: it needs the leak to grow
     # RSS within 5 s, which the instrumented build is too slow to do
     ctest --test-dir "$dir" -j "$jobs" --output-on-failure --timeout 600 \
       -E '^mem[.]prodcons[.]leak_caught$' || failed+=("$san: tests")
+    echo "== sanitize: $san in $((SECONDS - t0)) s"
     ;;
   address | thread)
     targets=(hostile_pstress fuzz_replay)
@@ -82,6 +85,7 @@ for san in "${sans[@]}"; do
     fi
     ctest --test-dir "$dir" -j "$jobs" --output-on-failure --timeout 600 \
       -R "$tests)\$" || failed+=("$san: tests")
+    echo "== sanitize: $san in $((SECONDS - t0)) s"
     ;;
   *)
     echo "sanitize: unknown sanitizer $san" >&2
