@@ -14,7 +14,16 @@
 #              and uses after free of allot blocks); TSan checks allot's own
 #              synchronisation.
 #
-#   scripts/sanitize.sh [undefined|address|thread ...]   (default: all three)
+#   scripts/sanitize.sh [--part quick|long] [undefined|address|thread ...]
+#                                         (default: all three, every test)
+#
+#   --part quick  UBSan runs every test but the long ones, which the default
+#                 build's suite runs as they are: the real programs
+#                 (core.real.*, real_more_*), the memory tests (mem.*) and
+#                 the kernel-call failure sweeps (hostile_osfail*).
+#                 scripts/test.sh, with ASan and TSan.
+#   --part long   UBSan runs only those (scripts/test-long.sh); ASan and
+#                 TSan, if named, run as always.
 #
 # Build directories: build-sanitize/<name> (SANITIZE_BUILD overrides the
 # parent). Takes a few minutes on two cores; exits non-zero on any failure.
@@ -22,6 +31,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
 parent=${SANITIZE_BUILD:-build-sanitize}
+part=all
+if [ "${1:-}" = --part ]; then
+  part=${2:-}
+  shift 2 || true
+fi
+case $part in
+all | quick | long) ;;
+*)
+  echo "sanitize: --part quick or --part long" >&2
+  exit 2
+  ;;
+esac
 sans=("$@")
 [ ${#sans[@]} -gt 0 ] || sans=(undefined address thread)
 CC=${CC:-clang}
@@ -66,8 +87,15 @@ for san in "${sans[@]}"; do
     echo "== sanitize: $san built in $((SECONDS - t0)) s"
     # leak_caught checks that its own check fires: it needs the leak to grow
     # RSS within 5 s, which the instrumented build is too slow to do
+    long='core[.]real[.].*|real_more_.*|mem[.].*|hostile_osfail.*'
+    select=()
+    case $part in
+    quick) select=(-E "^(mem[.]prodcons[.]leak_caught|$long)\$") ;;
+    long) select=(-R "^($long)\$" -E '^mem[.]prodcons[.]leak_caught$') ;;
+    all) select=(-E '^mem[.]prodcons[.]leak_caught$') ;;
+    esac
     ctest --test-dir "$dir" -j "$jobs" --output-on-failure --timeout 600 \
-      -E '^mem[.]prodcons[.]leak_caught$' || failed+=("$san: tests")
+      "${select[@]}" || failed+=("$san: tests")
     echo "== sanitize: $san in $((SECONDS - t0)) s"
     ;;
   address | thread)
@@ -98,4 +126,4 @@ if [ ${#failed[@]} -gt 0 ]; then
   printf 'sanitize: FAILED: %s\n' "${failed[@]}"
   exit 1
 fi
-echo "sanitize: passed (${sans[*]})"
+echo "sanitize: passed (${sans[*]}; UBSan tests: $part)"
