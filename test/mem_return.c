@@ -51,6 +51,16 @@
 
 #define MiB ((size_t)1 << 20)
 #define RETURN_WITHIN_MS 5000 /* the 5 seconds */
+/* Under qemu-user (scripts/cross-aarch64.sh sets ALLOT_TEST_EMULATOR) every
+ * instruction and system call of the purge thread is emulated, on a machine
+ * that runs other tests beside it: xthread once took 5.03 s there to give back
+ * what it gives back in well under a second natively. The 5 seconds are the
+ * issue's promise for a program on its own machine; under the emulator the
+ * test checks that the memory comes back, with four times the time. */
+static int return_within_ms(void) {
+  return getenv("ALLOT_TEST_EMULATOR") ? 4 * RETURN_WITHIN_MS
+                                       : RETURN_WITHIN_MS;
+}
 #define POLL_MS 50
 
 static int failed;
@@ -224,13 +234,13 @@ static void check_back(const char *what, size_t before, size_t peak,
                        int calls) {
   size_t target = target_of(before);
   double ms;
-  size_t after = wait_for_rss(target, RETURN_WITHIN_MS, calls, &ms);
+  size_t after = wait_for_rss(target, return_within_ms(), calls, &ms);
   printf("%s: RSS before %.1f MiB, at peak %.1f MiB, after %.1f MiB "
          "(%.0f ms; target <= %.1f MiB within %d ms)\n",
          what, mib(before), mib(peak), mib(after), ms, mib(target),
-         RETURN_WITHIN_MS);
+         return_within_ms());
   if (after > target) {
-    printf("%s: FAILED: RSS not back within %d ms\n", what, RETURN_WITHIN_MS);
+    printf("%s: FAILED: RSS not back within %d ms\n", what, return_within_ms());
     failed = 1;
   }
 }
@@ -702,7 +712,7 @@ static void mode_lazyfree(size_t total) {
   size_t want = base + total / 4;
   double t0 = now_ms();
   size_t lazy = lazyfree_bytes();
-  while (lazy < want && now_ms() - t0 < RETURN_WITHIN_MS) {
+  while (lazy < want && now_ms() - t0 < return_within_ms()) {
     sleep_ms(POLL_MS);
     lazy = lazyfree_bytes();
   }
