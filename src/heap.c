@@ -69,6 +69,11 @@ __attribute__((used)) static void (*const heap_empty_ref)(void) =
 #endif
 
 static os_lock_t heaps_lock; /* guards the lists below */
+#ifdef ALLOT_TEST_HOOKS
+os_lock_t *heaps_test_lock(const char *name) {
+  return strcmp(name, "heaps") ? NULL : &heaps_lock;
+}
+#endif
 static heap_t *all_heaps;
 /* Heaps with small pages and no thread, oldest first: a new thread adopts
  * the one abandoned longest ago, whose blocks have had the most time to come
@@ -91,6 +96,7 @@ static void thread_done(void *arg);
 static void fork_prepare(void);
 static void fork_parent(void);
 static void fork_child(void);
+static void process_init_late(void);
 
 /* The ALLOT_* environment (not read in set-user-ID programs), defaults for
  * the rest, then checked_configure: options.c holds the table. */
@@ -112,6 +118,11 @@ void allot_process_init(void) {
     atomic_store_explicit(&init_state, 1, memory_order_release);
   }
   os_unlock(&init_lock);
+  /* Not only at a thread's first heap (heap_init_thread): a program whose
+   * calls so far made none -- large blocks, first-class heaps, options --
+   * needs the fork handlers too (hostile_forkheld). What it allocates finds
+   * init_state 1 and makes its heap without coming back here. */
+  process_init_late();
 }
 
 /* Start-up steps that may themselves allocate: run once a heap exists. */
@@ -371,6 +382,9 @@ heap_t *heaps_first(void) {
 }
 
 static void fork_prepare(void) {
+  /* allot_option_set's lock first: it allocates (the profiler's lock, the
+   * heaps') while it holds it */
+  options_fork(FORK_PREPARE);
   prof_fork_prepare(); /* its lock is taken before allot's, as it allocates */
   /* Page locks first, since an owner holding its own may wait for
    * heaps_lock (heap_absorb_abandoned); again if a heap was made meanwhile. */
@@ -390,9 +404,14 @@ static void fork_prepare(void) {
   }
   large_lock_all();
   segments_lock_all();
+  /* last: nothing is taken while these are held */
+  heapapi_fork(FORK_PREPARE);
+  os_brk_fork(FORK_PREPARE);
 }
 
 static void fork_parent(void) {
+  os_brk_fork(FORK_PARENT);
+  heapapi_fork(FORK_PARENT);
   segments_unlock_all();
   large_unlock_all();
   for (heap_t *h = all_heaps; h; h = h->next_all) {
@@ -403,9 +422,12 @@ static void fork_parent(void) {
     os_unlock(&h->page_lock);
   os_unlock(&heaps_lock);
   prof_fork_parent();
+  options_fork(FORK_PARENT);
 }
 
 static void fork_child(void) {
+  os_brk_fork(FORK_CHILD);
+  heapapi_fork(FORK_CHILD);
   segments_reset_locks();
   large_reset_lock();
   if (unlikely(g.slow_mode)) checked_fork_child(); /* before states change */
@@ -421,4 +443,5 @@ static void fork_child(void) {
                         memory_order_relaxed);
   purge_after_fork_child();
   prof_fork_child();
+  options_fork(FORK_CHILD);
 }

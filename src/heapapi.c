@@ -34,6 +34,15 @@ uint64_t thread_uid(void) {
 /* Destroyed and deleted heaps, kept for the next allot_heap_new (heap
  * structures are never freed: page descriptors may still point at them). */
 static os_lock_t spare_lock;
+
+void heapapi_fork(int phase) {
+  os_lock_fork(&spare_lock, phase);
+}
+#ifdef ALLOT_TEST_HOOKS
+os_lock_t *heapapi_test_lock(const char *name) {
+  return strcmp(name, "spare") ? NULL : &spare_lock;
+}
+#endif
 static heap_t *spare;
 
 static heap_t *heap_own(allot_heap_t *heap, const char *fn) {

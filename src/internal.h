@@ -376,6 +376,29 @@ typedef struct os_unwind {
 INTERNAL const os_unwind_t *os_unwind(void);
 INTERNAL void os_unlock(os_lock_t *l);
 INTERNAL void os_lock_init(os_lock_t *l);
+/* The fork handlers (heap.c) take every allot lock before fork, release
+ * them in the parent and reset them in the child; the layers that own a
+ * lock of their own give heap.c this, one call per phase. */
+enum { FORK_PREPARE, FORK_PARENT, FORK_CHILD };
+static inline void os_lock_fork(os_lock_t *l, int phase) {
+  if (phase == FORK_PREPARE)
+    os_lock(l);
+  else if (phase == FORK_PARENT)
+    os_unlock(l);
+  else
+    os_lock_init(l);
+}
+INTERNAL void os_brk_fork(int phase);  /* os.c: brk_lock */
+INTERNAL void options_fork(int phase); /* options.c: allot_option_set's */
+INTERNAL void heapapi_fork(int phase); /* heapapi.c: the spare heaps' */
+#ifdef ALLOT_TEST_HOOKS
+/* the test hooks' named locks (os.c, allot_test_lock) */
+INTERNAL os_lock_t *options_test_lock(const char *name);
+INTERNAL os_lock_t *heapapi_test_lock(const char *name);
+INTERNAL os_lock_t *segments_test_lock(const char *name);
+INTERNAL os_lock_t *large_test_lock(const char *name);
+INTERNAL os_lock_t *heaps_test_lock(const char *name);
+#endif
 INTERNAL void os_write_err(const char *s);
 INTERNAL void os_fmt_hex(char *out, uintptr_t v);
 INTERNAL void os_fmt_dec(char *out, size_t v);

@@ -45,6 +45,11 @@ _Static_assert(offsetof(segment_t, pages) + sizeof(pieces_t) <= LARGE_OFFSET,
                "the piece list fits in the header page");
 
 static os_lock_t large_lock;
+#ifdef ALLOT_TEST_HOOKS
+os_lock_t *large_test_lock(const char *name) {
+  return strcmp(name, "large") ? NULL : &large_lock;
+}
+#endif
 static segment_t *cache[CACHE_SLOTS];
 static _Atomic size_t cache_bytes; /* read without the lock as a hint */
 

@@ -48,6 +48,17 @@ static const option_def_t defs[ALLOT_OPTION_COUNT] = {
 
 static os_lock_t set_lock; /* serialises allot_option_set */
 
+/* Taken first of allot's locks before fork: allot_option_set may allocate
+ * and take the heaps' locks while it holds it (statistics mode's start). */
+void options_fork(int phase) {
+  os_lock_fork(&set_lock, phase);
+}
+#ifdef ALLOT_TEST_HOOKS
+os_lock_t *options_test_lock(const char *name) {
+  return strcmp(name, "set") ? NULL : &set_lock;
+}
+#endif
+
 /* ---- parsing ------------------------------------------------------------ */
 
 static bool word_is(const char *s, const char *w) {

@@ -41,6 +41,45 @@ __attribute__((visibility("default"))) long allot_test_os_calls(void) {
 __attribute__((visibility("default"))) const char *allot_test_os_site(void) {
   return atomic_load(&hook_site);
 }
+/* Hold a lock: the next time any thread takes the lock at `lock`, it keeps
+ * it `us` microseconds before going on, and allot_test_holding() says 1
+ * meanwhile (2 once it let go), so that a test can fork while a lock is held
+ * for certain (hostile/forkheld.c). allot_test_lock names the locks. */
+static os_lock_t *_Atomic hold_lock;
+static _Atomic long hold_us;
+static _Atomic int holding;
+__attribute__((visibility("default"))) void allot_test_hold_lock(void *lock,
+                                                                 long us) {
+  atomic_store(&holding, 0);
+  atomic_store(&hold_us, us);
+  atomic_store(&hold_lock, (os_lock_t *)lock);
+}
+__attribute__((visibility("default"))) int allot_test_holding(void) {
+  return atomic_load(&holding);
+}
+static void hook_hold(os_lock_t *l) {
+  os_lock_t *want = l;
+  if (atomic_load_explicit(&hold_lock, memory_order_relaxed) != l ||
+      !atomic_compare_exchange_strong(&hold_lock, &want, NULL))
+    return;
+  long us = atomic_load(&hold_us);
+  struct timespec ts = {us / 1000000, us % 1000000 * 1000};
+  atomic_store(&holding, 1);
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+    ;
+  atomic_store(&holding, 2);
+}
+static os_lock_t brk_lock;
+__attribute__((visibility("default"))) void *allot_test_lock(const char *n) {
+  os_lock_t *l = NULL;
+  if (!strcmp(n, "brk")) l = &brk_lock;
+  if (!l) l = options_test_lock(n);
+  if (!l) l = heapapi_test_lock(n);
+  if (!l) l = segments_test_lock(n);
+  if (!l) l = large_test_lock(n);
+  if (!l) l = heaps_test_lock(n);
+  return l;
+}
 static bool hook_fail(const char *site) {
   long n = atomic_fetch_add(&hook_calls, 1) + 1;
   long first = atomic_load(&hook_first);
@@ -52,6 +91,7 @@ static bool hook_fail(const char *site) {
 }
 #else
 #define hook_fail(site) false
+#define hook_hold(l) ((void)0)
 #endif
 
 /* ---- the clock ---------------------------------------------------------
@@ -162,8 +202,14 @@ static void stat_mapped(ptrdiff_t delta) {
 /* brk as the source of segments: optional, for programs whose address-space
  * layout or kernel accounting prefers it. Memory from brk is never returned
  * with munmap, only purged. */
+#ifndef ALLOT_TEST_HOOKS
 static os_lock_t brk_lock;
+#endif
 static uintptr_t brk_lo, brk_hi;
+
+void os_brk_fork(int phase) {
+  os_lock_fork(&brk_lock, phase);
+}
 
 static void *brk_alloc(size_t size, size_t align) {
   os_lock(&brk_lock);
@@ -474,8 +520,7 @@ void os_lock_init(os_lock_t *l) {
   atomic_store(&l->state, 0);
 }
 
-void os_lock(os_lock_t *l) {
-  os_fork_check();
+static ALWAYS_INLINE void lock_acquire(os_lock_t *l) {
   int c = 0;
   if (likely(atomic_compare_exchange_strong_explicit(
           &l->state, &c, 1, memory_order_acquire, memory_order_relaxed)))
@@ -495,6 +540,12 @@ void os_lock(os_lock_t *l) {
   if (atomic_exchange_explicit(&l->state, 2, memory_order_acquire) == 0) return;
   while (atomic_exchange_explicit(&l->state, 2, memory_order_acquire) != 0)
     syscall(SYS_futex, &l->state, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+}
+
+void os_lock(os_lock_t *l) {
+  os_fork_check();
+  lock_acquire(l);
+  hook_hold(l);
 }
 
 struct code_query {
@@ -584,8 +635,10 @@ const os_unwind_t *os_unwind(void) {
 bool os_trylock(os_lock_t *l) {
   os_fork_check();
   int c = 0;
-  return atomic_compare_exchange_strong_explicit(
+  bool ok = atomic_compare_exchange_strong_explicit(
       &l->state, &c, 1, memory_order_acquire, memory_order_relaxed);
+  if (ok) hook_hold(l);
+  return ok;
 }
 
 void os_unlock(os_lock_t *l) {

@@ -12,6 +12,13 @@ INTERNAL _Atomic uint8_t segmap[SEGMAP_UNITS];
 
 static os_lock_t seg_list_lock; /* guards all_segs and the cache */
 static os_lock_t zero_lock;     /* guards the zero-size blocks */
+#ifdef ALLOT_TEST_HOOKS
+os_lock_t *segments_test_lock(const char *name) {
+  return !strcmp(name, "zero")       ? &zero_lock
+         : !strcmp(name, "seg_list") ? &seg_list_lock
+                                     : NULL;
+}
+#endif
 static segment_t *all_segs;
 static segment_t *seg_cache;
 static _Atomic size_t seg_cache_count;
