@@ -52,14 +52,19 @@
 #define MiB ((size_t)1 << 20)
 #define RETURN_WITHIN_MS 5000 /* the 5 seconds */
 /* Under qemu-user (scripts/cross-aarch64.sh sets ALLOT_TEST_EMULATOR) every
- * instruction and system call of the purge thread is emulated, on a machine
- * that runs other tests beside it: xthread once took 5.03 s there to give back
- * what it gives back in well under a second natively. The 5 seconds are the
- * issue's promise for a program on its own machine; under the emulator the
- * test checks that the memory comes back, with four times the time. */
+ * instruction and system call of the purge thread is emulated, and a
+ * sanitizer build (test/memory.cmake sets ALLOT_TEST_SLOW) checks each of
+ * them; both run beside other tests. xthread, which gives 1 GiB back in
+ * 0.7-0.9 s in either build when the machine is quiet, took over 5 s (690
+ * and 712 MiB still resident) once under qemu and once in the UBSan build
+ * with another suite running beside it. The 5 seconds are the issue's
+ * promise for a program with a CPU to run on, which the default build
+ * checks; the slow builds check that the memory comes back, with four times
+ * the time. */
 static int return_within_ms(void) {
-  return getenv("ALLOT_TEST_EMULATOR") ? 4 * RETURN_WITHIN_MS
-                                       : RETURN_WITHIN_MS;
+  return getenv("ALLOT_TEST_EMULATOR") || getenv("ALLOT_TEST_SLOW")
+             ? 4 * RETURN_WITHIN_MS
+             : RETURN_WITHIN_MS;
 }
 #define POLL_MS 50
 
