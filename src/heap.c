@@ -238,6 +238,9 @@ static heap_t *heap_acquire(void) {
 
 heap_t *heap_init_thread(void) {
   allot_process_init();
+  /* the fork handlers' registration there may have allocated, and so made
+   * this thread's heap already */
+  if (tls_heap != &empty_heap) return tls_heap;
   heap_t *h = heap_acquire();
   if (!h) return NULL;
   /* atomic: allot_check and the statistics read it from other threads */
