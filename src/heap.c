@@ -385,8 +385,7 @@ heap_t *heaps_first(void) {
 }
 
 static void fork_prepare(void) {
-  /* allot_option_set's lock first: it allocates (the profiler's lock, the
-   * heaps') while it holds it */
+  /* allot_option_set's lock first: it takes others while it holds it */
   options_fork(FORK_PREPARE);
   prof_fork_prepare(); /* its lock is taken before allot's, as it allocates */
   /* Page locks first, since an owner holding its own may wait for

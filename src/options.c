@@ -48,8 +48,9 @@ static const option_def_t defs[ALLOT_OPTION_COUNT] = {
 
 static os_lock_t set_lock; /* serialises allot_option_set */
 
-/* Taken first of allot's locks before fork: allot_option_set may allocate
- * and take the heaps' locks while it holds it (statistics mode's start). */
+/* Taken first of allot's locks before fork: allot_option_set takes others
+ * while it holds it (statistics mode's start reads every heap, and the
+ * segment map is refreshed under the segment list's lock). */
 void options_fork(int phase) {
   os_lock_fork(&set_lock, phase);
 }
