@@ -58,7 +58,7 @@ host='core[.]real[.].*|misuse-leak-report-clean-.*|real_more_.*|tools[.].*|allot
 # What qemu-user (7.2) does not do as Linux does:
 #  - a child forked from a process with threads aborts in qemu itself when
 #    it makes a thread ("qemu_plugin_vcpu_init_hook: assertion failed")
-forks='core[.]fork|core[.]fork_lazy.*|mem[.]fork|api[.]mallinfo|cxx_new.*|hostile_forklocks|hostile_forkcheck_.*|hostile_forkheld_heaps'
+forks='core[.]fork|core[.]fork_lazy.*|mem[.]fork|api[.]mallinfo|cxx_new.*|hostile_forklocks|hostile_forkcheck_.*|hostile_forkheld_.*'
 #  - process_vm_readv is not implemented (the walk of checked mode reads
 #    large blocks' trailers with it), and mincore refuses ranges with
 #    PROT_NONE pages (secure mode's guards), so committed bytes are miscounted
