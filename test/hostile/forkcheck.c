@@ -22,9 +22,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "worker_priority.h"
 
 #include "allot.h"
 
@@ -75,17 +76,6 @@ static void check_free(unsigned char *p) {
       abort();
     }
   free(p);
-}
-
-/* The workers (and large_churn) run below the forking thread's priority. A
- * fork only needs them somewhere in their loops: one preempted there is where
- * it would be had it run on, so the chance that a fork finds a block half
- * made is the share of a worker's loop spent making or freeing one, whatever
- * share of the CPU the worker gets. At equal priority the four busy threads
- * left the forker (whose forks and children are what the test waits for) a
- * fraction of the two cores it shares with the other test CTest runs. */
-static void worker_priority(void) {
-  setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
 }
 
 static void *worker(void *arg) {

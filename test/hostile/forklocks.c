@@ -26,9 +26,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "worker_priority.h"
 
 #include "allot.h"
 
@@ -68,17 +69,6 @@ static void stable_make(void) {
 }
 
 /* ---- the workers: one locked path each ----------------------------------- */
-
-/* The workers run below the forking thread's priority. A fork only needs
- * them somewhere in their loops: one preempted there is where it would be
- * had it run on, so the chance that a fork finds a lock held is the share of
- * a worker's loop spent holding it, whatever share of the CPU the worker
- * gets. At equal priority five busy workers left the forker (whose forks
- * and children are what the test waits for) a fraction of the two cores it
- * shares with the other test CTest runs, and tripled the run. */
-static void worker_priority(void) {
-  setpriority(PRIO_PROCESS, (id_t)gettid(), 10);
-}
 
 /* Medium blocks allocated here, freed by the next worker: cross-thread medium
  * frees take the owner heap's lock. */
