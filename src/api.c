@@ -125,13 +125,22 @@ static NOINLINE void small_xfree(page_t *pg, block_t *b) {
 
 /* A free that is not the owner's into an available page: the owner's into
  * a full page, which goes back to the available list under the page lock,
- * or another thread's. */
+ * another thread's, or any into a page that holds heap profile samples. */
 static NOINLINE void small_free_other(heap_t *h, page_t *pg, block_t *b) {
+  /* the heap profile's samples (page_t.psamples) */
+  if (unlikely(atomic_load_explicit(&pg->psamples, memory_order_relaxed)) &&
+      prof_maybe_sample(b))
+    prof_small_free(pg, b);
   if (atomic_load_explicit(&pg->heap, memory_order_relaxed) != h) {
     small_xfree(pg, b);
   } else if (pg->queue == Q_FULL) {
     page_free_full(h, pg, b);
   } else {
+    /* the owner's, into an available page that counted samples: once it
+     * has none, the fast path takes its frees again (page_set_queue) */
+    if (pg->queue == Q_AVAIL &&
+        !atomic_load_explicit(&pg->psamples, memory_order_relaxed))
+      atomic_store_explicit(&pg->avail_owner, h, memory_order_relaxed);
     page_give(h, pg, b);
   }
 }
@@ -304,9 +313,7 @@ static ALWAYS_INLINE bool hint_fits(const void *p, size_t size) {
 }
 
 /* Remember a hint in this thread's heap. Not for a first-class heap's block
- * (allot_heap_destroy frees them all at once, not one by one). The heap
- * profile changes the usable size only of its sampled small blocks, and
- * medium_realloc clears that (prof_resized) before a hint can be stored. */
+ * (allot_heap_destroy frees them all at once, not one by one). */
 static void hint_put(const realloc_hint_t *x) {
   heap_t *me = tls_heap;
   if (me == &empty_heap ||

@@ -84,6 +84,10 @@ typedef struct page {
    * fast path compares it with the thread's heap, one test for "mine, and
    * not full" (page_set_queue keeps it) */
   _Atomic(struct heap *) avail_owner;
+  /* the heap profile's live samples among its blocks (prof.c): while there
+   * are any, avail_owner is NULL, and every free of the page's blocks goes
+   * to small_free_other, where a sample's is seen */
+  _Atomic uint32_t psamples;
   /* blocks freed by other threads: the list's head and, in the top 16
    * bits, its length (xfree_head, xfree_count) */
   _Alignas(64) _Atomic uintptr_t xfree;
@@ -486,10 +490,14 @@ INTERNAL void page_free_slow(heap_t *h, page_t *pg);
 INTERNAL void page_free_full(heap_t *h, page_t *pg, block_t *b);
 /* Put page pg of heap h on list q (Q_NONE, Q_AVAIL, Q_FULL) as far as its
  * fields say: free's fast path trusts avail_owner only while the page is
- * h's and available. */
+ * h's and available, and holds no sample of the heap profile. (Only the
+ * owner adds samples, so none can appear between the test and the store;
+ * the last may go meanwhile, and small_free_other then sets avail_owner.) */
 static inline void page_set_queue(page_t *pg, struct heap *h, uint8_t q) {
   pg->queue = q;
-  atomic_store_explicit(&pg->avail_owner, q == Q_AVAIL ? h : NULL,
+  bool mine = q == Q_AVAIL &&
+              !atomic_load_explicit(&pg->psamples, memory_order_relaxed);
+  atomic_store_explicit(&pg->avail_owner, mine ? h : NULL,
                         memory_order_relaxed);
 }
 /* A page's cross-thread list is one word: the head block (user addresses
@@ -649,11 +657,11 @@ INTERNAL int prof_unwind(uintptr_t *out, int max);
 INTERNAL bool prof_unwind_checked(void);
 INTERNAL void prof_medium(heap_t *h, void *p, size_t size);
 INTERNAL void prof_large(void *p, size_t size);
-/* medium and large frees; true: p is kept (a sample's chunk), not freed */
-INTERNAL bool prof_free(segment_t *s, void *p);
+/* medium and large frees (the caller tested prof_maybe_sample) */
+INTERNAL void prof_free(void *p);
+/* the free of a block of a page that counts samples (page_t.psamples) */
+INTERNAL void prof_small_free(page_t *pg, void *p);
 INTERNAL void prof_moved(void *from, void *to); /* large realloc moved p */
-INTERNAL size_t prof_usable(segment_t *s, const void *p, size_t u);
-INTERNAL void prof_resized(segment_t *s, void *p); /* medium resized in place */
 
 /* ---- options.c, introspect.c, heapapi.c (docs/api.md) ------------------ */
 INTERNAL void options_init(void); /* ALLOT_* environment -> g; no allocation */
@@ -879,7 +887,7 @@ static ALWAYS_INLINE size_t prof_filter_slot(const void *p) {
   return (size_t)(((uintptr_t)p * 0x9E3779B97F4A7C15ull) >>
                   (64 - PROF_FILTER_BITS));
 }
-/* A medium or large block being freed may be a sample (prof_free decides). */
+/* A block being freed may be a sample (prof_free, prof_small_free decide) */
 static ALWAYS_INLINE bool prof_maybe_sample(const void *p) {
   size_t grp = prof_filter_slot(p) >> PROF_FILTER_GROUP;
   return atomic_load_explicit(&prof_filter_sum[grp / 64],

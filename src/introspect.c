@@ -1325,8 +1325,10 @@ static void check_page(chk_t *c, heap_t *h, segment_t *s, page_t *pg) {
     return fail(c, "page in use but on no list", start);
   if ((pg->queue == Q_FULL) != (atomic_load(&pg->full) != 0))
     return fail(c, "page's full flag disagrees with its list", start);
-  if (atomic_load_explicit(&pg->avail_owner, memory_order_relaxed) !=
-      (pg->queue == Q_AVAIL ? h : NULL))
+  /* NULL as well while the page counts heap profile samples, and until the
+   * owner's next free after another thread freed the last (page_set_queue) */
+  heap_t *ao = atomic_load_explicit(&pg->avail_owner, memory_order_relaxed);
+  if (ao != (pg->queue == Q_AVAIL ? h : NULL) && !(ao == NULL && g.prof))
     return fail(c, "page's available owner disagrees with its list", start);
   bool count_marks = !quarantine_possible();
   size_t nfree = check_list(c, pg, start, pg->free,

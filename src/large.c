@@ -417,7 +417,7 @@ void large_free(segment_t *s, void *p, const char *fn) {
                                                LARGE_CACHED)))
     large_bad(s, p, fn);
   large_unpinned(s); /* the heap walk's look ends before the memory goes */
-  if (unlikely(g.prof) && prof_maybe_sample(p)) prof_free(s, p); /* profile */
+  if (unlikely(g.prof) && prof_maybe_sample(p)) prof_free(p); /* profile */
   /* a first-class heap's block leaves its list (heapapi.c) */
   if (unlikely(atomic_load_explicit(&s->heap, memory_order_relaxed) != NULL))
     heap_large_unlink(s);

@@ -9,13 +9,15 @@
  * 512 KiB), so the sampled bytes form a Poisson process over the bytes
  * counted. The counting is inlined into those slow paths (internal.h:
  * prof_count_small, prof_count_medium), a subtraction from a thread-local
- * countdown; this file is called when one ends. A sampled small allocation
- * is served from a heap of its own (prof_heap) instead of its page, so that
- * its free reaches medium_free; the frees of medium and large blocks test a
- * counting filter over the samples' addresses, and only on a hit take the
- * lock and look the block up. Each sample keeps its stack and the weight
- * size / P(sampled), so the sums are unbiased estimates (docs/tools.md).
- * Tables live in os_map'd memory or .bss: this file never calls malloc. */
+ * countdown; this file is called when one ends. A sampled small block stays
+ * the block of its page that the malloc took; its page counts its live
+ * samples (psamples), and while it has any, free's fast path does not take
+ * the page's blocks (page_set_queue), so their frees reach prof_small_free.
+ * The frees of medium and large blocks test a counting filter over the
+ * samples' addresses, and only on a hit take the lock and look the block
+ * up. Each sample keeps its stack and the weight size / P(sampled), so the
+ * sums are unbiased estimates (docs/tools.md). Tables live in os_map'd
+ * memory or .bss: this file never calls malloc. */
 #include "internal.h"
 
 #include <fcntl.h>
@@ -29,15 +31,6 @@
 
 #define PROF_FRAMES 64
 #define PROF_RATE_DEFAULT ((int64_t)512 << 10)
-/* A sampled small block of class size b gets a chunk of b or b + 16 usable
- * bytes (a remainder under CHUNK_MIN is not split off). free_sized and sized
- * delete accept a size s for usable u when s <= u and s > u / 2; every size
- * of class b >= 48 passes against b + 16, but not those of classes 16 and 32
- * (a 1-byte block in a 32-byte chunk), so only those keep their class size
- * as an override of the usable size; chunks above OVERRIDE_MAX never have
- * one, and their frees and reallocs skip the lookup. */
-#define OVERRIDE_CLASS_MAX 32
-#define OVERRIDE_MAX (OVERRIDE_CLASS_MAX + 16)
 
 /* ---- state ------------------------------------------------------------- */
 
@@ -52,21 +45,10 @@ typedef struct pstack {
 } pstack_t;
 
 typedef struct psample {
-  uintptr_t addr;  /* 0: empty slot */
-  uint32_t stack;  /* SPARE: a spare chunk (below), no sample */
-  uint16_t usable; /* the usable size it reports (OVERRIDE_MAX), or 0 */
-  uint8_t cls;     /* a small sample's class (its chunk is prof_heap's) */
+  uintptr_t addr; /* 0: empty slot */
+  uint32_t stack;
   int64_t weight;
-  uintptr_t held; /* a small sample's block of its page (below), or 0 */
 } psample_t;
-
-/* A small sample's chunk, freed, is kept for the next sample of its class
- * (up to SPARES a class, SPARE_BYTES in all): a chunk allocated and freed
- * in prof_heap was a third of a small sample's cost. It stays in the sample
- * table, so that a second free of it is caught as a double free. */
-#define SPARE UINT32_MAX
-#define SPARES 4
-#define SPARE_BYTES ((size_t)256 << 10)
 
 /* A cut's list set aside on its page's cross-thread list (cut), kept so
  * that it comes back whole (prof_collect_xfree): rest, n blocks, behind
@@ -108,7 +90,6 @@ INTERNAL __thread int64_t prof_left_big;
 static int64_t rate = PROF_RATE_DEFAULT;
 static char out_path[1024];
 static _Atomic int ready;          /* the constructor ran with ALLOT_PROF set */
-static heap_t *_Atomic prof_heap;  /* sampled small blocks; made at the first */
 static uintptr_t self_lo, self_hi; /* allot's code: leading frames skipped */
 static const os_unwind_t *uw;      /* libgcc's unwinder, found by prof_start */
 static os_lock_t lock;             /* guards everything below */
@@ -120,19 +101,7 @@ static size_t index_cap;
 static psample_t *samples;
 static size_t nsamples, samples_cap;
 static uint8_t *arena_next, *arena_end; /* frames of the stacks */
-/* A class's spare chunks with their usable sizes, and its samples' weight
- * (tables_init), in one line: a sample that took a spare read the chunk's
- * header for its size, a cache miss at most small samples of aligned (a
- * third of small_sample's time, perf record). */
-typedef struct pclass {
-  _Alignas(64) uintptr_t spare[SPARES];
-  uint32_t spare_size[SPARES];
-  int64_t weight;
-  uint8_t nspares;
-} pclass_t;
-_Static_assert(sizeof(pclass_t) == 64, "a class's line");
-static pclass_t classes[NCLASSES];
-static size_t spare_bytes;
+static int64_t class_weight[NCLASSES];  /* a class's samples' (tables_init) */
 /* The filter over the addresses of live samples (internal.h): a free whose
  * group bit is clear is no sample, known without the lock; else prof_free
  * reads the slot's count, the samples it holds (one that reached 255 stays
@@ -305,7 +274,7 @@ static struct { double inv, ln; /* 1 / c, ln c */ } ln_part[LN_PARTS];
 static void tables_init(void) {
   inv_rate = 1.0 / (double)rate;
   for (size_t cls = 1; cls < NCLASSES; cls++)
-    classes[cls].weight = weight_of(class_size[cls]);
+    class_weight[cls] = weight_of(class_size[cls]);
   for (int i = 0; i < LN_PARTS; i++) {
     double c = 1 + (i + 0.5) / LN_PARTS;
     ln_part[i].inv = 1 / c;
@@ -1017,8 +986,7 @@ static ALWAYS_INLINE bool filter_has(const void *p) {
                               memory_order_relaxed) != 0;
 }
 
-static bool sample_put(uintptr_t a, uint32_t stack, uint32_t usable,
-                       uint8_t cls, int64_t w, uintptr_t held) {
+static bool sample_put(uintptr_t a, uint32_t stack, int64_t w) {
   if ((nsamples + 1) * 2 > samples_cap) {
     size_t cap = samples_cap ? samples_cap * 2 : 512;
     psample_t *ns = table_map(cap * sizeof *ns);
@@ -1037,7 +1005,7 @@ static bool sample_put(uintptr_t a, uint32_t stack, uint32_t usable,
   size_t j = addr_slot(a, samples_cap);
   while (samples[j].addr)
     j = (j + 1) & (samples_cap - 1);
-  samples[j] = (psample_t){a, stack, (uint16_t)usable, cls, w, held};
+  samples[j] = (psample_t){a, stack, w};
   nsamples++;
   filter_add(a, 1);
   return true;
@@ -1075,31 +1043,18 @@ static ALWAYS_INLINE uint64_t sample_start(pthread_state_t *t) {
 }
 
 /* Under lock (capture took it): record block p as a sample whose backtrace
- * capture gave (ip, n, ref); w its weight; cls: a small sample's class,
- * spare: p is a spare chunk of it, held: the block of its page that it
- * holds. False if it could not be recorded (out of memory). */
-static ALWAYS_INLINE bool record_locked(void *p, uint32_t usable, uint8_t cls,
-                                        bool spare, int64_t w,
-                                        const uintptr_t *ip, int n,
-                                        const walk_ref_t *ref, uint64_t t0,
-                                        void *held) {
+ * capture gave (ip, n, ref); w its weight. False if it could not be
+ * recorded (out of memory). */
+static ALWAYS_INLINE bool record_locked(void *p, int64_t w, const uintptr_t *ip,
+                                        int n, const walk_ref_t *ref,
+                                        uint64_t t0) {
   long id = ref->id >= 0 ? ref->id : stack_id(ip, n);
 #if defined(__x86_64__)
   /* the walk capture_fast stored, if no other has replaced it since */
   if (ref->w && ref->id < 0 && id >= 0 && ref->w->gen == ref->gen)
     ref->w->id = id;
 #endif
-  psample_t *e = spare ? sample_find((uintptr_t)p) : NULL;
-  if (e && id < 0) /* a plain chunk from now on */
-    sample_remove(e);
-  if (e && id >= 0) {
-    e->stack = (uint32_t)id;
-    e->usable = (uint16_t)usable;
-    e->weight = w;
-    e->held = (uintptr_t)held;
-  }
-  bool ok = id >= 0 && (e || sample_put((uintptr_t)p, (uint32_t)id, usable, cls,
-                                        w, (uintptr_t)held));
+  bool ok = id >= 0 && sample_put((uintptr_t)p, (uint32_t)id, w);
   if (ok) {
     pstack_t *s = &stacks[id];
     touch(s);
@@ -1121,72 +1076,33 @@ static ALWAYS_INLINE bool record_locked(void *p, uint32_t usable, uint8_t cls,
   return ok;
 }
 
-/* The heap of sampled small blocks, made at the first one (not in the
- * constructor: that would start allot up before main, and a program may set
- * ALLOT_* variables in main before its first malloc). No allot lock is held
- * here. */
-static NOINLINE heap_t *sample_heap(void) {
-  static os_lock_t once;
-  os_lock(&once);
-  heap_t *h = atomic_load_explicit(&prof_heap, memory_order_relaxed);
-  if (!h) {
-    h = heap_new_detached();
-    atomic_store_explicit(&prof_heap, h, memory_order_release);
-  }
-  os_unlock(&once);
-  return h;
-}
-
-/* A chunk of prof_heap for a sampled small block of b bytes. (The block's
- * own heap's medium chunks, when it has some, were tried instead, to spare
- * the page faults of prof_heap's memory, about 120 a run of aligned
- * 1000000: the thread heap's chunk heap, fragmented by the samples, then
- * took more fresh pages than that.) */
-static NOINLINE void *sample_chunk(size_t b, size_t align) {
-  int64_t left = prof_left_big; /* the profiler's chunk: not counted */
-  heap_t *h = atomic_load_explicit(&prof_heap, memory_order_acquire);
-  if (unlikely(!h)) h = sample_heap();
-  void *p = h ? medium_malloc(h, b, align) : NULL;
-  prof_left_big = left;
-  return p;
-}
-
-/* A sampled small allocation of b bytes (class cls): a spare chunk if
- * there is one, else a chunk of prof_heap; usable is what
- * malloc_usable_size shall say of it (OVERRIDE_MAX), or 0: its chunk's.
- * held: the block its page gave the malloc, which the sample holds (*kept)
- * until the chunk is freed, so that the page goes on as it would have
- * without the profiler. Giving it back to the page at once made the blocks
- * the fast path hands out from there on each one earlier, and the heap took
- * other memory: aligned 1000000, about 250 page faults more a run, of its
- * 13 500 (a fault costs about 2 microseconds here). The backtrace comes
- * first, so that one lock covers it, the spare and the record. */
-static ALWAYS_INLINE void *sample_block(pthread_state_t *t, size_t b,
-                                        size_t align, uint32_t usable,
-                                        size_t cls, void *held, bool *kept) {
+/* Small block p of page pg, just popped for a malloc, is a sample of
+ * weight w: recorded, and counted in its page (psamples). A page that
+ * counts samples has no available owner (page_set_queue): free's fast path
+ * leaves its blocks to small_free_other, which hands a sampled block's free
+ * to prof_small_free. Only pg's owner, this thread, adds to the count;
+ * frees from any thread take from it. The block stays the page's: until
+ * session 19 a sampled small block was a chunk of a heap of the profiler's
+ * own, whose free reached medium_free, while the sample held the page's
+ * block; that chunk's memory, its allocation and free, and the held block's
+ * return were about a third of what profiling added to `aligned`'s CPU
+ * time (docs/tools.md, session 19). The backtrace comes first, so that one
+ * lock covers it and the record. */
+static ALWAYS_INLINE void sample_small(pthread_state_t *t, page_t *pg, void *p,
+                                       int64_t w) {
   t->busy = 1;
   uint64_t t0 = sample_start(t);
   uintptr_t ip[PROF_FRAMES];
   walk_ref_t ref;
   int n = capture(ip, &ref); /* takes lock */
   cuts_fold(t);
-  void *p = NULL;
-  pclass_t *c = &classes[cls];
-  bool spare = c->nspares != 0;
-  if (spare) {
-    c->nspares--;
-    p = (void *)c->spare[c->nspares];
-    spare_bytes -= c->spare_size[c->nspares];
-  } else {
-    os_unlock(&lock);
-    p = sample_chunk(b, align);
-    os_lock(&lock);
-  }
-  *kept = p && record_locked(p, usable, (uint8_t)cls, spare, c->weight, ip, n,
-                             &ref, t0, held);
+  bool ok = record_locked(p, w, ip, n, &ref, t0);
   os_unlock(&lock);
+  if (ok) {
+    atomic_fetch_add_explicit(&pg->psamples, 1, memory_order_relaxed);
+    atomic_store_explicit(&pg->avail_owner, NULL, memory_order_relaxed);
+  }
   t->busy = 0;
-  return p;
 }
 
 /* ---- small blocks -----------------------------------------------------
@@ -1335,27 +1251,6 @@ void prof_uncut(heap_t *h) {
   }
 }
 
-/* Give a block just popped back to the front of its page's list. */
-static void unpop(page_t *pg, void *p) {
-  block_t *b = p;
-  b->mark = free_mark(b);
-  b->next = link_encode(pg->free, b);
-  pg->free = b;
-  pg->used--;
-}
-
-/* A sampled small allocation of a block of pg's class, p: its chunk (see
- * sample_block), or NULL. */
-static ALWAYS_INLINE void *class_sample(pthread_state_t *t, const page_t *pg,
-                                        void *p, bool *kept) {
-  size_t b = pg->bsize;
-  /* blocks of a class are aligned to the lowest set bit of their size */
-  size_t align = b & -b;
-  if (align < 16) align = 16;
-  return sample_block(t, b, align, b <= OVERRIDE_CLASS_MAX ? (uint32_t)b : 0,
-                      pg->cls, p, kept);
-}
-
 /* The small-object slow path has just refilled the thread's current page
  * for p's class and popped p: the page's list (capacity - used blocks) now
  * goes to the fast path. The hook (prof_count_small) counts p's block and
@@ -1377,17 +1272,14 @@ static NOINLINE void *small_sample(pthread_state_t *t, void *p, page_t *pg) {
   }
   size_t b = pg->bsize;
   uint64_t bit = (uint64_t)1 << pg->cls;
-  void *got = NULL;
-  bool kept;
+  int64_t w = class_weight[pg->cls];
+  size_t held = 1; /* p's block is still to be counted */
   if (prof_small_tls.pending & bit) {
     prof_small_tls.pending &= ~bit;
-    if ((got = class_sample(t, pg, p, &kept))) {
-      if (!kept) unpop(pg, p);
-      p = NULL;
-    }
+    sample_small(t, pg, p, w);
+    held = 0;
   }
   for (;;) {
-    size_t held = p ? 1 : 0;
     int64_t bytes = (int64_t)(pg->capacity - pg->used + held) * (int64_t)b;
     if (bytes < prof_small_tls.left) {
       prof_small_tls.left -= bytes;
@@ -1397,16 +1289,15 @@ static NOINLINE void *small_sample(pthread_state_t *t, void *p, page_t *pg) {
     size_t k = (uint32_t)(prof_small_tls.left - 1) / (uint32_t)b;
     prof_small_tls.left = draw(t);
     if (k == 0 && held) { /* p's malloc is the sample */
-      if (!(got = class_sample(t, pg, p, &kept))) break;
-      if (!kept) unpop(pg, p);
-      p = NULL;
+      sample_small(t, pg, p, w);
+      held = 0;
       continue; /* the list from here on: count it afresh */
     }
     cut(t, pg, k - held, pg->capacity - pg->used);
     prof_small_tls.pending |= bit;
     break;
   }
-  return got ? got : p;
+  return p;
 }
 
 /* p's own page; NULL for a block outside the small pages (malloc(0)'s, a
@@ -1432,11 +1323,8 @@ static NOINLINE void *borrowed_sample(pthread_state_t *t, void *p, page_t *pg,
     return p;
   }
   prof_small_tls.left = draw(t);
-  bool kept;
-  void *got = class_sample(t, pg, p, &kept);
-  if (!got) return p;
-  if (!kept) unpop(own, p);
-  return got;
+  sample_small(t, own, p, class_weight[pg->cls]);
+  return p;
 }
 
 static NOINLINE void *small_slow(pthread_state_t *t, void *p, page_t *pg,
@@ -1488,9 +1376,8 @@ void *prof_small(void *p, page_t *pg, int64_t bytes, size_t cls) {
 /* ---- medium and large ---------------------------------------------------
  */
 
-/* Medium and large samples stay where they are (a block of their own in
- * prof_heap would be memory the program has not touched yet, and page
- * faults for it): their frees find them through the filter. A sample point
+/* Medium and large samples stay where they are, as small ones do: their
+ * frees find them through the filter. A sample point
  * in a first-class heap's block is dropped, as for small blocks. Their
  * bytes have a countdown of their own, prof_left_big, which a pending small
  * sample does not hold: two independent exponential countdowns over two
@@ -1515,7 +1402,7 @@ static NOINLINE void count_block(pthread_state_t *t, void *p, size_t size,
   uintptr_t ip[PROF_FRAMES];
   walk_ref_t ref;
   int n = capture(ip, &ref); /* takes lock */
-  record_locked(p, 0, 0, false, w, ip, n, &ref, t0, NULL);
+  record_locked(p, w, ip, n, &ref, t0);
   os_unlock(&lock);
   t->busy = 0;
 }
@@ -1523,11 +1410,8 @@ static NOINLINE void count_block(pthread_state_t *t, void *p, size_t size,
 void prof_medium(heap_t *h, void *p, size_t size) {
   pthread_state_t *t = &T;
   prof_left_big += (int64_t)size;
-  /* busy: prof_heap's chunk for a small sample (sample_block) */
-  if (unlikely(t->busy)) return;
-  count_block(t, p, size,
-              h->first_class ||
-                  h == atomic_load_explicit(&prof_heap, memory_order_relaxed));
+  if (unlikely(t->busy)) return; /* an allocation of the unwinder's */
+  count_block(t, p, size, h->first_class);
 }
 
 void prof_large(void *p, size_t size) {
@@ -1538,70 +1422,38 @@ void prof_large(void *p, size_t size) {
   count_block(t, p, size, false);
 }
 
-static bool prof_block(segment_t *s) {
-  heap_t *h = atomic_load_explicit(&prof_heap, memory_order_relaxed);
-  return h && atomic_load_explicit(&s->heap, memory_order_relaxed) == h;
-}
-
-/* A small sample's held block goes back to its page as the program's free
- * of it would have gone: onto the page's list when this thread owns the page
- * and the page is not in the full list (small_free's page_give then,
- * without the checks a block from the program needs: only the sample had
- * this one),
- * through free otherwise. free_unchecked took about 70 instructions for it,
- * this about 20. */
-static void release_held(block_t *b) {
-  page_t *pg = page_of(segment_of(b), b);
-  heap_t *h = tls_heap;
-  if (atomic_load_explicit(&pg->heap, memory_order_relaxed) != h ||
-      pg->queue == Q_FULL) {
-    free_unchecked(b, "free");
-    return;
-  }
-  page_give(h, pg, b);
+/* Under lock: sample e's block is freed. */
+static void sample_drop(psample_t *e) {
+  pstack_t *st = &stacks[e->stack];
+  touch(st);
+  st->live -= e->weight;
+  st->live_n--;
+  live_total -= e->weight;
+  sample_remove(e);
 }
 
 /* A medium or large block whose filter group is set (the caller tested
- * prof_maybe_sample) is being freed: drop its sample, if it is one. True if
- * p is kept as a spare, and must not be freed. */
-bool prof_free(segment_t *s, void *p) {
-  (void)s;
-  if (!filter_has(p)) return false;
-  bool keep = false;
-  uintptr_t held = 0;
+ * prof_maybe_sample) is being freed: drop its sample, if it is one. */
+void prof_free(void *p) {
+  if (!filter_has(p)) return;
   os_lock(&lock);
   psample_t *e = sample_find((uintptr_t)p);
-  if (e && e->stack == SPARE) {
-    os_unlock(&lock);
-    fault("free", "double free", p);
-  }
-  if (e) {
-    pstack_t *st = &stacks[e->stack];
-    touch(st);
-    st->live -= e->weight;
-    st->live_n--;
-    live_total -= e->weight;
-    /* not a chunk resized since, nor one whose size is overridden */
-    size_t cls = e->cls, b = class_size[cls],
-           u = cls ? chunk_usable_size(p) : 0;
-    pclass_t *c = &classes[cls];
-    keep = cls && !e->usable && c->nspares < SPARES && u >= b && u <= b + 16 &&
-           spare_bytes + u <= SPARE_BYTES;
-    held = e->held;
-    if (keep) {
-      e->stack = SPARE;
-      e->weight = 0;
-      e->held = 0;
-      c->spare_size[c->nspares] = (uint32_t)u;
-      c->spare[c->nspares++] = (uintptr_t)p;
-      spare_bytes += u;
-    } else {
-      sample_remove(e);
-    }
-  }
+  if (e) sample_drop(e);
   os_unlock(&lock);
-  if (held) release_held((block_t *)held);
-  return keep;
+}
+
+/* A block of page pg, which counts live samples, is being freed, and its
+ * filter group is set (small_free_other): drop its sample, if it is one. A
+ * second free of a sampled block finds none: small_free's mark test
+ * catches it. */
+void prof_small_free(page_t *pg, void *p) {
+  if (!filter_has(p)) return;
+  os_lock(&lock);
+  psample_t *e = sample_find((uintptr_t)p);
+  bool was = e != NULL;
+  if (was) sample_drop(e);
+  os_unlock(&lock);
+  if (was) atomic_fetch_sub_explicit(&pg->psamples, 1, memory_order_relaxed);
 }
 
 /* realloc moved a large block's pages: its sample moves along. */
@@ -1612,31 +1464,9 @@ void prof_moved(void *from, void *to) {
   if (e) {
     psample_t keep = *e;
     sample_remove(e);
-    sample_put((uintptr_t)to, keep.stack, keep.usable, keep.cls, keep.weight,
-               keep.held);
+    sample_put((uintptr_t)to, keep.stack, keep.weight);
   }
   os_unlock(&lock);
-}
-
-/* A sampled small block resized in place (grown into medium sizes) has the
- * usable size of its chunk from now on. */
-void prof_resized(segment_t *s, void *p) {
-  if (chunk_usable_size(p) > OVERRIDE_MAX || !prof_block(s)) return;
-  os_lock(&lock);
-  psample_t *e = sample_find((uintptr_t)p);
-  if (e) e->usable = 0;
-  os_unlock(&lock);
-}
-
-/* A sampled block of class 16 or 32 says it has its class's size, as it
- * would have had in its page (see OVERRIDE_MAX). */
-size_t prof_usable(segment_t *s, const void *p, size_t u) {
-  if (u > OVERRIDE_MAX || !prof_block(s)) return u;
-  os_lock(&lock);
-  psample_t *e = sample_find((uintptr_t)p);
-  if (e && e->usable && e->usable <= u) u = e->usable;
-  os_unlock(&lock);
-  return u;
 }
 
 /* ---- start-up -------------------------------------------------------------

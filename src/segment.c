@@ -737,8 +737,7 @@ static heap_t *medium_lock_owner(segment_t *s) {
 }
 
 void medium_free(segment_t *s, void *p, const char *fn) {
-  if (unlikely(g.prof) && prof_maybe_sample(p) && prof_free(s, p))
-    return; /* heap profile: kept for the next sample (prof.c) */
+  if (unlikely(g.prof) && prof_maybe_sample(p)) prof_free(p); /* profile */
   /* The free writes the next chunk's header, most often a line the program
    * has not touched for a while: fetch it before the lock, whose release
    * would otherwise wait for the miss (a size read early, so it may be
@@ -780,7 +779,6 @@ size_t medium_live_size(segment_t *s, const void *p) {
   heap_t *h = medium_lock_owner(s);
   size_t u = chunk_is_live(&h->chunks, p) ? chunk_usable_size(p) : SIZE_MAX;
   os_unlock(&h->medium_lock);
-  if (unlikely(g.prof) && u != SIZE_MAX) u = prof_usable(s, p, u);
   return u;
 }
 
@@ -790,7 +788,6 @@ bool medium_resize(segment_t *s, void *p, size_t size) {
   bool ok = chunk_resize_in_place(&h->chunks, p, size);
   if (ok && chunk_usable_size(p) < u) medium_gen_bump(h);
   os_unlock(&h->medium_lock);
-  if (unlikely(g.prof) && ok) prof_resized(s, p); /* heap profile */
   return ok;
 }
 
@@ -840,10 +837,6 @@ bool medium_realloc(segment_t *s, void *p, size_t size, size_t *old,
   hint->gen = atomic_load_explicit(&h->medium_gen, memory_order_relaxed);
   hint->usable = now;
   os_unlock(&h->medium_lock);
-  if (unlikely(g.prof) && u != SIZE_MAX) {
-    u = prof_usable(s, p, u);
-    if (ok) prof_resized(s, p); /* heap profile */
-  }
   *old = u;
   return ok;
 }

@@ -149,17 +149,24 @@ def t_profile(opts, c, tmp):
                 "--rate 16K: %s at the peak %.1f MiB, truth %.0f MiB "
                 "(within 25 %%)" % (site, est / MIB, truth / MIB), show(r))
 
-    # sampled blocks keep malloc's contract with most blocks sampled
+    # sampled blocks keep malloc's contract with most blocks sampled, and
+    # every sample's free is seen: misc frees all it allocates, so no
+    # sample of its own is live at exit (libc's may be: the other thread's
+    # TLS block, which glibc keeps with the thread's stack)
+    misc_raw = os.path.join(tmp, "misc.raw")
     r = allot(opts, "prof", "--lib", opts.lib, "--text", "--rate", "1K",
-              "--", opts.sites, "misc")
-    m = re.search(r"(\d[\d ]*) samples", r.stderr)
-    c.check(r.returncode == 0 and m and
-            int(m.group(1).replace(" ", "")) > 10000,
-            "one sample per KiB: usable sizes, realloc, free_sized and "
-            "alignment of sampled blocks hold", show(r))
+              "--raw", misc_raw, "--", opts.sites, "misc")
+    info = profile_info(misc_raw)
+    s = sections(r.stderr)
+    mine = [row for row in s.get("exit", []) if row[2] == "misc"]
+    c.check(r.returncode == 0 and int(info.get("samples", 0)) > 10000 and
+            any(row[2] == "misc" for row in s.get("peak", [])) and not mine,
+            "one sample per KiB (%s samples): usable sizes, realloc, "
+            "free_sized, alignment, frees by another thread and allot_check "
+            "hold, and none of misc's samples is live at exit (%s)" % (
+                info.get("samples"), mine), show(r))
 
-    # a sampled block freed twice aborts, a small one (its chunk kept as a
-    # spare by the first free) and a medium one
+    # a sampled block freed twice aborts, a small one and a medium one
     for kind in ("small", "medium"):
         env = dict(env_clean(), LD_PRELOAD=opts.lib, ALLOT_PROF="1",
                    ALLOT_PROF_RATE="1", ALLOT_PROF_OUT=os.devnull)
@@ -171,7 +178,7 @@ def t_profile(opts, c, tmp):
                 "allot's message" % kind, p.stderr)
 
     t_cuts(opts, c, tmp)
-    t_held(opts, c, tmp)
+    t_in_use(opts, c, tmp)
 
     # the cached unwinder (x86-64) against libgcc's, frame for frame, on
     # this program and on a Python interpreter
@@ -281,29 +288,30 @@ def t_cuts(opts, c, tmp):
             "exit %d\n%s\n%s" % (p.returncode, p.stderr[-2000:], info))
 
 
-def t_held(opts, c, tmp):
-    """A sampled small allocation gets a chunk of the profiler's heap and
-    its sample holds the block its page gave the malloc until the chunk is
-    freed (prof.c: sample_block, prof_free). A program that frees all it
-    allocated must end with none of those blocks live: what is in use at
-    exit is the unprofiled run's and the profiler's spare chunks (at most
-    256 KiB and their headers), where thousands of held blocks, never freed,
-    would be megabytes."""
+def t_in_use(opts, c, tmp):
+    """A sampled small block is the block its page gave the malloc (prof.c:
+    sample_small): the profiler allocates nothing in the program's heap,
+    and a program that frees all it allocated ends with the same bytes in
+    use profiled as not, but for the loader's records of libgcc_s, which
+    the unwinder loads (4 224 bytes here; none with libgcc_s preloaded in
+    both runs). (Until session 19 a sample took a chunk of a heap of the
+    profiler's and held its page's block until the chunk was freed; this
+    test then checked that the held blocks went back.)"""
     prog = os.path.join(os.path.dirname(os.path.abspath(opts.allot)),
                         "bench", "aligned")
     inspect = os.path.join(os.path.dirname(os.path.abspath(opts.lib)),
                            "liballot-inspect.so")
     if not os.path.isfile(prog) or not os.path.isfile(inspect):
-        print("skip held blocks: bench/aligned or liballot-inspect.so not "
+        print("skip in use at exit: bench/aligned or liballot-inspect.so not "
               "built")
         return
     used = {}
     for prof in ("0", "1"):
-        stats = os.path.join(tmp, "held-stats-" + prof)
+        stats = os.path.join(tmp, "in-use-stats-" + prof)
         env = dict(env_clean(), LD_PRELOAD=opts.lib + " " + inspect,
                    ALLOT_STATS_FILE=stats, ALLOT_MAP_AT_EXIT="0",
                    ALLOT_PROF=prof, ALLOT_PROF_RATE="16K",
-                   ALLOT_PROF_OUT=os.path.join(tmp, "held-prof"))
+                   ALLOT_PROF_OUT=os.path.join(tmp, "in-use-prof"))
         p = subprocess.run([prog, "60000"], env=env, capture_output=True,
                            text=True, timeout=60)
         try:
@@ -312,13 +320,14 @@ def t_held(opts, c, tmp):
                               json.load(f)["allot"]["in_use"])
         except (OSError, ValueError, KeyError) as e:
             used[prof] = (p.returncode, None)
-            print("held blocks: no statistics (%s): %s" % (e, p.stderr[-500:]))
-    info = profile_info(os.path.join(tmp, "held-prof"))
+            print("in use at exit: no statistics (%s): %s" % (
+                e, p.stderr[-500:]))
+    info = profile_info(os.path.join(tmp, "in-use-prof"))
     ok = all(v[0] == 0 and v[1] is not None for v in used.values())
     c.check(ok and int(info.get("samples", 0)) > 1000 and
-            used["1"][1] - used["0"][1] <= (256 << 10) + (32 << 10),
+            0 <= used["1"][1] - used["0"][1] <= (16 << 10),
             "aligned 60000, one sample per 16 KiB (%s samples): in use at "
-            "exit %s bytes profiled, %s not (the held blocks went back)" % (
+            "exit %s bytes profiled, %s not" % (
                 info.get("samples"), used.get("1", (0, None))[1],
                 used.get("0", (0, None))[1]), str(used))
 

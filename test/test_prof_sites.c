@@ -11,7 +11,10 @@
  *
  * `misc` checks what a sampled block must keep doing when most blocks are
  * sampled (run with a tiny ALLOT_PROF_RATE): usable sizes, realloc,
- * free_sized with the size asked for, alignment.
+ * free_sized with the size asked for, alignment, frees by another thread,
+ * and a heap that allot_check finds consistent. It frees every block it
+ * allocated, so the profile must end with nothing live: a sampled block
+ * whose free the profiler missed would stay there.
  *
  *   test_prof_sites [STATUS]     exits with STATUS (default 0)
  *   test_prof_sites misc         exits 0 if every check held */
@@ -77,6 +80,16 @@ static void *thread_e(void *arg) {
   return arg;
 }
 
+/* Blocks allocated by main and freed by another thread, while main goes on
+ * freeing and allocating into the same pages. */
+#define XN 20000
+static void *xblocks[XN];
+static void *free_half(void *arg) {
+  for (size_t i = 0; i < XN; i += 2)
+    free(xblocks[i]);
+  return arg;
+}
+
 static int fail(const char *what, size_t n) {
   fprintf(stderr, "test_prof_sites misc: %s (size %zu)\n", what, n);
   return 1;
@@ -118,14 +131,28 @@ static int misc(void) {
         if (!p || (uintptr_t)p % align) return fail("alignment", align);
         free(p);
       }
+  for (size_t i = 0; i < XN; i++)
+    xblocks[i] = got(malloc(16 + (i * 40503) % 2000), 16);
+  pthread_t t;
+  if (pthread_create(&t, NULL, free_half, NULL))
+    return fail("pthread_create", 0);
+  for (size_t i = 1; i < XN; i += 2) {
+    free(xblocks[i]);
+    xblocks[i] = got(malloc(16 + (i * 7) % 500), 16);
+  }
+  if (pthread_join(t, NULL)) return fail("pthread_join", 0);
+  for (size_t i = 1; i < XN; i += 2)
+    free(xblocks[i]);
+  int (*check)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "allot_check");
+  if (!check || check() != 0) return fail("allot_check", 0);
   return 0;
 }
 
 /* A sampled block freed twice (run with every block sampled): the second
- * free must abort. The first free of a small one keeps its chunk as a spare
- * (none is kept yet); a medium one's sample is dropped and its chunk freed.
- * Blocks of a page are counted (and sampled) when a refill hands them out,
- * so the blocks are held, not freed one by one. */
+ * free must abort. The first free drops the sample (a small one's page
+ * counts its samples, and its frees go past free's fast path while it has
+ * any) and frees the block. Blocks of a page are counted (and sampled) when
+ * a refill hands them out, so the blocks are held, not freed one by one. */
 static void *held[1000];
 static int double_free(const char *what) {
   size_t n = !strcmp(what, "small") ? 100 : 100 << 10;
