@@ -45,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -109,6 +110,42 @@ static int threads_in_process(void) {
     if (e->d_name[0] != '.') n++;
   closedir(d);
   return n;
+}
+
+/* Milliseconds that the process's threads have spent runnable but waiting
+ * for a CPU (run_delay, the second field of each thread's schedstat), or
+ * -1. Raw system calls only: no allocation while memory is being watched. */
+static double cpu_wait_ms(void) {
+  int dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY);
+  if (dir < 0) return -1;
+  char ents[4096];
+  double ns = 0;
+  long n;
+  while ((n = syscall(SYS_getdents64, dir, ents, sizeof ents)) > 0) {
+    for (long off = 0; off < n;) {
+      struct {
+        uint64_t ino;
+        int64_t off;
+        unsigned short reclen;
+        unsigned char type;
+        char name[];
+      } *e = (void *)(ents + off);
+      off += e->reclen;
+      if (e->name[0] == '.') continue;
+      char path[64], buf[128];
+      snprintf(path, sizeof path, "/proc/self/task/%s/schedstat", e->name);
+      int fd = open(path, O_RDONLY);
+      if (fd < 0) continue;
+      ssize_t got = read(fd, buf, sizeof buf - 1);
+      close(fd);
+      if (got <= 0) continue;
+      buf[got] = 0;
+      unsigned long long run, wait;
+      if (sscanf(buf, "%llu %llu", &run, &wait) == 2) ns += (double)wait;
+    }
+  }
+  close(dir);
+  return n < 0 ? -1 : ns / 1e6;
 }
 
 static size_t target_of(size_t before) {
@@ -235,17 +272,38 @@ static size_t wait_for_rss(size_t target, long limit_ms, int calls,
   return r;
 }
 
+/* The 5 s are for a program that has a CPU to run on. On a machine with
+ * more runnable threads than CPUs (the suite runs tests side by side, and
+ * the machine is shared) the purge thread waits its turn, and its madvise
+ * calls take longer too: xthread gave 1 GiB back in 0.7 s alone and failed
+ * the 5 s three runs in three with four busy loops beside it on 2 CPUs
+ * (the purge thread ran 2.2 s of those 5), and once in a session's suite.
+ * So when the memory is not back in time and the process's threads spent
+ * more than a fifth of that time waiting for a CPU (their schedstat
+ * run_delay), the wait goes on up to four times as long, and says why
+ * (as the slow builds' wait is from the start: return_within_ms). */
 static void check_back(const char *what, size_t before, size_t peak,
                        int calls) {
   size_t target = target_of(before);
-  double ms;
-  size_t after = wait_for_rss(target, return_within_ms(), calls, &ms);
+  double ms, waited0 = cpu_wait_ms();
+  int limit = return_within_ms();
+  size_t after = wait_for_rss(target, limit, calls, &ms);
+  double waited = cpu_wait_ms() - waited0;
+  if (after > target && limit == RETURN_WITHIN_MS && waited0 >= 0 &&
+      waited > limit / 5.0) {
+    double more;
+    printf("%s: %.1f MiB still resident after %.0f ms, while the process's "
+           "threads waited %.0f ms for a CPU: waiting up to %d ms\n",
+           what, mib(after), ms, waited, 4 * limit);
+    after = wait_for_rss(target, 3 * limit, calls, &more);
+    ms += more;
+    limit *= 4;
+  }
   printf("%s: RSS before %.1f MiB, at peak %.1f MiB, after %.1f MiB "
          "(%.0f ms; target <= %.1f MiB within %d ms)\n",
-         what, mib(before), mib(peak), mib(after), ms, mib(target),
-         return_within_ms());
+         what, mib(before), mib(peak), mib(after), ms, mib(target), limit);
   if (after > target) {
-    printf("%s: FAILED: RSS not back within %d ms\n", what, return_within_ms());
+    printf("%s: FAILED: RSS not back within %d ms\n", what, limit);
     failed = 1;
   }
 }
