@@ -1422,38 +1422,35 @@ void prof_large(void *p, size_t size) {
   count_block(t, p, size, false);
 }
 
-/* Under lock: sample e's block is freed. */
-static void sample_drop(psample_t *e) {
-  pstack_t *st = &stacks[e->stack];
-  touch(st);
-  st->live -= e->weight;
-  st->live_n--;
-  live_total -= e->weight;
-  sample_remove(e);
+/* Block p, whose filter slot is taken, is being freed: drop its sample,
+ * if it is one. True if it was. */
+static bool sample_freed(void *p) {
+  os_lock(&lock);
+  psample_t *e = sample_find((uintptr_t)p);
+  if (e) {
+    pstack_t *st = &stacks[e->stack];
+    touch(st);
+    st->live -= e->weight;
+    st->live_n--;
+    live_total -= e->weight;
+    sample_remove(e);
+  }
+  os_unlock(&lock);
+  return e != NULL;
 }
 
 /* A medium or large block whose filter group is set (the caller tested
- * prof_maybe_sample) is being freed: drop its sample, if it is one. */
+ * prof_maybe_sample) is being freed. */
 void prof_free(void *p) {
-  if (!filter_has(p)) return;
-  os_lock(&lock);
-  psample_t *e = sample_find((uintptr_t)p);
-  if (e) sample_drop(e);
-  os_unlock(&lock);
+  if (filter_has(p)) sample_freed(p);
 }
 
 /* A block of page pg, which counts live samples, is being freed, and its
- * filter group is set (small_free_other): drop its sample, if it is one. A
- * second free of a sampled block finds none: small_free's mark test
- * catches it. */
+ * filter group is set (small_free_other). A second free of a sampled block
+ * finds no sample: small_free's mark test catches it. */
 void prof_small_free(page_t *pg, void *p) {
-  if (!filter_has(p)) return;
-  os_lock(&lock);
-  psample_t *e = sample_find((uintptr_t)p);
-  bool was = e != NULL;
-  if (was) sample_drop(e);
-  os_unlock(&lock);
-  if (was) atomic_fetch_sub_explicit(&pg->psamples, 1, memory_order_relaxed);
+  if (filter_has(p) && sample_freed(p))
+    atomic_fetch_sub_explicit(&pg->psamples, 1, memory_order_relaxed);
 }
 
 /* realloc moved a large block's pages: its sample moves along. */
