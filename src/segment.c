@@ -499,8 +499,7 @@ void segment_move_all(heap_t *into, heap_t *from) {
  * to 345 000 page faults on a busy machine, against 2.4 to 3.1 s and 136 871
  * with every delay at 200 ms). A program that churns holds far less free at
  * any time, and keeps the delay (its peak rises with it: docs/memory.md,
- * "What purging costs"). The 5 s promise holds: 200 ms with the default
- * delay (mem_return's 1 GiB phases come back in 0.3 to 0.9 s). */
+ * "What purging costs"). The 5 s promise holds: the delay is at most 1 s. */
 #define BATCH_DIRTY ((size_t)64 << 20)
 #define BATCH_DELAY_MULT 4
 
