@@ -846,11 +846,12 @@ void page_reclaim_locked(heap_t *h) {
   reclaim(h, false);
 }
 
-/* purge: the pages retired go back to the OS at once. Their owner has left
- * them for a purge delay already; as dirty free pages they would wait
- * another (larson on an idle machine: the main thread's 5000 blocks, freed
- * by the workers while it waits, stayed resident for 100 ms, the run's peak
- * at 15 MiB against 12-13 MiB after). */
+/* purge: the pages retired are due at once (segment_page_release), and the
+ * purge pass that called this gives them back next (segment_purge_heap).
+ * Their owner has left them for a purge delay already; as dirty free pages
+ * they would wait another (larson on an idle machine: the main thread's
+ * 5000 blocks, freed by the workers while it waits, stayed resident for
+ * 100 ms, the run's peak at 15 MiB against 12-13 MiB after). */
 static void reclaim(heap_t *h, bool purge) {
   uint64_t wake = atomic_exchange_explicit(&h->xwake, 0, memory_order_seq_cst),
            left = 0;

@@ -372,8 +372,14 @@ static void segment_free_if_clean(segment_t *s) {
   segment_free(s);
 }
 
-/* purge: the page's memory goes back now rather than after the delay */
-static void page_free_as(heap_t *h, page_t *pg, bool purge) {
+/* due_now: the page is due for purging at once rather than after the delay
+ * (the purge thread retiring a page its owner left: segment_page_release).
+ * It joins the dirty pages as if freed long ago, so that the purge pass that
+ * follows gives back runs of such pages in one call each, and a segment they
+ * empty in one munmap or cache entry: one madvise per 64 KiB page made the
+ * purge thread give 1 GiB back at about 150 MiB/s on a busy machine
+ * (mem_return xthread beside two busy loops: 3.2-4.3 s). */
+static void page_free_as(heap_t *h, page_t *pg, bool due_now) {
   size_t cls = pg->cls;
   os_lock(&h->seg_lock);
   segment_t *s = segment_of(pg);
@@ -395,13 +401,14 @@ static void page_free_as(heap_t *h, page_t *pg, bool purge) {
   atomic_store_explicit(&pg->xfree, 0, memory_order_relaxed);
   atomic_store_explicit(&pg->heap, NULL, memory_order_release);
   bool first = false, want = false;
-  if (purge) {
-    os_purge((uint8_t *)s + i * PAGE_SIZE, PAGE_SIZE);
-    pg->touched = 0;
+  pg->dirty = 1;
+  s->dirty_bytes += pg->touched;
+  dirty_push(h, pg, cls);
+  if (due_now) {
+    pg->freed_at = 0;
+    h->purge_due = 0;
+    h->dirty_pages++;
   } else {
-    pg->dirty = 1;
-    s->dirty_bytes += pg->touched;
-    dirty_push(h, pg, cls);
     pg->freed_at = os_now_ms();
     first = h->dirty_pages == 0;
     if (first) h->purge_due = pg->freed_at + (uint64_t)g.purge_delay_ms;
@@ -417,7 +424,6 @@ static void page_free_as(heap_t *h, page_t *pg, bool purge) {
     heap_seg_remove(&h->segs, s);
     heap_seg_push(&h->segs, s);
   }
-  if (purge) segment_free_if_clean(s);
   os_unlock(&h->seg_lock);
   if (first) purge_notify();
   if (want) purge_want();
@@ -427,7 +433,8 @@ void segment_page_free(heap_t *h, page_t *pg) {
   page_free_as(h, pg, false);
 }
 
-/* The purge thread retires a page its owner left (page.c's reclaim). */
+/* The purge thread retires a page its owner left (page.c's reclaim): its
+ * next segment_purge_heap gives it back. */
 void segment_page_release(heap_t *h, page_t *pg) {
   page_free_as(h, pg, true);
 }
