@@ -496,6 +496,21 @@ void segment_move_all(heap_t *into, heap_t *from) {
   os_unlock(&into->seg_lock);
 }
 
+/* A heap holding BATCH_DIRTY or more of free pages not yet given back has
+ * just freed a batch of that size, which a program that works in batches
+ * allocates again next: its pages wait BATCH_DELAY_MULT purge delays. The
+ * pages of a batch go free over its free phase and are taken again over the
+ * next allocation phase; with 50 ms, a phase slowed by the machine let more
+ * of them age past the delay, each purged page was faulted in again, and
+ * that slowed the phases further (micro batch 3: 2.8 to 7.6 s and 160 000
+ * to 345 000 page faults on a busy machine, against 2.4 to 3.1 s and 136 871
+ * with every delay at 200 ms). A program that churns holds far less free at
+ * any time, and keeps the delay (its peak rises with it: docs/memory.md,
+ * "What purging costs"). The 5 s promise holds: 200 ms with the default
+ * delay (mem_return's 1 GiB phases come back in 0.3 to 0.9 s). */
+#define BATCH_DIRTY ((size_t)64 << 20)
+#define BATCH_DELAY_MULT 4
+
 /* Return free pages that have been free longer than the purge delay (all of
  * them when forced): from the owner's slow path or the purge thread. Returns
  * when the next purge is due (UINT64_MAX: nothing left to purge). */
@@ -504,7 +519,8 @@ uint64_t segment_purge_heap(heap_t *h, bool force) {
   uint64_t now = os_now_ms();
   if (!force && now < h->purge_due) return h->purge_due;
   os_lock(&h->seg_lock);
-  uint64_t next_due = UINT64_MAX;
+  uint64_t delay = (uint64_t)g.purge_delay_ms, next_due = UINT64_MAX;
+  if (h->dirty_pages >= BATCH_DIRTY / PAGE_SIZE) delay *= BATCH_DELAY_MULT;
   segment_t *next_seg;
   for (segment_t *s = h->segs; s; s = next_seg) {
     next_seg = s->hnext;
@@ -514,12 +530,11 @@ uint64_t segment_purge_heap(heap_t *h, bool force) {
       mask &= mask - 1;
       page_t *pg = &s->pages[i];
       if (!pg->dirty) continue;
-      if (force || now >= pg->freed_at + (uint64_t)g.purge_delay_ms) {
+      if (force || now >= pg->freed_at + delay) {
         /* extend over the following dirty free pages */
         unsigned j = i + 1;
-        while (
-            j < PAGES_PER_SEG && ((mask >> j) & 1) && s->pages[j].dirty &&
-            (force || now >= s->pages[j].freed_at + (uint64_t)g.purge_delay_ms))
+        while (j < PAGES_PER_SEG && ((mask >> j) & 1) && s->pages[j].dirty &&
+               (force || now >= s->pages[j].freed_at + delay))
           j++;
         for (unsigned k = i; k < j; k++) {
           page_clean(h, &s->pages[k]);
@@ -528,8 +543,8 @@ uint64_t segment_purge_heap(heap_t *h, bool force) {
         }
         os_purge((uint8_t *)s + (size_t)i * PAGE_SIZE,
                  (size_t)(j - i) * PAGE_SIZE);
-      } else if (pg->freed_at + (uint64_t)g.purge_delay_ms < next_due) {
-        next_due = pg->freed_at + (uint64_t)g.purge_delay_ms;
+      } else if (pg->freed_at + delay < next_due) {
+        next_due = pg->freed_at + delay;
       }
     }
     segment_free_if_clean(s);
