@@ -239,6 +239,9 @@ typedef struct heap {
    * has taken no memory since (in what was padding) */
   _Atomic uint32_t prompt_state;
   segment_t *large_segs; /* first-class: its live large blocks (medium_lock) */
+  /* page_sweep_empty (page.c), owner only: when it looks next (ms), and the
+   * classes whose one page it found empty when it last looked */
+  uint64_t sweep_due, empty_seen;
   /* small and medium blocks other threads freed, counted in every mode on
    * the owner's slow path (the statistics' other counters are in `stats`,
    * below; introspect.c adds this one to them) */

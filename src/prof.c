@@ -1510,10 +1510,10 @@ static bool parse_size(const char *s, int64_t *out) {
 static const char *const yes[] = {"1", "on", "yes", "true", NULL};
 static const char *const no[] = {"0", "off", "no", "false", NULL};
 
-void prof_configure(void) {
-  if (getauxval(AT_SECURE)) return;
-  const char *on = getenv("ALLOT_PROF");
-  if (!on || !*on || word_in(on, no)) return;
+/* The profile asked for (ALLOT_PROF, not "no"): the rest of
+ * prof_configure, out of the code every process runs at start-up (its
+ * tier, cmake/hot-functions.txt). */
+static NOINLINE void prof_configure_on(const char *on) {
   if (!word_in(on, yes)) {
     warn("ignoring invalid ALLOT_PROF=", on, " (valid: 0, 1)");
     return;
@@ -1536,6 +1536,13 @@ void prof_configure(void) {
   tables_init();
   os_lock_init(&lock);
   g.prof = 1;
+}
+
+void prof_configure(void) {
+  if (getauxval(AT_SECURE)) return;
+  const char *on = getenv("ALLOT_PROF");
+  if (!on || !*on || word_in(on, no)) return;
+  prof_configure_on(on);
 }
 
 /* Called by heap.c's fork handlers: this lock before allot's, since a

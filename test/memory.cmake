@@ -20,7 +20,7 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
     -fno-builtin-calloc -fno-builtin-free)
 
   foreach(prog mem_return mem_thp mem_metadata mem_borrow mem_borrow_xthread
-      mem_reuse_large mem_prompt mem_thread_chains)
+      mem_reuse_large mem_prompt mem_thread_chains mem_empty_page)
     add_executable(${prog} ${CMAKE_CURRENT_LIST_DIR}/${prog}.c)
     target_compile_options(${prog} PRIVATE ${ALLOT_MEM_TEST_FLAGS})
     target_compile_definitions(${prog} PRIVATE TEST_ALLOT=1)
@@ -93,6 +93,8 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
     allot_mem_add(mem.prompt.${mode} 60
       "ALLOT_PURGE_DELAY=3600000;ALLOT_PURGE_THREAD=0" mem_prompt ${mode})
   endforeach()
+  # a class's only page, emptied and left, goes back after a delay or two
+  allot_mem_add(mem.empty_page 60 ALLOT_PROMPT_RETURN=0 mem_empty_page)
   # malloc_trim(0) gives back the last page of each class too
   allot_mem_add(mem.trim.last_pages 60
     "ALLOT_PURGE_DELAY=3600000;ALLOT_PURGE_THREAD=0;ALLOT_PROMPT_RETURN=0"
