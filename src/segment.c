@@ -378,7 +378,7 @@ static void segment_free_if_clean(segment_t *s) {
  * follows gives back runs of such pages in one call each, and a segment they
  * empty in one munmap or cache entry: one madvise per 64 KiB page made the
  * purge thread give 1 GiB back at about 150 MiB/s on a busy machine
- * (mem_return xthread beside two busy loops: 3.2-4.3 s). */
+ * (mem_return xthread beside two busy loops: 2.9-4.4 s). */
 static void page_free_as(heap_t *h, page_t *pg, bool due_now) {
   size_t cls = pg->cls;
   os_lock(&h->seg_lock);
