@@ -657,11 +657,9 @@ static ALWAYS_INLINE void *page_alloc_sized(heap_t *h, size_t cls,
     if (p) return p;
   }
   /* a class already served from medium chunks (below) while its pages
-   * stay full: straight there, without the page lock (not one with a free
-   * page of its own resident: page_sweep_empty retires a class's only page,
-   * which the class takes back first) */
+   * stay full: straight there, without the page lock */
   if (cur == &empty_page && medium_small_ok(cls, size) &&
-      !h->avail[cls].first && !segment_page_resident(h, cls) &&
+      !h->avail[cls].first &&
       !((atomic_load_explicit(&h->xwake, memory_order_relaxed) |
          atomic_load_explicit(&h->xstrand, memory_order_relaxed)) &
         ((uint64_t)1 << cls))) {
@@ -705,9 +703,8 @@ static void *page_alloc_locked(heap_t *h, size_t cls, size_t size) {
       continue;
     break;
   }
-  /* medium chunks once the class's pages are all carved, and no free page
-   * of its own is resident */
-  if (!grow && medium_small_ok(cls, size) && !segment_page_resident(h, cls)) {
+  /* medium chunks once the class's pages are all carved */
+  if (!grow && medium_small_ok(cls, size)) {
     void *p = medium_small(h, size);
     if (p) {
       set_current(h, cls, &empty_page); /* never a page of the full list */
