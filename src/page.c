@@ -403,25 +403,13 @@ static void page_retire(heap_t *h, page_t *pg, bool keep_last) {
  * either way the class did not need it meanwhile); it then waits as a free
  * page for the delay, where the class's next page is taken from first.
  * Not first-class heaps (their memory is their owner's to keep) nor
- * checked mode (whose pages are never current), nor a heap whose pages in
- * use hold less than SWEEP_MIN: giving a page back runs code (the free
- * pages' and the purge's: the threads tier, cmake/hot-functions.txt) that a
- * small program otherwise never makes resident, 12 kB more of it than the
- * page saves (bignum 80000, exact peak: 1664 -> 1676 kB). */
-#define SWEEP_MIN ((size_t)1 << 20)
+ * checked mode (whose pages are never current). This and the clock read
+ * that calls it are in the core code tier (cmake/hot-functions.txt): with
+ * os_now_ms in the threads tier, bignum 80000's exact peak was 1664 ->
+ * 1676 kB, that tier made resident. */
 static NOINLINE void page_sweep_empty(heap_t *h, uint64_t now) {
   h->sweep_due = now + (uint64_t)g.purge_delay_ms;
   if (h->first_class || g.slow_mode) return;
-  size_t held = 0;
-  os_lock(&h->seg_lock);
-  for (segment_t *s = h->segs; s && held < SWEEP_MIN; s = s->hnext)
-    held +=
-        atomic_load_explicit(&s->carved, memory_order_relaxed) - s->uncarved;
-  os_unlock(&h->seg_lock);
-  if (held < SWEEP_MIN) {
-    h->empty_seen = 0;
-    return;
-  }
   uint64_t seen = 0;
   for (size_t cls = 1; cls < NCLASSES; cls++) {
     page_t *pg = h->avail[cls].first;

@@ -10,8 +10,7 @@
  *   48 blocks of 1 KiB (one page of their class, 12 OS pages written), all
  *   freed: the page is still resident right after (kept); then the program
  *   goes on allocating blocks of another class (slow paths, as any program
- *   that allocates does; 64 KiB every 5 ms, so that the heap soon holds the
- *   1 MiB below which it keeps such pages) for up to 3 s: the kept page's
+ *   that allocates does: 64 KiB every 5 ms) for up to 3 s: the kept page's
  *   memory must leave the resident set, or be handed to the other class
  *   (which purges it first), within that time.
  *
