@@ -152,6 +152,18 @@ static ALWAYS_INLINE bool size_fits(size_t size, size_t u) {
   return size <= u && (u <= 16 || size > u / 2);
 }
 
+/* Free block p of page pg, already validated. */
+static ALWAYS_INLINE void small_give(page_t *pg, void *p) {
+  block_t *b = p;
+  heap_t *h = tls_heap;
+  if (likely(atomic_load_explicit(&pg->avail_owner, memory_order_relaxed) ==
+             h)) {
+    page_give(h, pg, b);
+    return;
+  }
+  small_free_other(h, pg, b);
+}
+
 /* Free small block p of segment s; `size`, when not SIZE_MAX, is the size
  * the caller says the block has (free_sized, C++ sized delete), checked on
  * the way at no extra lookup. */
@@ -161,14 +173,7 @@ static ALWAYS_INLINE void small_free(segment_t *s, void *p, size_t size,
   if (unlikely(!small_valid(pg, p))) small_bad(pg, p, fn);
   if (size != SIZE_MAX && unlikely(!size_fits(size, pg->bsize)))
     fault(fn, "size does not match the block", p);
-  block_t *b = p;
-  heap_t *h = tls_heap;
-  if (likely(atomic_load_explicit(&pg->avail_owner, memory_order_relaxed) ==
-             h)) {
-    page_give(h, pg, b);
-    return;
-  }
-  small_free_other(h, pg, b);
+  small_give(pg, p);
 }
 
 /* Any block, by the segment map, ignoring the checked-mode flag: checked.c
@@ -290,24 +295,22 @@ static ALWAYS_INLINE realloc_hint_t *hint_set(heap_t *me, const void *p) {
   return &me->rhint[set * HINT_WAYS];
 }
 
-/* Whether p is a medium block that holds size bytes, by what an earlier
+/* Whether p, a block in medium segment s, holds size bytes, by what an earlier
  * realloc of it saw under the heap's lock, if nothing since has freed or
  * shrunk a medium block of its heap. Every realloc of a medium block
  * otherwise takes that lock, whose atomic waits for all of the program's
  * pending stores: in the realloc workload (a string builder's realloc per
  * append) the lock was 29 % of the time. */
-static ALWAYS_INLINE bool hint_fits(const void *p, size_t size) {
+static ALWAYS_INLINE bool hint_fits(const void *p, segment_t *s, size_t size) {
   const realloc_hint_t *e = hint_set(tls_heap, p), *end = e + HINT_WAYS;
   while (e->p != p)
     if (++e == end) return false;
   if (size > e->usable || size < e->usable - e->usable / 4) return false;
-  segment_t *s = segment_of(p);
   heap_t *h = e->heap;
   /* The block's own size, last: another thread may have grown it in place
    * since this thread's hint (growth leaves medium_gen as it is), and a
    * block's size word changes only by a call on that block. */
-  return seg_kind(s) == SEG_MEDIUM &&
-         atomic_load_explicit(&s->heap, memory_order_relaxed) == h &&
+  return atomic_load_explicit(&s->heap, memory_order_relaxed) == h &&
          atomic_load_explicit(&h->medium_gen, memory_order_relaxed) == e->gen &&
          chunk_usable_size(p) == e->usable;
 }
@@ -327,6 +330,48 @@ static void hint_put(const realloc_hint_t *x) {
   w[0] = *x;
 }
 
+/* The block a realloc moves to: above MEDIUM_MAX a mapping of its own, not
+ * idle medium memory, since a block realloc moved will likely grow again,
+ * which a mapping does by remapping. NULL with errno set. */
+static void *realloc_dest(size_t want) {
+  void *q = want <= MEDIUM_MAX    ? alloc(want)
+            : want <= PTRDIFF_MAX ? large_malloc(want, 16, false)
+                                  : NULL;
+  if (!q) errno = ENOMEM;
+  return q;
+}
+
+/* A hint for the medium block q a realloc just moved to: nothing has freed
+ * it since. */
+static void realloc_hint_moved(void *q, size_t want) {
+  segment_t *qs = segment_of(q);
+  if (want > SMALL_MAX && qs->kind == SEG_MEDIUM) {
+    heap_t *qh = atomic_load_explicit(&qs->heap, memory_order_relaxed);
+    realloc_hint_t hint = {
+        q, qh, atomic_load_explicit(&qh->medium_gen, memory_order_relaxed),
+        chunk_usable_size(q)};
+    hint_put(&hint);
+  }
+}
+
+/* A small block's realloc, validated once: the block it leaves is freed
+ * without a second look (through usable_size and free, a moved block was
+ * validated twice, about 50 instructions of the pareto workload's realloc). */
+static NOINLINE void *realloc_small(segment_t *s, void *p, size_t size) {
+  page_t *pg = page_of(s, p);
+  if (unlikely(!small_valid(pg, p))) small_bad(pg, p, "realloc");
+  size_t old = pg->bsize;
+  /* stay while the new size still fits and uses at least half the block */
+  if (size <= old && (size > old / 2 || old <= 16)) return p;
+  void *q = realloc_dest(size);
+  if (!q) return NULL;
+  memcpy(q, p, old < size ? old : size);
+  small_give(pg, p);
+  realloc_hint_moved(q, size);
+  return q;
+}
+
+/* Medium, large, zero-size and foreign blocks. */
 static NOINLINE void *realloc_slow(void *p, size_t size) {
   segment_t *s = segment_of(p);
   size_t old, want = size;
@@ -342,34 +387,16 @@ static NOINLINE void *realloc_slow(void *p, size_t size) {
       want = medium_grow_size(old, size); /* slack for the next appends */
   } else {
     old = usable_size(p, "realloc");
-    if (s->kind == SEG_SMALL) {
-      /* stay while the new size still fits and uses at least half the block */
-      if (size <= old && (size > old / 2 || old <= 16)) return p;
-    } else if (s->kind == SEG_LARGE) {
+    if (s->kind == SEG_LARGE) {
       void *q = large_realloc(s, p, size);
       if (q) return q;
     }
   }
-  /* above MEDIUM_MAX a mapping of its own, not idle medium memory: a block
-   * realloc moved will likely grow again, which a mapping does by remapping */
-  void *q = want <= MEDIUM_MAX    ? alloc(want)
-            : want <= PTRDIFF_MAX ? large_malloc(want, 16, false)
-                                  : NULL;
-  if (!q) {
-    errno = ENOMEM;
-    return NULL;
-  }
+  void *q = realloc_dest(want);
+  if (!q) return NULL;
   memcpy(q, p, old < size ? old : size);
   dealloc(p, "realloc");
-  segment_t *qs = segment_of(q);
-  if (want > SMALL_MAX && qs->kind == SEG_MEDIUM) {
-    /* nothing has freed q since */
-    heap_t *qh = atomic_load_explicit(&qs->heap, memory_order_relaxed);
-    realloc_hint_t hint = {
-        q, qh, atomic_load_explicit(&qh->medium_gen, memory_order_relaxed),
-        chunk_usable_size(q)};
-    hint_put(&hint);
-  }
+  realloc_hint_moved(q, want);
   return q;
 }
 
@@ -380,7 +407,10 @@ EXPORT void *allot_realloc(void *p, size_t size) {
     dealloc(p, "realloc");
     return NULL;
   }
-  if (hint_fits(p, size)) return p;
+  segment_t *s = segment_of(p);
+  unsigned kind = seg_kind(s);
+  if (likely(kind == SEG_SMALL)) return realloc_small(s, p, size);
+  if (kind == SEG_MEDIUM && hint_fits(p, s, size)) return p;
   return realloc_slow(p, size);
 }
 EXPORT void *allot_reallocarray(void *p, size_t n, size_t size) {
