@@ -235,8 +235,10 @@ typedef struct heap {
   /* heapapi.c: first-class heaps (allot_heap_new) */
   uint64_t owner;  /* thread_uid() of the one thread that allocates */
   int first_class; /* made by allot_heap_new, not a thread's heap */
-  /* prompt return: the ms (even, 32 bits) of the heap's last, | 1 while it
-   * has taken no memory since (in what was padding) */
+  /* prompt return: the ms (a multiple of 4, 32 bits) of the heap's last,
+   * | PROMPT_OPEN while it has taken no memory since, | PROMPT_REFUSED once
+   * a look found it nearly empty but too soon for the rate bound (in what
+   * was padding) */
   _Atomic uint32_t prompt_state;
   segment_t *large_segs; /* first-class: its live large blocks (medium_lock) */
   /* page_sweep_empty (page.c), owner only: when it looks next (ms), and the
@@ -578,11 +580,23 @@ static ALWAYS_INLINE bool purge_prompt_medium_due(heap_t *h, size_t idle) {
          (size_t)atomic_load_explicit(&h->prompt_medium, memory_order_relaxed) +
              PROMPT_FLOOR_KIB;
 }
-/* The heap takes memory: a prompt return's episode ends (purge.c). */
+#define PROMPT_OPEN 1u
+#define PROMPT_REFUSED 2u
+/* The heap takes memory: a prompt return's episode ends (purge.c); and
+ * after a look the rate bound refused, the marks fall back to the floor,
+ * so that the heap's next emptying is looked at, not only one that frees
+ * a step more than the refused one had. */
 static ALWAYS_INLINE void purge_prompt_took(heap_t *h) {
   uint32_t st = atomic_load_explicit(&h->prompt_state, memory_order_relaxed);
-  if (unlikely(st & 1))
-    atomic_store_explicit(&h->prompt_state, st & ~1u, memory_order_relaxed);
+  if (unlikely(st & (PROMPT_OPEN | PROMPT_REFUSED))) {
+    if (st & PROMPT_REFUSED) {
+      atomic_store_explicit(&h->prompt_small, 0, memory_order_relaxed);
+      atomic_store_explicit(&h->prompt_medium, 0, memory_order_relaxed);
+    }
+    atomic_store_explicit(&h->prompt_state,
+                          st & ~(PROMPT_OPEN | PROMPT_REFUSED),
+                          memory_order_relaxed);
+  }
 }
 /* Start the purge thread if it is wanted; call only where allot holds no
  * lock, since pthread_create allocates. */

@@ -18,6 +18,14 @@
  *            give it back, the following rounds' (the heap took memory since,
  *            within 20 purge delays) keep it, so a program that cycles
  *            faults its memory in once, not every round
+ *   again    (its own purge delay, 50 ms, so 20 delays are 1 s) 1.5 MiB
+ *            allocated and freed three times: the first round's frees give
+ *            it back (before the next allocation: the last look comes where
+ *            the heap can first pass the ratio test, not a step of 256 KiB
+ *            later); the second, right after, keeps it; the third, the same
+ *            after a pause of 1.2 s, gives it back again (the heap is looked
+ *            at once it takes memory after a look the 1 s bound refused,
+ *            not only when it frees a step more than it did then)
  *   big      48 MiB of small blocks, all freed: above the 32 MiB bound,
  *            kept (the purge delay gives it back)
  *   trim     64 MiB of blocks of every small class, all freed, then
@@ -31,6 +39,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "test_api_common.h" /* CHECK, finish */
 
@@ -167,6 +176,37 @@ int main(int argc, char **argv) {
     CHECK(p29 == p1, "%zu purge calls after the first return", p29 - p1);
     CHECK(high >= base + 3 * MiB, "last round: only %zu KiB kept",
           (high - base) / KiB);
+  } else if (!strcmp(mode, "again")) {
+    const char *d = getenv("ALLOT_PURGE_DELAY");
+    double wait_s = (d ? atof(d) : 50.0) * 20 / 1000 * 1.2;
+    fill(1536 * KiB);
+    size_t full1 = committed();
+    drop_all();
+    size_t after1 = committed();
+    fill(1536 * KiB);
+    size_t full2 = committed();
+    drop_all();
+    size_t after2 = committed();
+    struct timespec ts = {(time_t)wait_s,
+                          (long)((wait_s - (double)(time_t)wait_s) * 1e9)};
+    nanosleep(&ts, NULL);
+    fill(1536 * KiB);
+    size_t full3 = committed();
+    drop_all();
+    size_t after3 = committed();
+    printf("again: committed above the start: %zu -> %zu KiB, then %zu -> %zu "
+           "KiB right after, then %zu -> %zu KiB after %.0f ms\n",
+           (full1 - base) / KiB, (after1 - base) / KiB, (full2 - base) / KiB,
+           (after2 - base) / KiB, (full3 - base) / KiB, (after3 - base) / KiB,
+           wait_s * 1000);
+    CHECK(after1 - base <= (full1 - base) / 4, "first round: %zu KiB kept",
+          (after1 - base) / KiB);
+    CHECK(after2 + 128 * KiB >= full2,
+          "second round, at once: %zu KiB given back", (full2 - after2) / KiB);
+    CHECK(after3 - base <= (full3 - base) / 4,
+          "third round, after the pause: %zu of %zu KiB kept",
+          (after3 - base) / KiB, (full3 - base) / KiB);
+    CHECK(allot_check() == 0, "heap inconsistent after the returns");
   } else if (!strcmp(mode, "big")) {
     fill_small(48 * MiB, 1024);
     size_t full = committed();
@@ -192,7 +232,7 @@ int main(int argc, char **argv) {
     drop_all();
     CHECK(allot_check() == 0, "heap inconsistent after the trim");
   } else {
-    fprintf(stderr, "usage: mem_prompt empty|off|held|cycles|big|trim\n");
+    fprintf(stderr, "usage: mem_prompt empty|off|held|cycles|again|big|trim\n");
     return 2;
   }
   return finish("mem_prompt");

@@ -93,6 +93,10 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
     allot_mem_add(mem.prompt.${mode} 60
       "ALLOT_PURGE_DELAY=3600000;ALLOT_PURGE_THREAD=0" mem_prompt ${mode})
   endforeach()
+  # and a heap that the 20 delays refused looks again at its next emptying
+  # once they have passed (a delay of 50 ms: a pause of 1.2 s)
+  allot_mem_add(mem.prompt.again 60
+    "ALLOT_PURGE_DELAY=50;ALLOT_PURGE_THREAD=0" mem_prompt again)
   # a class's only page, emptied and left, goes back after a delay or two
   allot_mem_add(mem.empty_page 60 ALLOT_PROMPT_RETURN=0 mem_empty_page)
   # malloc_trim(0) gives back the last page of each class too
