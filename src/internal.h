@@ -240,6 +240,10 @@ typedef struct heap {
    * a look found it nearly empty but too soon for the rate bound (in what
    * was padding) */
   _Atomic uint32_t prompt_state;
+  /* prompt return, owner only: how many times the bound doubles, one more
+   * each time the heap took memory again sooner than the bound after a
+   * return (purge_prompt_took_slow) */
+  uint8_t prompt_backoff;
   segment_t *large_segs; /* first-class: its live large blocks (medium_lock) */
   /* page_sweep_empty (page.c), owner only: when it looks next (ms), and the
    * classes whose one page it found empty when it last looked */
@@ -582,21 +586,13 @@ static ALWAYS_INLINE bool purge_prompt_medium_due(heap_t *h, size_t idle) {
 }
 #define PROMPT_OPEN 1u
 #define PROMPT_REFUSED 2u
-/* The heap takes memory: a prompt return's episode ends (purge.c); and
- * after a look the rate bound refused, the marks fall back to the floor,
- * so that the heap's next emptying is looked at, not only one that frees
- * a step more than the refused one had. */
+INTERNAL void purge_prompt_took_slow(heap_t *h, uint32_t st);
+/* The heap takes memory: a prompt return's episode ends, or a look the
+ * bound refused has to be made again (purge.c). */
 static ALWAYS_INLINE void purge_prompt_took(heap_t *h) {
   uint32_t st = atomic_load_explicit(&h->prompt_state, memory_order_relaxed);
-  if (unlikely(st & (PROMPT_OPEN | PROMPT_REFUSED))) {
-    if (st & PROMPT_REFUSED) {
-      atomic_store_explicit(&h->prompt_small, 0, memory_order_relaxed);
-      atomic_store_explicit(&h->prompt_medium, 0, memory_order_relaxed);
-    }
-    atomic_store_explicit(&h->prompt_state,
-                          st & ~(PROMPT_OPEN | PROMPT_REFUSED),
-                          memory_order_relaxed);
-  }
+  if (unlikely(st & (PROMPT_OPEN | PROMPT_REFUSED)))
+    purge_prompt_took_slow(h, st);
 }
 /* Start the purge thread if it is wanted; call only where allot holds no
  * lock, since pthread_create allocates. */

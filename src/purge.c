@@ -162,7 +162,8 @@ void purge_maybe_start(void) {
  * PROMPT_MIN -- the owner gives the free memory back at once. Bounds on
  * what that costs a program that frees and allocates again in cycles (which
  * faults the memory in anew after each return): only heaps of PROMPT_MAX
- * free bytes or less, and once a PROMPT_INTERVAL delays at most, unless the
+ * free bytes or less, and once a PROMPT_INTERVAL delays at most (doubled
+ * after a return whose memory the heap took back within it), unless the
  * heap has taken no memory since its last return (the frees that follow in
  * the same episode give back what they free, a PROMPT_STEP at a time). At
  * 32 MiB a second, refaulting costs at most about 2 % of a CPU by the
@@ -187,7 +188,8 @@ void purge_maybe_start(void) {
 #define PROMPT_STEP ((size_t)256 << 10)
 #define PROMPT_MAX ((size_t)32 << 20)
 #define PROMPT_RATIO 4
-#define PROMPT_INTERVAL 20 /* purge delays */
+#define PROMPT_INTERVAL 20   /* purge delays */
+#define PROMPT_BACKOFF_MAX 6 /* the bound doubled: 64 intervals at most */
 
 /* The mark free memory must reach before the next look (KiB, less
  * PROMPT_FLOOR_KIB: internal.h): a step more than now, or gap more if that
@@ -246,7 +248,8 @@ void purge_prompt(heap_t *h) {
   os_unlock(&h->medium_lock);
   free_b += idle;
   uint32_t last = st & ~(PROMPT_OPEN | PROMPT_REFUSED);
-  bool due = (st & PROMPT_OPEN) || !last || (uint32_t)(now - last) >= interval;
+  bool due = (st & PROMPT_OPEN) || !last ||
+             (uint32_t)(now - last) >= interval << h->prompt_backoff;
   bool empty = small_ok && free_b >= PROMPT_MIN && free_b <= PROMPT_MAX &&
                free_b >= PROMPT_RATIO * held;
   if (!empty || !due) {
@@ -273,6 +276,34 @@ void purge_prompt(heap_t *h) {
                         memory_order_relaxed);
   atomic_store_explicit(&h->prompt_small, 0, memory_order_relaxed);
   atomic_store_explicit(&h->prompt_medium, 0, memory_order_relaxed);
+}
+
+/* The heap takes memory (purge_prompt_took). After a look the bound refused,
+ * the marks fall back to the floor, so that the heap's next emptying is
+ * looked at, not only one that frees a step more than the refused one had.
+ * After a return, the first memory it takes says whether the return was
+ * worth its page faults: taken again within the bound, the memory went
+ * back only to be faulted in anew (a program that empties its heap and
+ * fills it again in cycles, as the python workload's rounds do), and the
+ * bound for the next return doubles, up to PROMPT_BACKOFF_MAX times; taken
+ * later, it is one again. */
+void purge_prompt_took_slow(heap_t *h, uint32_t st) {
+  if (st & PROMPT_REFUSED) {
+    atomic_store_explicit(&h->prompt_small, 0, memory_order_relaxed);
+    atomic_store_explicit(&h->prompt_medium, 0, memory_order_relaxed);
+  }
+  if (st & PROMPT_OPEN) {
+    uint32_t now = (uint32_t)os_now_ms() & ~(PROMPT_OPEN | PROMPT_REFUSED),
+             last = st & ~(PROMPT_OPEN | PROMPT_REFUSED);
+    uint64_t bound = (uint64_t)g.purge_delay_ms * PROMPT_INTERVAL
+                     << h->prompt_backoff;
+    if ((uint32_t)(now - last) >= bound)
+      h->prompt_backoff = 0;
+    else if (h->prompt_backoff < PROMPT_BACKOFF_MAX)
+      h->prompt_backoff++;
+  }
+  atomic_store_explicit(&h->prompt_state, st & ~(PROMPT_OPEN | PROMPT_REFUSED),
+                        memory_order_relaxed);
 }
 
 void purge_after_fork_child(void) {

@@ -94,7 +94,8 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
       "ALLOT_PURGE_DELAY=3600000;ALLOT_PURGE_THREAD=0" mem_prompt ${mode})
   endforeach()
   # and a heap that the 20 delays refused looks again at its next emptying
-  # once they have passed (a delay of 50 ms: a pause of 1.2 s)
+  # once they have passed, twice as many of them after a return that it
+  # took back within them (a delay of 50 ms: pauses of 1.2 s)
   allot_mem_add(mem.prompt.again 60
     "ALLOT_PURGE_DELAY=50;ALLOT_PURGE_THREAD=0" mem_prompt again)
   # a class's only page, emptied and left, goes back after a delay or two
