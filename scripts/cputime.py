@@ -6,8 +6,10 @@
 Each round runs PROG once under each library (LD_PRELOAD=LIB; an empty LIB
 is glibc's malloc), in a random order, and reads the child's user + system
 time and ru_maxrss from wait4. Prints the median CPU time of each library
-with its ratio to the first one, the median wall time and peak RSS, and the
-range of the CPU times. The peak RSS is ru_maxrss, which Linux carries
+with its ratio to the first one, the median of its per-round ratios to the
+first one ("paired": each round's runs are close in time, so the machine's
+drifts in speed cancel), the median wall time and peak RSS, and the range
+of the CPU times. The peak RSS is ru_maxrss, which Linux carries
 across fork and exec, so it is at least this script's own (about 10 MB):
 bench/spawn measures small programs' peaks. Standard output of PROG is discarded; a run that
 exits non-zero stops the script. On a shared machine, CPU time moves less
@@ -50,13 +52,15 @@ def main():
         random.shuffle(order)
         for n, lib in order:
             res[n].append(run(prog, lib))
-    base = st.median(r[0] for r in res[libs[0][0]])
+    first = [r[0] for r in res[libs[0][0]]]
+    base = st.median(first)
     for n, _ in libs:
         cpu = [r[0] for r in res[n]]
         m = st.median(cpu)
-        print("%-10s cpu %8.1f ms (%.3fx)  wall %8.1f ms  rss %d kB  "
-              "cpu range %.1f-%.1f" %
-              (n, m, m / base, st.median(r[1] for r in res[n]),
+        paired = st.median(c / f for c, f in zip(cpu, first))
+        print("%-10s cpu %8.1f ms (%.3fx, paired %.3fx)  wall %8.1f ms  "
+              "rss %d kB  cpu range %.1f-%.1f" %
+              (n, m, m / base, paired, st.median(r[1] for r in res[n]),
                st.median(r[2] for r in res[n]), min(cpu), max(cpu)))
 
 
