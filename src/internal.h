@@ -235,10 +235,11 @@ typedef struct heap {
   /* heapapi.c: first-class heaps (allot_heap_new) */
   uint64_t owner;  /* thread_uid() of the one thread that allocates */
   int first_class; /* made by allot_heap_new, not a thread's heap */
-  /* prompt return: the ms (a multiple of 4, 32 bits) of the heap's last,
+  /* prompt return: the ms (a multiple of 8, 32 bits) of the heap's last,
    * | PROMPT_OPEN while it has taken no memory since, | PROMPT_REFUSED once
-   * a look found it nearly empty but too soon for the rate bound (in what
-   * was padding) */
+   * a look found it nearly empty but too soon for the bound, | PROMPT_GAP
+   * while the next look is the one the ratio test asked for (purge.c; in
+   * what was padding) */
   _Atomic uint32_t prompt_state;
   /* prompt return, owner only: how many times the bound doubles, one more
    * each time the heap took memory again sooner than the bound after a
@@ -586,6 +587,8 @@ static ALWAYS_INLINE bool purge_prompt_medium_due(heap_t *h, size_t idle) {
 }
 #define PROMPT_OPEN 1u
 #define PROMPT_REFUSED 2u
+#define PROMPT_GAP 4u
+#define PROMPT_FLAGS (PROMPT_OPEN | PROMPT_REFUSED | PROMPT_GAP)
 INTERNAL void purge_prompt_took_slow(heap_t *h, uint32_t st);
 /* The heap takes memory: a prompt return's episode ends, or a look the
  * bound refused has to be made again (purge.c). */

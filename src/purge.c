@@ -194,8 +194,11 @@ void purge_maybe_start(void) {
 /* The mark free memory must reach before the next look (KiB, less
  * PROMPT_FLOOR_KIB: internal.h): a step more than now, or gap more if that
  * is less (what the heap must still free to pass the ratio test). */
+static size_t prompt_stepsize(size_t now) {
+  return now / 8 > PROMPT_STEP ? now / 8 : PROMPT_STEP;
+}
 static uint32_t prompt_step(size_t now, size_t gap) {
-  size_t step = now / 8 > PROMPT_STEP ? now / 8 : PROMPT_STEP;
+  size_t step = prompt_stepsize(now);
   size_t next = (now + (gap < step ? gap : step)) >> 10;
   next = next > PROMPT_FLOOR_KIB ? next - PROMPT_FLOOR_KIB : 0;
   return next > UINT32_MAX ? UINT32_MAX : (uint32_t)next;
@@ -235,7 +238,7 @@ void purge_prompt(heap_t *h) {
     return;
   }
   if (h != tls_heap) return;
-  uint32_t now = (uint32_t)os_now_ms() & ~(PROMPT_OPEN | PROMPT_REFUSED),
+  uint32_t now = (uint32_t)os_now_ms() & ~PROMPT_FLAGS,
            st = atomic_load_explicit(&h->prompt_state, memory_order_relaxed);
   uint64_t interval = (uint64_t)g.purge_delay_ms * PROMPT_INTERVAL;
   bool may =
@@ -247,22 +250,29 @@ void purge_prompt(heap_t *h) {
   held += h->chunks.used_bytes;
   os_unlock(&h->medium_lock);
   free_b += idle;
-  uint32_t last = st & ~(PROMPT_OPEN | PROMPT_REFUSED);
+  uint32_t last = st & ~PROMPT_FLAGS;
   bool due = (st & PROMPT_OPEN) || !last ||
              (uint32_t)(now - last) >= interval << h->prompt_backoff;
   bool empty = small_ok && free_b >= PROMPT_MIN && free_b <= PROMPT_MAX &&
                free_b >= PROMPT_RATIO * held;
   if (!empty || !due) {
-    if (empty) /* looked at again once it takes memory (purge_prompt_took) */
-      atomic_store_explicit(&h->prompt_state, st | PROMPT_REFUSED,
-                            memory_order_relaxed);
     /* a heap being emptied passes the ratio test after (R * held - free) /
      * (R + 1) more bytes are freed: the next look comes there if that is
      * less than a step, so the frees that end an emptying are not left
-     * without a look (each free adds to free what it takes from held) */
+     * without a look (each free adds to free what it takes from held);
+     * not twice in a row, so that a heap whose free memory goes up and
+     * down near the ratio is not looked at on every free */
     size_t gap = SIZE_MAX;
-    if (small_ok && free_b <= PROMPT_MAX && free_b < PROMPT_RATIO * held)
+    if (small_ok && free_b <= PROMPT_MAX && free_b < PROMPT_RATIO * held &&
+        !(st & PROMPT_GAP))
       gap = (PROMPT_RATIO * held - free_b) / (PROMPT_RATIO + 1) + 1;
+    uint32_t nst = st & ~PROMPT_GAP;
+    if (empty) /* looked at again once it takes memory (purge_prompt_took) */
+      nst |= PROMPT_REFUSED;
+    if (gap < prompt_stepsize(small_now) || gap < prompt_stepsize(idle))
+      nst |= PROMPT_GAP;
+    if (nst != st)
+      atomic_store_explicit(&h->prompt_state, nst, memory_order_relaxed);
     atomic_store_explicit(&h->prompt_small, prompt_step(small_now, gap),
                           memory_order_relaxed);
     atomic_store_explicit(&h->prompt_medium, prompt_step(idle, gap),
@@ -272,7 +282,7 @@ void purge_prompt(heap_t *h) {
   heap_collect_pages(h, false); /* its empty pages, classes' last ones too */
   segment_purge_heap(h, true);
   medium_purge_heap(h, true);
-  atomic_store_explicit(&h->prompt_state, (now ? now : 4) | PROMPT_OPEN,
+  atomic_store_explicit(&h->prompt_state, (now ? now : 8) | PROMPT_OPEN,
                         memory_order_relaxed);
   atomic_store_explicit(&h->prompt_small, 0, memory_order_relaxed);
   atomic_store_explicit(&h->prompt_medium, 0, memory_order_relaxed);
@@ -293,8 +303,8 @@ void purge_prompt_took_slow(heap_t *h, uint32_t st) {
     atomic_store_explicit(&h->prompt_medium, 0, memory_order_relaxed);
   }
   if (st & PROMPT_OPEN) {
-    uint32_t now = (uint32_t)os_now_ms() & ~(PROMPT_OPEN | PROMPT_REFUSED),
-             last = st & ~(PROMPT_OPEN | PROMPT_REFUSED);
+    uint32_t now = (uint32_t)os_now_ms() & ~PROMPT_FLAGS,
+             last = st & ~PROMPT_FLAGS;
     uint64_t bound = (uint64_t)g.purge_delay_ms * PROMPT_INTERVAL
                      << h->prompt_backoff;
     if ((uint32_t)(now - last) >= bound)
