@@ -371,9 +371,8 @@ static NOINLINE void *realloc_small(segment_t *s, void *p, size_t size) {
   return q;
 }
 
-/* Medium, large, zero-size and foreign blocks. */
-static NOINLINE void *realloc_slow(void *p, size_t size) {
-  segment_t *s = segment_of(p);
+/* Medium, large, zero-size and foreign blocks; s is p's segment. */
+static NOINLINE void *realloc_slow(segment_t *s, void *p, size_t size) {
   size_t old, want = size;
   if (seg_kind(s) == SEG_MEDIUM) {
     /* validated and resized under one lock */
@@ -411,7 +410,7 @@ EXPORT void *allot_realloc(void *p, size_t size) {
   unsigned kind = seg_kind(s);
   if (likely(kind == SEG_SMALL)) return realloc_small(s, p, size);
   if (kind == SEG_MEDIUM && hint_fits(p, s, size)) return p;
-  return realloc_slow(p, size);
+  return realloc_slow(s, p, size);
 }
 EXPORT void *allot_reallocarray(void *p, size_t n, size_t size) {
   size_t total;

@@ -191,6 +191,13 @@ void purge_maybe_start(void) {
 #define PROMPT_INTERVAL 20   /* purge delays */
 #define PROMPT_BACKOFF_MAX 6 /* the bound doubled: 64 intervals at most */
 
+/* How long after its last return a heap may return again (ms): the
+ * interval, doubled for each return it took back within the bound
+ * (purge_prompt_took_slow). */
+static uint64_t prompt_bound(const heap_t *h) {
+  return (uint64_t)g.purge_delay_ms * PROMPT_INTERVAL << h->prompt_backoff;
+}
+
 /* The mark free memory must reach before the next look (KiB, less
  * PROMPT_FLOOR_KIB: internal.h): a step more than now, or gap more if that
  * is less (what the heap must still free to pass the ratio test). */
@@ -240,7 +247,6 @@ void purge_prompt(heap_t *h) {
   if (h != tls_heap) return;
   uint32_t now = (uint32_t)os_now_ms() & ~PROMPT_FLAGS,
            st = atomic_load_explicit(&h->prompt_state, memory_order_relaxed);
-  uint64_t interval = (uint64_t)g.purge_delay_ms * PROMPT_INTERVAL;
   bool may =
       __atomic_load_n(&g.prompt_return, __ATOMIC_RELAXED) && !g.slow_mode;
   size_t free_b = 0, held = 0, idle;
@@ -251,8 +257,8 @@ void purge_prompt(heap_t *h) {
   os_unlock(&h->medium_lock);
   free_b += idle;
   uint32_t last = st & ~PROMPT_FLAGS;
-  bool due = (st & PROMPT_OPEN) || !last ||
-             (uint32_t)(now - last) >= interval << h->prompt_backoff;
+  bool due =
+      (st & PROMPT_OPEN) || !last || (uint32_t)(now - last) >= prompt_bound(h);
   bool empty = small_ok && free_b >= PROMPT_MIN && free_b <= PROMPT_MAX &&
                free_b >= PROMPT_RATIO * held;
   if (!empty || !due) {
@@ -305,9 +311,7 @@ void purge_prompt_took_slow(heap_t *h, uint32_t st) {
   if (st & PROMPT_OPEN) {
     uint32_t now = (uint32_t)os_now_ms() & ~PROMPT_FLAGS,
              last = st & ~PROMPT_FLAGS;
-    uint64_t bound = (uint64_t)g.purge_delay_ms * PROMPT_INTERVAL
-                     << h->prompt_backoff;
-    if ((uint32_t)(now - last) >= bound)
+    if ((uint32_t)(now - last) >= prompt_bound(h))
       h->prompt_backoff = 0;
     else if (h->prompt_backoff < PROMPT_BACKOFF_MAX)
       h->prompt_backoff++;
