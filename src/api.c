@@ -524,10 +524,26 @@ EXPORT void *allot_pvalloc(size_t size) {
   return alloc_aligned(page, rounded ? rounded : page);
 }
 
-EXPORT size_t allot_malloc_usable_size(const void *p) {
+static NOINLINE size_t usable_other(const void *p) {
   if (!p) return 0;
   if (unlikely(g.slow_mode)) return checked_usable(p, "malloc_usable_size");
   return usable_size(p, "malloc_usable_size");
+}
+
+/* As free: one byte of the segment map says "small block, default mode",
+ * and the rest (NULL, checked mode, other kinds, foreign) goes out of line.
+ * Programs that keep their own count of memory ask at every malloc and free
+ * (redis's zmalloc: 1.75 M calls in `redis` at 20 000 requests a test, as
+ * many as its mallocs and frees together); the whole function was 42
+ * instructions on a small block, this path is 31. */
+EXPORT size_t allot_malloc_usable_size(const void *p) {
+  segment_t *s = segment_of(p);
+  if (likely(segmap_kind(s) == SEG_SMALL)) {
+    page_t *pg = page_of(s, p);
+    if (unlikely(!small_valid(pg, p))) small_bad(pg, p, "malloc_usable_size");
+    return pg->bsize;
+  }
+  return usable_other(p);
 }
 
 size_t block_usable_size(const void *p, const char *fn) {
