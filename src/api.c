@@ -108,11 +108,11 @@ static NOINLINE void free_big(segment_t *s, void *p, const char *fn) {
 
 /* Validate p as a live small block of page pg. */
 static ALWAYS_INLINE bool small_valid(page_t *pg, const void *p) {
-  uintptr_t off = (uintptr_t)p & (PAGE_SIZE - 1);
-  uint32_t idx = (uint32_t)((off * pg->recip) >> 32);
-  /* capacity may grow under the owner while another thread frees */
-  return likely(idx * (uintptr_t)pg->bsize == off &&
-                idx < __atomic_load_n(&pg->capacity, __ATOMIC_RELAXED) &&
+  uint64_t off = (uintptr_t)p & (PAGE_SIZE - 1);
+  /* a block's start (off a multiple of bsize: page_t.divm), carved (the
+   * bound may grow under the owner while another thread frees), not free */
+  return likely(off * pg->divm < pg->divm &&
+                off < __atomic_load_n(&pg->carved_end, __ATOMIC_RELAXED) &&
                 ((const block_t *)p)->mark != free_mark(p));
 }
 

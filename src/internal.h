@@ -88,6 +88,13 @@ typedef struct page {
    * are any, avail_owner is NULL, and every free of the page's blocks goes
    * to small_free_other, where a sample's is seen */
   _Atomic uint32_t psamples;
+  /* free's test of a block (small_valid), in bytes from the page's start:
+   * capacity * bsize (page_set_capacity keeps both), and ceil(2^64 /
+   * bsize), by which an offset times it is below it exactly when the offset
+   * is a multiple of bsize (Lemire, Kaser and Kurz: one multiply, where the
+   * block index and back took two and the count's compare a third load) */
+  uint32_t carved_end;
+  uint64_t divm;
   /* blocks freed by other threads: the list's head and, in the top 16
    * bits, its length (xfree_head, xfree_count) */
   _Alignas(64) _Atomic uintptr_t xfree;
@@ -100,7 +107,18 @@ typedef struct page {
 } __attribute__((aligned(128))) page_t;
 
 _Static_assert(sizeof(page_t) == 128, "page descriptors are found by a shift");
+_Static_assert(offsetof(page_t, divm) + sizeof(uint64_t) <=
+                   offsetof(page_t, xfree),
+               "free's fields in the owner's cache line");
 enum { Q_NONE, Q_AVAIL, Q_FULL };
+
+/* Blocks carved so far, and free's bound in bytes with it. Other threads
+ * read both without a lock (a block they free was carved before they got
+ * it, by the program's own ordering). */
+static inline void page_set_capacity(page_t *pg, uint32_t n) {
+  __atomic_store_n(&pg->capacity, n, __ATOMIC_RELAXED);
+  __atomic_store_n(&pg->carved_end, n * pg->bsize, __ATOMIC_RELAXED);
+}
 enum { SEG_SMALL = 1, SEG_MEDIUM = 2, SEG_LARGE = 3, SEG_ZERO = 4 };
 /* LARGE_QUARANTINED: freed, waiting in checked mode's quarantine */
 enum { LARGE_LIVE = 1, LARGE_CACHED = 2, LARGE_QUARANTINED = 3 };

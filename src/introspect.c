@@ -1315,8 +1315,12 @@ static void check_page(chk_t *c, heap_t *h, segment_t *s, page_t *pg) {
     return fail(c, "page descriptor has a bad block count", start);
   if (pg->recip != (uint32_t)((((uint64_t)1 << 32) + bsize - 1) / bsize))
     return fail(c, "page descriptor has a bad reciprocal", start);
+  if (pg->divm != UINT64_MAX / bsize + 1)
+    return fail(c, "page descriptor has a bad divisor", start);
   if (pg->capacity > pg->reserved)
     return fail(c, "page carved past its end", start);
+  if (pg->carved_end != pg->capacity * (uint32_t)bsize)
+    return fail(c, "page descriptor's carved bound is not its count's", start);
   if (pg->used > pg->capacity)
     return fail(c, "page counts more blocks in use than it has", start);
   if (atomic_load_explicit(&pg->heap, memory_order_relaxed) != h)

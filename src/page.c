@@ -126,11 +126,12 @@ size_t page_block_index_fault(page_t *pg, const void *p) {
 static void page_init(heap_t *h, page_t *pg, size_t cls) {
   pg->free = NULL;
   pg->used = 0;
-  __atomic_store_n(&pg->capacity, 0, __ATOMIC_RELAXED);
   pg->bsize = class_size[cls];
+  page_set_capacity(pg, 0);
   /* secure mode: the page's last OS page is a guard (see secure.c) */
   pg->reserved = (uint32_t)((PAGE_SIZE - (g.secure ? OS_PAGE : 0)) / pg->bsize);
   pg->recip = (uint32_t)((((uint64_t)1 << 32) + pg->bsize - 1) / pg->bsize);
+  pg->divm = UINT64_MAX / pg->bsize + 1;
   pg->cls = (uint8_t)cls;
   page_set_queue(pg, h, Q_NONE);
   atomic_store_explicit(&pg->full, 0, memory_order_relaxed);
@@ -183,7 +184,7 @@ static ALWAYS_INLINE void extend_blocks(page_t *pg, size_t n) {
     next = link_blocks(first, pg->bsize, 0, n, next);
   }
   pg->free = next;
-  __atomic_store_n(&pg->capacity, pg->capacity + (uint32_t)n, __ATOMIC_RELAXED);
+  page_set_capacity(pg, pg->capacity + (uint32_t)n);
   segment_count_carved(s, n * pg->bsize);
 }
 

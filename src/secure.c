@@ -145,7 +145,7 @@ void secure_page_extend(page_t *pg) {
     next = b;
   }
   pg->free = next;
-  __atomic_store_n(&pg->capacity, pg->capacity + n, __ATOMIC_RELAXED);
+  page_set_capacity(pg, pg->capacity + n);
   segment_count_carved(s, (size_t)n * pg->bsize);
 }
 

@@ -393,7 +393,8 @@ static void page_free_as(heap_t *h, page_t *pg, bool due_now) {
    * the owner has already collected) may still read `full` and `heap`. */
   pg->free = NULL;
   pg->used = pg->reserved = pg->bsize = pg->recip = 0;
-  __atomic_store_n(&pg->capacity, 0, __ATOMIC_RELAXED);
+  pg->divm = 0; /* no offset passes free's test */
+  page_set_capacity(pg, 0);
   pg->cls = 0;
   page_set_queue(pg, NULL, Q_NONE);
   pg->next = pg->prev = NULL;

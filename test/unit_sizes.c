@@ -480,11 +480,54 @@ static void test_first_blocks_spread(void) {
   for (int i = 0; i < N; i++)
     free(p[i]);
 }
+
+/* free's test of a small block (src/api.c, small_valid), seen through
+ * allot_owns, which runs it: in a fresh first-class heap's page of each
+ * class, the one block handed out is owned, no offset inside it is (the
+ * multiple-of-size test), and no other block start of the page is: blocks
+ * carved and free carry the free mark, the rest are not carved yet and
+ * their memory is zero, which only the carved bound rejects. */
+static void test_block_starts(void) {
+  /* debug and secure mode place and size blocks their own way (canaries,
+   * guards, the size asked as the usable size) */
+  if (allot_option_get(ALLOT_OPTION_DEBUG) ||
+      allot_option_get(ALLOT_OPTION_SECURE))
+    return;
+  for (size_t size = 16; size <= 8192;) {
+    allot_heap_t *h = allot_heap_new();
+    CHECK(h != NULL, "allot_heap_new");
+    if (!h) return;
+    uint8_t *p = allot_heap_malloc(h, size);
+    CHECK(p != NULL, "allot_heap_malloc(%zu)", size);
+    if (!p) return;
+    size_t bsize = allot_malloc_usable_size(p);
+    uint8_t *page = (uint8_t *)((uintptr_t)p & ~(uintptr_t)0xffff);
+    CHECK(allot_owns(p), "class %zu: its block %p is not owned", bsize,
+          (void *)p);
+    int bad = 0;
+    for (size_t off = 1; off < bsize && bad < 3; off++)
+      if (allot_owns(p + off)) {
+        CHECK(0, "class %zu: interior pointer p + %zu owned", bsize, off);
+        bad++;
+      }
+    for (size_t k = 0; (k + 1) * bsize <= 65536 && bad < 3; k++) {
+      uint8_t *q = page + k * bsize;
+      if (q != p && allot_owns(q)) {
+        CHECK(0, "class %zu: block %zu of the page, not handed out, owned",
+              bsize, k);
+        bad++;
+      }
+    }
+    allot_heap_destroy(h);
+    size = bsize + 1;
+  }
+}
 #endif
 
 int main(void) {
 #ifdef TEST_ALLOT
   test_first_blocks_spread();
+  test_block_starts();
 #endif
   test_many();
   test_aligned();
