@@ -38,6 +38,8 @@ foreach(t heap walk check stats options fixed)
   allot_api_test(test_api_${t})
   allot_api_add(api.${t} "api;prefixed" test_api_${t})
 endforeach()
+# test_api_check corrupts a page descriptor, whose layout is internal
+target_include_directories(test_api_check PRIVATE ${PROJECT_SOURCE_DIR}/src)
 
 # The same through the checked path: statistics mode counts every call,
 # debug and secure mode add trailers and a quarantine.

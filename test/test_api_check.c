@@ -16,6 +16,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "internal.h" /* the page descriptor's layout (src/) */
+
 static char report[512];
 
 static int corrupt_found(const char *expect) {
@@ -99,6 +101,28 @@ static void test_headers(void) {
   CHECK(allot_check_report(report, sizeof report) == 0, "restored: %s", report);
   allot_free(big);
   allot_free(s);
+}
+
+/* free's two numbers in a small page's descriptor (page_t.divm,
+ * carved_end): a stray write there would make free accept an interior
+ * pointer or an uncarved block, so the check compares them with the block
+ * size and the carved count. */
+static void test_descriptor(void) {
+  void *p = allot_malloc(100);
+  segment_t *s = (segment_t *)((uintptr_t)p & ~(uintptr_t)SEG_MASK);
+  page_t *pg = &s->pages[((uintptr_t)p >> PAGE_SHIFT) & (PAGES_PER_SEG - 1)];
+  CHECK(allot_check_report(report, sizeof report) == 0, "before: %s", report);
+  flip(&pg->divm, 2);
+  CHECK(corrupt_found("bad divisor"), "page_t.divm");
+  flip(&pg->divm, 2);
+  uint32_t end = pg->carved_end;
+  pg->carved_end = end + (uint32_t)pg->bsize;
+  __asm__ volatile("" : : "r"(pg) : "memory");
+  CHECK(corrupt_found("carved bound"), "page_t.carved_end");
+  pg->carved_end = end;
+  __asm__ volatile("" : : "r"(pg) : "memory");
+  CHECK(allot_check_report(report, sizeof report) == 0, "restored: %s", report);
+  allot_free(p);
 }
 
 static void check_to_stderr(void *arg) {
@@ -220,6 +244,7 @@ int main(void) {
   test_medium_tags();
   test_small_lists();
   test_headers();
+  test_descriptor();
   test_stderr_line();
   test_fixed();
   test_busy();
