@@ -51,7 +51,7 @@ def t_help(opts, c):
     r = run(opts, "bench", "--help")
     c.check(r.returncode == 0, "allot bench --help exits 0", r.stderr)
     for opt in ("--quick", "--reps", "--only", "--allocators", "--reference",
-                "--out", "--install-peers", "--lib", "--list"):
+                "--out", "--install-peers", "--lib", "--list", "--pin"):
         c.check(opt in r.stdout, "allot bench --help documents " + opt)
     r = run(opts, "run", "--help")
     c.check(r.returncode == 0 and "LD_PRELOAD" in r.stdout,
@@ -197,6 +197,11 @@ def t_quick(opts, c):
             row["workload"] == "sqlite" for row in rows
             if row["status"] == "skipped"),
                 "runs.csv has one row per run", str(len(runs)))
+        if len(os.sched_getaffinity(0)) > 1:
+            cpu = str(min(os.sched_getaffinity(0)))
+            c.check(all(row["cpu"] == cpu for row in runs),
+                    "the single-threaded workloads' first round is pinned "
+                    "to the first CPU (--pin auto)", repr(runs))
 
 
 def t_broken(opts, c):
@@ -257,6 +262,44 @@ def t_program(opts, c):
                 "--out", out, *common(opts), "--", "/nonexistent/prog")
         c.check("no such program" in r.stderr, "a missing program is named",
                 r.stderr)
+        pin_checks(opts, c, out)
+
+
+def pin_checks(opts, c, out):
+    """--pin: the program reports the CPUs it may run on, run by run."""
+    cpus = sorted(os.sched_getaffinity(0))
+    with open("/proc/self/status") as f:
+        mine = [l.split(":", 1)[1].strip() for l in f
+                if l.startswith("Cpus_allowed_list")][0]
+    allocs = ["glibc"] + (["allot"] if opts.lib else [])
+    seen = os.path.join(out, "cpus.txt")
+    prog = ["sh", "-c", "grep Cpus_allowed_list /proc/self/status >> " + seen]
+    for mode in ("rounds", "off", "auto"):
+        if os.path.exists(seen):
+            os.unlink(seen)
+        r = run(opts, "bench", "--reps", "3", "--allocators",
+                ",".join(allocs), "--pin", mode, "--out", out, *common(opts),
+                "--", *prog)
+        c.check(r.returncode == 0, "--pin %s: the run exits 0" % mode,
+                r.stderr)
+        try:
+            with open(seen) as f:
+                got = [l.split(":", 1)[1].strip() for l in f]
+        except OSError:
+            got = []
+        col = [row["cpu"] for row in read_csv(os.path.join(out, "runs.csv"))]
+        c.check(len(got) == 3 * len(allocs), "--pin %s: every run reported"
+                % mode, repr(got))
+        if mode != "rounds" or len(cpus) < 2:
+            c.check(all(g == mine for g in got) and all(x == "" for x in col),
+                    "--pin %s: a program after -- is not pinned" % mode,
+                    repr((mine, got, col)))
+            continue
+        want = [str(cpus[k % len(cpus)]) for k in range(3) for _ in allocs]
+        c.check(got == want, "--pin rounds: every run of a round on one "
+                "CPU, the CPUs in turn", repr(got))
+        c.check(sorted(col) == sorted(want), "runs.csv names each run's CPU",
+                repr(col))
 
 
 def t_run(opts, c):
