@@ -90,7 +90,7 @@ static COLD NOINLINE void bad_pointer(const void *p, const char *fn) {
 }
 
 static COLD NOINLINE void small_bad(page_t *pg, const void *p, const char *fn) {
-  if (pg->bsize == 0 || page_block_index_fault(pg, p) == SIZE_MAX)
+  if (!page_is_block(pg, p))
     fault(fn, "invalid pointer (not the start of a block)", p);
   fault(fn, "double free", p);
 }
@@ -108,11 +108,7 @@ static NOINLINE void free_big(segment_t *s, void *p, const char *fn) {
 
 /* Validate p as a live small block of page pg. */
 static ALWAYS_INLINE bool small_valid(page_t *pg, const void *p) {
-  uint64_t off = (uintptr_t)p & (PAGE_SIZE - 1);
-  /* a block's start (off a multiple of bsize: page_t.divm), carved (the
-   * bound may grow under the owner while another thread frees), not free */
-  return likely(off * pg->divm < pg->divm &&
-                off < __atomic_load_n(&pg->carved_end, __ATOMIC_RELAXED) &&
+  return likely(page_is_block(pg, p) &&
                 ((const block_t *)p)->mark != free_mark(p));
 }
 

@@ -438,7 +438,7 @@ static void *prepare(void *p, size_t size, size_t u, bool zero, int fam) {
   bool large = is_large(p);
   if (cf.zero && segment_of(p)->kind == SEG_SMALL) {
     /* a link overwritten within its page would hand out a non-block */
-    if (page_block_index_fault(page_of(segment_of(p), p), p) == SIZE_MAX)
+    if (!page_is_block(page_of(segment_of(p), p), p))
       fault("malloc", "corrupted free list", p);
     if (!zero_from(p, 16, u))
       fault("malloc", "write after free (a free block was changed)", p);
@@ -1477,8 +1477,7 @@ static void walk_small_segment(walk_t *w, segment_t *s) {
     }
     for (block_t *b = head; b; b = link_decode(b->next, b)) {
       if ((uint8_t *)b < start || (uint8_t *)b >= start + PAGE_SIZE ||
-          page_block_index_fault(pg, b) == SIZE_MAX ||
-          b->mark != free_mark(b)) {
+          !page_is_block(pg, b) || b->mark != free_mark(b)) {
         problem(w, "corrupted free list", b);
         break;
       }

@@ -75,7 +75,6 @@ typedef struct page {
   uint32_t capacity;           /* blocks carved so far */
   uint32_t reserved;           /* blocks the page can hold */
   uint32_t bsize;              /* block size; 0 when the page is not in use */
-  uint32_t recip;              /* ceil(2^32 / bsize): block index by multiply */
   uint8_t cls;
   uint8_t queue;    /* which heap list holds it: Q_AVAIL, Q_FULL */
   uint8_t dirty;    /* free, but memory not yet given back */
@@ -88,11 +87,12 @@ typedef struct page {
    * are any, avail_owner is NULL, and every free of the page's blocks goes
    * to small_free_other, where a sample's is seen */
   _Atomic uint32_t psamples;
-  /* free's test of a block (small_valid), in bytes from the page's start:
-   * capacity * bsize (page_set_capacity keeps both), and ceil(2^64 /
+  /* the test of a block start (page_is_block), in bytes from the page's
+   * start: capacity * bsize (page_set_capacity keeps both), and ceil(2^64 /
    * bsize), by which an offset times it is below it exactly when the offset
    * is a multiple of bsize (Lemire, Kaser and Kurz: one multiply, where the
-   * block index and back took two and the count's compare a third load) */
+   * block index and back took two and the count's compare a third load);
+   * 0 while the page is not in use, which no offset passes */
   uint32_t carved_end;
   uint64_t divm;
   /* blocks freed by other threads: the list's head and, in the top 16
@@ -118,6 +118,14 @@ enum { Q_NONE, Q_AVAIL, Q_FULL };
 static inline void page_set_capacity(page_t *pg, uint32_t n) {
   __atomic_store_n(&pg->capacity, n, __ATOMIC_RELAXED);
   __atomic_store_n(&pg->carved_end, n * pg->bsize, __ATOMIC_RELAXED);
+}
+/* Whether p is the start of a carved block of page pg (free or not): free's
+ * test (small_valid), and the free lists' checks. The bound may grow under
+ * the owner while another thread frees. */
+static ALWAYS_INLINE bool page_is_block(const page_t *pg, const void *p) {
+  uint64_t off = (uintptr_t)p & (PAGE_SIZE - 1);
+  return off * pg->divm < pg->divm &&
+         off < __atomic_load_n(&pg->carved_end, __ATOMIC_RELAXED);
 }
 enum { SEG_SMALL = 1, SEG_MEDIUM = 2, SEG_LARGE = 3, SEG_ZERO = 4 };
 /* LARGE_QUARANTINED: freed, waiting in checked mode's quarantine */
@@ -554,7 +562,6 @@ INTERNAL void heap_absorb(heap_t *into, heap_t *from);
 INTERNAL void heap_adopt_pages(heap_t *h);
 INTERNAL uint64_t page_reclaim_heap(heap_t *h, uint64_t now);
 INTERNAL void page_reclaim_locked(heap_t *h);
-INTERNAL size_t page_block_index_fault(page_t *pg, const void *p);
 
 /* ---- large.c ---------------------------------------------------------- */
 INTERNAL void *large_malloc(size_t size, size_t align, bool zero);

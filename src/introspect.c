@@ -1287,7 +1287,7 @@ static size_t check_list(chk_t *c, page_t *pg, uint8_t *start, block_t *b,
   const void *from = start;
   while (b && !c->what) {
     if ((uint8_t *)b < start || (uint8_t *)b >= start + PAGE_SIZE ||
-        page_block_index_fault(pg, b) == SIZE_MAX) {
+        !page_is_block(pg, b)) {
       fail(c, bad_link, from);
       break;
     }
@@ -1313,8 +1313,6 @@ static void check_page(chk_t *c, heap_t *h, segment_t *s, page_t *pg) {
     return fail(c, "page descriptor has a bad size class", start);
   if (pg->reserved == 0 || (size_t)pg->reserved * bsize > PAGE_SIZE)
     return fail(c, "page descriptor has a bad block count", start);
-  if (pg->recip != (uint32_t)((((uint64_t)1 << 32) + bsize - 1) / bsize))
-    return fail(c, "page descriptor has a bad reciprocal", start);
   if (pg->divm != UINT64_MAX / bsize + 1)
     return fail(c, "page descriptor has a bad divisor", start);
   if (pg->capacity > pg->reserved)

@@ -115,14 +115,6 @@ INTERNAL page_t empty_page; /* free == NULL: sends the fast path here */
 
 /* ---- blocks ---------------------------------------------------------- */
 
-/* Index of block p in its page, or fault if p is not a block start. */
-size_t page_block_index_fault(page_t *pg, const void *p) {
-  uintptr_t off = (uintptr_t)p & (PAGE_SIZE - 1);
-  uint32_t idx = (uint32_t)((off * pg->recip) >> 32);
-  if (idx * (uintptr_t)pg->bsize != off || idx >= pg->capacity) return SIZE_MAX;
-  return idx;
-}
-
 static void page_init(heap_t *h, page_t *pg, size_t cls) {
   pg->free = NULL;
   pg->used = 0;
@@ -130,7 +122,6 @@ static void page_init(heap_t *h, page_t *pg, size_t cls) {
   page_set_capacity(pg, 0);
   /* secure mode: the page's last OS page is a guard (see secure.c) */
   pg->reserved = (uint32_t)((PAGE_SIZE - (g.secure ? OS_PAGE : 0)) / pg->bsize);
-  pg->recip = (uint32_t)((((uint64_t)1 << 32) + pg->bsize - 1) / pg->bsize);
   pg->divm = UINT64_MAX / pg->bsize + 1;
   pg->cls = (uint8_t)cls;
   page_set_queue(pg, h, Q_NONE);
@@ -202,7 +193,7 @@ static void check_block(page_t *pg, block_t *b, const char *what) {
   segment_t *s = segment_of(pg);
   uint8_t *start = page_start(s, pg);
   if ((uint8_t *)b < start || (uint8_t *)b >= start + PAGE_SIZE ||
-      page_block_index_fault(pg, b) == SIZE_MAX)
+      !page_is_block(pg, b))
     fault("malloc", what, b);
 }
 

@@ -193,10 +193,7 @@ void secure_large_unmap(segment_t *s) {
 #define PICK_WINDOW 4
 
 static void check_free_block(page_t *pg, block_t *c, block_t *from) {
-  uintptr_t off = (uintptr_t)c & (PAGE_SIZE - 1);
-  uint32_t idx = (uint32_t)((off * pg->recip) >> 32);
-  if (((uintptr_t)c ^ (uintptr_t)from) >> PAGE_SHIFT ||
-      idx * (uintptr_t)pg->bsize != off || idx >= pg->capacity)
+  if (((uintptr_t)c ^ (uintptr_t)from) >> PAGE_SHIFT || !page_is_block(pg, c))
     fault("malloc", "corrupted free list", from);
   if (c->mark != free_mark(c))
     fault("malloc", "write to a free block (its free mark was overwritten)", c);

@@ -392,7 +392,7 @@ static void page_free_as(heap_t *h, page_t *pg, bool due_now) {
   /* Field by field: a thread that just pushed a block here (and whose push
    * the owner has already collected) may still read `full` and `heap`. */
   pg->free = NULL;
-  pg->used = pg->reserved = pg->bsize = pg->recip = 0;
+  pg->used = pg->reserved = pg->bsize = 0;
   pg->divm = 0; /* no offset passes free's test */
   page_set_capacity(pg, 0);
   pg->cls = 0;
