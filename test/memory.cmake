@@ -135,7 +135,8 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
 
   # the fixed footprint of liballot.so in a small C program: its code
   # resident by tiers, none of the cold code, only the core in a small
-  # single-threaded one; libgcc_s not loaded (mem_footprint.c)
+  # single-threaded one, no medium tier in one whose threads make small
+  # blocks and exit; libgcc_s not loaded (mem_footprint.c)
   # (not in sanitizer builds: their instrumentation is code too, and
   # libubsan loads libgcc_s)
   if(TARGET allot AND NOT ALLOT_SANITIZE)
@@ -149,6 +150,8 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
     allot_mem_add(mem.footprint 60 "${_footprint_env}" mem_footprint)
     allot_mem_add(mem.footprint_small 60 "${_footprint_env}" mem_footprint
       small)
+    allot_mem_add(mem.footprint_threads 60 "${_footprint_env}" mem_footprint
+      threads)
     # ... and, from the symbol table, every function of
     # cmake/hot-functions.txt in its tier, the exit path's too (the budgets
     # are x86-64's: on aarch64 the core tier is 25328 bytes of its 24 KiB;
