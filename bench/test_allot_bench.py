@@ -133,6 +133,7 @@ def t_quick(opts, c):
         return SKIP
     workloads = ["micro-pair", "frag", "sqlite", "logicmin"]
     allocs = ["glibc"] + (["allot"] if opts.lib else [])
+    paired = 1 if opts.lib else 0  # allot against glibc
     with tempfile.TemporaryDirectory() as out:
         r = run(opts, "bench", "--quick", "--reps", "1", "--scale", "0.02",
                 "--only", ",".join(workloads), "--allocators",
@@ -141,8 +142,8 @@ def t_quick(opts, c):
         print(r.stderr)
         c.check(r.returncode == 0, "a tiny quick run exits 0",
                 "exit %d" % r.returncode)
-        for f in ("results.md", "results.csv", "runs.csv", "time.svg",
-                  "rss.svg", "frag-rss.svg"):
+        for f in ("results.md", "results.csv", "runs.csv", "paired.csv",
+                  "time.svg", "rss.svg", "frag-rss.svg"):
             c.check(os.path.isfile(os.path.join(out, f)), "it writes " + f)
         for f in ("time.svg", "rss.svg", "frag-rss.svg"):
             ok, why = svg_ok(os.path.join(out, f))
@@ -177,7 +178,9 @@ def t_quick(opts, c):
             sections = f.read().split("\n## ")
         tables = [sec for sec in sections
                   if sec.startswith(("Time", "Peak RSS"))]
-        c.check(len(tables) == 2, "results.md has a time and an RSS table")
+        c.check(len(tables) == 2 + paired,
+                "results.md has a time and an RSS table%s" % (
+                    ", and the paired table" if paired else ""))
         for sec in tables:
             rows = [l.split("|")[1].strip() for l in sec.splitlines()
                     if l.startswith("| ")][1:]
@@ -186,12 +189,29 @@ def t_quick(opts, c):
                     "run, then geomean" % sec.split(":")[0], repr(rows))
         lines = r.stdout.splitlines()
         for w in workloads + ["geomean"]:
-            c.check(sum(1 for l in lines if l.split()[:1] == [w]) == 2,
-                    "the terminal tables have a row for " + w)
+            c.check(sum(1 for l in lines if l.split()[:1] == [w]) ==
+                    2 + paired, "the terminal tables have a row for " + w)
         header = [l for l in lines if l.startswith("workload")]
-        c.check(len(header) == 2 and header[0].split()[1:] == allocs,
+        c.check(len(header) == 2 + paired and header[0].split()[1:] == allocs,
                 "the terminal tables have a column per allocator",
                 repr(header))
+        pairs = read_csv(os.path.join(out, "paired.csv"))
+        if paired:
+            c.check(header[2].split()[1:] == ["vs", "glibc", "fastest",
+                                              "other", "vs", "fastest"],
+                    "the paired table compares allot with glibc",
+                    repr(header[2]))
+            c.check(sorted(row["workload"] for row in pairs) ==
+                    sorted(workloads) and
+                    all(row["allocator"] == "allot" and
+                        row["other"] == "glibc" and
+                        (row["rounds"] == "1") == (row["time_ratio_paired"]
+                                                   != "") for row in pairs),
+                    "paired.csv: allot against glibc on each workload, a "
+                    "ratio where both ran", repr(pairs))
+        else:
+            c.check(pairs == [], "paired.csv is empty with no allocator "
+                    "under test", repr(pairs))
         runs = read_csv(os.path.join(out, "runs.csv"))
         c.check(len(runs) == len(workloads) * len(allocs) or any(
             row["workload"] == "sqlite" for row in rows
@@ -254,6 +274,19 @@ def t_program(opts, c):
         c.check(all(int(row["rss_median_kib"]) > 0 for row in rows
                     if row["workload"] == "bignum"),
                 "its peak RSS is measured")
+        if opts.lib:
+            runs = read_csv(os.path.join(out, "runs.csv"))
+            t = {(row["allocator"], row["rep"]): float(row["time_s"])
+                 for row in runs}
+            ratios = sorted(t[("allot", k)] / t[("glibc", k)]
+                            for k in ("1", "2"))
+            pairs = read_csv(os.path.join(out, "paired.csv"))
+            got = float(pairs[0]["time_ratio_paired"]) if pairs else 0
+            want = (ratios[0] + ratios[1]) / 2
+            c.check(len(pairs) == 1 and pairs[0]["rounds"] == "2" and
+                    abs(got - want) <= 1e-4 * want + 1e-4,
+                    "paired.csv: the median of the two rounds' time ratios",
+                    repr((pairs, ratios)))
         r = run(opts, "bench", "--reps", "1", "--allocators", "glibc",
                 "--out", out, *common(opts), "--", "false")
         c.check(r.returncode == 1, "a program that fails makes allot bench "
