@@ -284,7 +284,7 @@ static void destroy_now(heap_t *h) {
     /* pages in use go back purged, like the free ones */
     for (size_t i = 1; i < PAGES_PER_SEG; i++) {
       if (s->pages[i].bsize && !s->pages[i].dirty) {
-        s->pages[i].dirty = 1;
+        segment_page_dirty(s, &s->pages[i]);
         h->dirty_pages++;
       }
     }

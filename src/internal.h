@@ -144,6 +144,12 @@ typedef struct segment {
   struct segment *hnext, *hprev; /* owner heap's list of its segments */
   /* small */
   uint64_t free_pages; /* bit i: page i not in use */
+  /* bit i: page i is free and dirty (pages[i].dirty), under the owner's
+   * seg_lock: the purge pass and the segment's release visit these pages
+   * without reading the other descriptors, most of which lie on header
+   * pages a small heap never writes (a read alone can make one resident:
+   * docs/memory.md, session 23) */
+  uint64_t dirty_mask;
   uint32_t pages_used;
   /* for prompt return (purge.c): bytes carved in its pages, added by the
    * owner as it carves (segment_count_carved), less uncarved, those of its
@@ -791,6 +797,12 @@ static ALWAYS_INLINE unsigned seg_kind(const void *seg) {
 }
 static ALWAYS_INLINE uint8_t *page_start(const segment_t *s, const page_t *pg) {
   return (uint8_t *)s + ((size_t)(pg - s->pages) << PAGE_SHIFT);
+}
+/* pg, a free page of s, holds memory not yet purged (under the owner's
+ * seg_lock). */
+static inline void segment_page_dirty(segment_t *s, page_t *pg) {
+  pg->dirty = 1;
+  s->dirty_mask |= (uint64_t)1 << (pg - s->pages);
 }
 /* p's page descriptor in its small segment s: page_t is 128 bytes, so its
  * offset in the array is p's page bits moved down by PAGE_SHIFT - 7 (one

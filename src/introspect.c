@@ -1425,7 +1425,7 @@ static void check_small(chk_t *c, heap_t *h, bool whole) {
       fail(c, "segment list back link wrong", s->hnext);
       break;
     }
-    uint64_t freebits = s->free_pages;
+    uint64_t freebits = s->free_pages, dirtybits = 0;
     size_t used_pages = 0, dirty_bytes = 0, carved = 0;
     if (freebits & 1) fail(c, "segment header page marked free", s);
     for (size_t i = 1; i < PAGES_PER_SEG && !c->what; i++) {
@@ -1434,6 +1434,7 @@ static void check_small(chk_t *c, heap_t *h, bool whole) {
       carved += is_free ? 0 : (size_t)LOAD(pg->capacity) * pg->bsize;
       if (is_free) {
         dirty += pg->dirty;
+        dirtybits |= (uint64_t)pg->dirty << i;
         dirty_bytes += pg->dirty ? pg->touched : 0;
         if (whole && pg->bsize)
           fail(c, "free page has a size class", page_start(s, pg));
@@ -1446,6 +1447,8 @@ static void check_small(chk_t *c, heap_t *h, bool whole) {
       fail(c, "segment's count of pages in use is wrong", s);
     if (!c->what && dirty_bytes != s->dirty_bytes)
       fail(c, "segment's count of unpurged free bytes is wrong", s);
+    if (!c->what && dirtybits != s->dirty_mask)
+      fail(c, "segment's bits of unpurged free pages are wrong", s);
     /* the owner carves (and counts) without a lock: only its own check */
     if (!c->what && whole &&
         carved != atomic_load_explicit(&s->carved, memory_order_relaxed) -
@@ -1455,6 +1458,14 @@ static void check_small(chk_t *c, heap_t *h, bool whole) {
   }
   if (!c->what && dirty != h->dirty_pages)
     fail(c, "heap's count of unpurged free pages is wrong", h);
+  /* a class's bit stands for its list where a list would be read only to
+   * find it empty (segment_page_alloc_locked, segment_move_all) */
+  uint64_t bits = atomic_load_explicit(&h->dirty_classes, memory_order_relaxed);
+  for (size_t cls = 0; cls < 64 && !c->what; cls++)
+    if ((bits >> cls & 1) !=
+        (cls && cls < NCLASSES && h->dirty_free[cls].first))
+      fail(c, "heap's bits of classes with free pages disagree with its lists",
+           h);
   os_unlock(&h->seg_lock);
   if (!c->what && whole) check_page_lists(c, h, pages_in_use, nsegs);
   if (whole) os_unlock(&h->page_lock);

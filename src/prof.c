@@ -1832,6 +1832,9 @@ static NOINLINE void prof_write(void) {
  * it is in the core tier of the code (cmake/hot-functions.txt), the
  * writing (6 KiB) with the cold code. */
 static __attribute__((destructor)) void prof_finish(void) {
-  if (!atomic_load_explicit(&ready, memory_order_acquire) || !g.prof) return;
+  /* g.prof first: every process runs this, and `ready` lies on a page of
+   * the profiler's own that a read alone makes resident where the kernel
+   * maps no zero page for it (docs/memory.md, session 23) */
+  if (!g.prof || !atomic_load_explicit(&ready, memory_order_acquire)) return;
   prof_write();
 }

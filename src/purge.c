@@ -253,7 +253,10 @@ void purge_prompt(heap_t *h) {
   bool small_ok = may && prompt_small_bytes(h, &free_b, &held);
   os_lock(&h->medium_lock);
   idle = h->medium_idle;
-  held += h->chunks.used_bytes;
+  /* a heap with no medium region has no medium block, and its chunk heap
+   * lies on a page it has not touched (a read alone can make it resident:
+   * docs/memory.md, session 23) */
+  if (h->medium_segs) held += h->chunks.used_bytes;
   os_unlock(&h->medium_lock);
   free_b += idle;
   uint32_t last = st & ~PROMPT_FLAGS;

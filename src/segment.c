@@ -127,9 +127,11 @@ static void dirty_unlink(heap_t *h, page_t *pg) {
 }
 /* A dirty page stops being dirty: purged, or taken for blocks. */
 static void page_clean(heap_t *h, page_t *pg) {
+  segment_t *s = segment_of(pg);
   dirty_unlink(h, pg);
   pg->dirty = 0;
-  segment_of(pg)->dirty_bytes -= pg->touched;
+  s->dirty_mask &= ~((uint64_t)1 << (pg - s->pages));
+  s->dirty_bytes -= pg->touched;
   h->dirty_pages--;
 }
 
@@ -175,19 +177,11 @@ void segment_free(segment_t *s) {
   if (s->kind == SEG_SMALL) {
     heap_seg_remove(&h->segs, s);
     /* purge the dirty runs of pages, coalesced into as few calls as possible */
-    size_t i = 1;
-    while (i < PAGES_PER_SEG) {
-      if (!s->pages[i].dirty) {
-        i++;
-        continue;
-      }
-      size_t j = i;
-      while (j < PAGES_PER_SEG && s->pages[j].dirty) {
-        page_clean(h, &s->pages[j]);
-        j++;
-      }
+    while (s->dirty_mask) {
+      size_t i = (size_t)__builtin_ctzll(s->dirty_mask), j = i;
+      while (j < PAGES_PER_SEG && (s->dirty_mask >> j & 1))
+        page_clean(h, &s->pages[j++]);
       os_purge((uint8_t *)s + i * PAGE_SIZE, (j - i) * PAGE_SIZE);
-      i = j;
     }
   } else {
     heap_seg_remove(&h->medium_segs, s);
@@ -253,10 +247,11 @@ static segment_t *segment_steal(heap_t *h, size_t *dirty_out) {
     if (s) {
       heap_seg_remove(&x->segs, s);
       size_t dirty = 0;
-      for (size_t i = 1; i < PAGES_PER_SEG; i++) {
-        page_t *pg = &s->pages[i];
+      /* the dirty pages are the ones on x's lists */
+      for (uint64_t m = s->dirty_mask; m; m &= m - 1) {
+        page_t *pg = &s->pages[__builtin_ctzll(m)];
         size_t cls = pg->last_cls;
-        dirty += pg->dirty;
+        dirty++;
         /* off x's lists; segment_page_alloc puts it on h's */
         dirty_unlink(x, pg);
         pg->last_cls = (uint8_t)cls;
@@ -286,8 +281,8 @@ page_t *segment_page_alloc(heap_t *h, size_t cls) {
   if (stolen) {
     atomic_store_explicit(&stolen->heap, h, memory_order_release);
     heap_seg_push(&h->segs, stolen);
-    for (size_t i = 1; i < PAGES_PER_SEG; i++) {
-      page_t *sp = &stolen->pages[i];
+    for (uint64_t m = stolen->dirty_mask; m; m &= m - 1) {
+      page_t *sp = &stolen->pages[__builtin_ctzll(m)];
       size_t c = sp->last_cls;
       if (c) dirty_push(h, sp, c);
     }
@@ -311,7 +306,13 @@ page_t *segment_page_alloc(heap_t *h, size_t cls) {
  * nearly all fully resident, a few blocks in use in most (38-41 MiB peak
  * RSS against 28 MiB, threadchurn 10.2 against 6.8 MiB). */
 static page_t *segment_page_alloc_locked(heap_t *h, size_t cls, bool may_map) {
-  page_t *pg = h->dirty_free[cls].first;
+  /* the bit, not the list: dirty_free runs onto the heap's second page,
+   * which a thread with no free page never needs (a read alone can make it
+   * resident: docs/memory.md, session 23) */
+  page_t *pg =
+      atomic_load_explicit(&h->dirty_classes, memory_order_relaxed) >> cls & 1
+          ? h->dirty_free[cls].first
+          : NULL;
   segment_t *s;
   unsigned i;
   if (pg) {
@@ -366,9 +367,7 @@ static page_t *segment_page_alloc_locked(heap_t *h, size_t cls, bool may_map) {
 /* Under the owner's seg_lock: an empty segment whose pages are all purged
  * goes back, unless it is the heap's only one. */
 static void segment_free_if_clean(segment_t *s) {
-  if (s->pages_used || !(s->hnext || s->hprev)) return;
-  for (size_t i = 1; i < PAGES_PER_SEG; i++)
-    if (s->pages[i].dirty) return;
+  if (s->pages_used || !(s->hnext || s->hprev) || s->dirty_mask) return;
   segment_free(s);
 }
 
@@ -402,7 +401,7 @@ static void page_free_as(heap_t *h, page_t *pg, bool due_now) {
   atomic_store_explicit(&pg->xfree, 0, memory_order_relaxed);
   atomic_store_explicit(&pg->heap, NULL, memory_order_release);
   bool first = false, want = false;
-  pg->dirty = 1;
+  segment_page_dirty(s, pg);
   s->dirty_bytes += pg->touched;
   dirty_push(h, pg, cls);
   if (due_now) {
@@ -473,9 +472,13 @@ void segment_move_all(heap_t *into, heap_t *from) {
     if (into->segs) into->segs->hprev = s;
     into->segs = s;
   }
-  for (size_t cls = 1; cls < NCLASSES; cls++) {
+  /* the classes whose lists hold pages, by the bits: the lists' other
+   * entries may lie on a page neither heap has touched */
+  for (uint64_t bits =
+           atomic_load_explicit(&from->dirty_classes, memory_order_relaxed);
+       bits; bits &= bits - 1) {
+    size_t cls = (size_t)__builtin_ctzll(bits);
     page_list_t *f = &from->dirty_free[cls], *t = &into->dirty_free[cls];
-    if (!f->first) continue;
     f->last->next = t->first;
     if (t->first)
       t->first->prev = f->last;
@@ -525,16 +528,15 @@ uint64_t segment_purge_heap(heap_t *h, bool force) {
   segment_t *next_seg;
   for (segment_t *s = h->segs; s; s = next_seg) {
     next_seg = s->hnext;
-    uint64_t mask = s->free_pages;
+    uint64_t mask = s->dirty_mask;
     while (mask) {
       unsigned i = (unsigned)__builtin_ctzll(mask);
       mask &= mask - 1;
       page_t *pg = &s->pages[i];
-      if (!pg->dirty) continue;
       if (force || now >= pg->freed_at + delay) {
         /* extend over the following dirty free pages */
         unsigned j = i + 1;
-        while (j < PAGES_PER_SEG && ((mask >> j) & 1) && s->pages[j].dirty &&
+        while (j < PAGES_PER_SEG && ((mask >> j) & 1) &&
                (force || now >= s->pages[j].freed_at + delay))
           j++;
         for (unsigned k = i; k < j; k++) {

@@ -125,6 +125,34 @@ static void test_descriptor(void) {
   allot_free(p);
 }
 
+/* The heap's bits of classes with free pages (heap_t.dirty_classes): a
+ * new page is looked for on a class's list of free pages only when its bit
+ * is set, so the check holds each bit to its list; the same for a
+ * segment's bits of its free pages not yet purged. */
+static void test_dirty_bits(void) {
+  void *p = allot_malloc(100);
+  segment_t *s = (segment_t *)((uintptr_t)p & ~(uintptr_t)SEG_MASK);
+  heap_t *h = atomic_load(&s->heap);
+  CHECK(allot_check_report(report, sizeof report) == 0, "before: %s", report);
+  uint64_t bit = (uint64_t)1 << (NCLASSES - 1),
+           was = atomic_load(&h->dirty_classes);
+  CHECK(!(was & bit) && !h->dirty_free[NCLASSES - 1].first,
+        "the last class has no free page");
+  atomic_fetch_xor(&h->dirty_classes, bit);
+  CHECK(corrupt_found("classes with free pages"), "heap_t.dirty_classes");
+  atomic_fetch_xor(&h->dirty_classes, bit);
+  CHECK(allot_check_report(report, sizeof report) == 0, "restored: %s", report);
+  /* and the segment's bits of its dirty free pages (segment_t.dirty_mask),
+   * by which the purge pass finds them: the last page is not one */
+  uint64_t last = (uint64_t)1 << (PAGES_PER_SEG - 1);
+  CHECK(!(s->dirty_mask & last), "the segment's last page is not dirty");
+  flip(&s->dirty_mask, last);
+  CHECK(corrupt_found("unpurged free pages"), "segment_t.dirty_mask");
+  flip(&s->dirty_mask, last);
+  CHECK(allot_check_report(report, sizeof report) == 0, "restored: %s", report);
+  allot_free(p);
+}
+
 static void check_to_stderr(void *arg) {
   (void)arg;
   char *q = allot_malloc(20000);
@@ -245,6 +273,7 @@ int main(void) {
   test_small_lists();
   test_headers();
   test_descriptor();
+  test_dirty_bits();
   test_stderr_line();
   test_fixed();
   test_busy();
