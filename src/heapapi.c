@@ -283,7 +283,7 @@ static void destroy_now(heap_t *h) {
     segment_t *s = h->segs;
     /* pages in use go back purged, like the free ones */
     for (size_t i = 1; i < PAGES_PER_SEG; i++) {
-      if (s->pages[i].bsize && !s->pages[i].dirty) {
+      if (s->pages[i].bsize && !segment_page_is_dirty(s, &s->pages[i])) {
         segment_page_dirty(s, &s->pages[i]);
         h->dirty_pages++;
       }

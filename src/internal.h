@@ -77,7 +77,6 @@ typedef struct page {
   uint32_t bsize;              /* block size; 0 when the page is not in use */
   uint8_t cls;
   uint8_t queue;    /* which heap list holds it: Q_AVAIL, Q_FULL */
-  uint8_t dirty;    /* free, but memory not yet given back */
   uint8_t last_cls; /* dirty: the class it held, on its heap's dirty_free */
   /* the owner while the page is on its available list, else NULL: free's
    * fast path compares it with the thread's heap, one test for "mine, and
@@ -144,11 +143,12 @@ typedef struct segment {
   struct segment *hnext, *hprev; /* owner heap's list of its segments */
   /* small */
   uint64_t free_pages; /* bit i: page i not in use */
-  /* bit i: page i is free and dirty (pages[i].dirty), under the owner's
-   * seg_lock: the purge pass and the segment's release visit these pages
-   * without reading the other descriptors, most of which lie on header
-   * pages a small heap never writes (a read alone can make one resident:
-   * docs/memory.md, session 23) */
+  /* bit i: page i is free but its memory not yet given back ("dirty"),
+   * under the owner's seg_lock; kept here, not in the descriptors, so the
+   * purge pass and the segment's release visit these pages without reading
+   * the others, most of which lie on header pages a small heap never
+   * writes (a read alone can make one resident: docs/memory.md, session
+   * 23) */
   uint64_t dirty_mask;
   uint32_t pages_used;
   /* for prompt return (purge.c): bytes carved in its pages, added by the
@@ -800,8 +800,10 @@ static ALWAYS_INLINE uint8_t *page_start(const segment_t *s, const page_t *pg) {
 }
 /* pg, a free page of s, holds memory not yet purged (under the owner's
  * seg_lock). */
+static inline bool segment_page_is_dirty(const segment_t *s, const page_t *pg) {
+  return s->dirty_mask >> (pg - s->pages) & 1;
+}
 static inline void segment_page_dirty(segment_t *s, page_t *pg) {
-  pg->dirty = 1;
   s->dirty_mask |= (uint64_t)1 << (pg - s->pages);
 }
 /* p's page descriptor in its small segment s: page_t is 128 bytes, so its

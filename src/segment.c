@@ -129,7 +129,6 @@ static void dirty_unlink(heap_t *h, page_t *pg) {
 static void page_clean(heap_t *h, page_t *pg) {
   segment_t *s = segment_of(pg);
   dirty_unlink(h, pg);
-  pg->dirty = 0;
   s->dirty_mask &= ~((uint64_t)1 << (pg - s->pages));
   s->dirty_bytes -= pg->touched;
   h->dirty_pages--;
@@ -337,7 +336,7 @@ static page_t *segment_page_alloc_locked(heap_t *h, size_t cls, bool may_map) {
   }
   s->free_pages &= ~((uint64_t)1 << i);
   s->pages_used++;
-  if (pg->dirty) {
+  if (segment_page_is_dirty(s, pg)) {
     /* another class's: carved anew from a purged page, it holds no more
      * memory than the new class touches */
     bool other = pg->last_cls != cls;

@@ -150,6 +150,13 @@ static void test_dirty_bits(void) {
   CHECK(corrupt_found("unpurged free pages"), "segment_t.dirty_mask");
   flip(&s->dirty_mask, last);
   CHECK(allot_check_report(report, sizeof report) == 0, "restored: %s", report);
+  /* a bit for the page in use that holds p */
+  uint64_t mine = (uint64_t)1
+                  << (((uintptr_t)p >> PAGE_SHIFT) & (PAGES_PER_SEG - 1));
+  flip(&s->dirty_mask, mine);
+  CHECK(corrupt_found("mark a page in use"), "segment_t.dirty_mask, in use");
+  flip(&s->dirty_mask, mine);
+  CHECK(allot_check_report(report, sizeof report) == 0, "restored: %s", report);
   allot_free(p);
 }
 
