@@ -1464,8 +1464,9 @@ static void add_site(walk_t *w, const lblock_t *b) {
 }
 
 static void walk_small_segment(walk_t *w, segment_t *s) {
-  for (size_t i = 1; i < PAGES_PER_SEG; i++) {
-    page_t *pg = &s->pages[i];
+  /* pages in use only (introspect.c, gather_heap, says why) */
+  for (uint64_t m = segment_pages_used_mask(s); m; m &= m - 1) {
+    page_t *pg = &s->pages[__builtin_ctzll(m)];
     if (!pg->bsize) continue;
     uint8_t *start = page_start(s, pg);
     /* the owner's free list: every link inside the page, on a block */

@@ -281,10 +281,13 @@ static void destroy_now(heap_t *h) {
   os_lock(&h->seg_lock);
   while (h->segs) {
     segment_t *s = h->segs;
-    /* pages in use go back purged, like the free ones */
-    for (size_t i = 1; i < PAGES_PER_SEG; i++) {
-      if (s->pages[i].bsize && !segment_page_is_dirty(s, &s->pages[i])) {
-        segment_page_dirty(s, &s->pages[i]);
+    /* pages in use go back purged, like the free ones; only their
+     * descriptors are read, as the others may lie on header pages never
+     * written (a read can make one resident: docs/memory.md, session 23) */
+    for (uint64_t m = segment_pages_used_mask(s); m; m &= m - 1) {
+      page_t *pg = &s->pages[__builtin_ctzll(m)];
+      if (pg->bsize && !segment_page_is_dirty(s, pg)) {
+        segment_page_dirty(s, pg);
         h->dirty_pages++;
       }
     }
@@ -387,8 +390,10 @@ static bool holds_blocks(heap_t *h) {
   bool held = false;
   os_lock(&h->seg_lock);
   for (segment_t *s = h->segs; s && !held; s = s->hnext)
-    for (size_t i = 1; i < PAGES_PER_SEG && !held; i++)
-      held = s->pages[i].bsize && s->pages[i].used;
+    for (uint64_t m = segment_pages_used_mask(s); m && !held; m &= m - 1) {
+      const page_t *pg = &s->pages[__builtin_ctzll(m)];
+      held = pg->bsize && pg->used;
+    }
   os_unlock(&h->seg_lock);
   os_lock(&h->medium_lock);
   held = held || h->chunks.used_count || h->large_segs;

@@ -806,6 +806,11 @@ static inline bool segment_page_is_dirty(const segment_t *s, const page_t *pg) {
 static inline void segment_page_dirty(segment_t *s, page_t *pg) {
   s->dirty_mask |= (uint64_t)1 << (pg - s->pages);
 }
+/* Bit i: page i of small segment s is in use (under the owner's seg_lock).
+ * Page 0, the header, is never one. */
+static inline uint64_t segment_pages_used_mask(const segment_t *s) {
+  return ~s->free_pages & ~(uint64_t)1;
+}
 /* p's page descriptor in its small segment s: page_t is 128 bytes, so its
  * offset in the array is p's page bits moved down by PAGE_SHIFT - 7 (one
  * shift, one mask: free's fast path). */

@@ -230,8 +230,14 @@ static void gather_heap(heap_t *h, tally_t *t, bool own, bool with_large) {
     t->seg_small++;
     t->reserved += s->map_size;
     t->committed += resident(s, s->map_size);
-    for (size_t i = 1; i < PAGES_PER_SEG; i++) {
-      page_t *pg = &s->pages[i];
+    /* the descriptors of pages in use only: the others may lie on header
+     * pages never written, which a read makes resident (docs/memory.md,
+     * session 23) */
+    uint64_t in_use = segment_pages_used_mask(s);
+    t->free_pages +=
+        (PAGES_PER_SEG - 1 - (size_t)__builtin_popcountll(in_use)) * PAGE_SIZE;
+    for (uint64_t m = in_use; m; m &= m - 1) {
+      page_t *pg = &s->pages[__builtin_ctzll(m)];
       size_t bsize = LOAD(pg->bsize), cls = LOAD(pg->cls);
       if (!bsize) {
         t->free_pages += PAGE_SIZE;
@@ -925,7 +931,9 @@ static bool block_free_marked(const void *b) {
 static void snap_small(segment_t *s, small_snap_t *ss) {
   ss->s = s;
   ss->in_use = 0;
-  for (size_t i = 1; i < PAGES_PER_SEG; i++) {
+  /* pages in use only (gather_heap says why) */
+  for (uint64_t m = segment_pages_used_mask(s); m; m &= m - 1) {
+    size_t i = (size_t)__builtin_ctzll(m);
     page_t *pg = &s->pages[i];
     page_snap_t *p = &ss->pages[i];
     uint32_t bsize = LOAD(pg->bsize);

@@ -132,6 +132,9 @@ if(NOT ALLOT_SANITIZE MATCHES "^(address|thread)$")
   target_include_directories(mem_heap_pages PRIVATE ${PROJECT_SOURCE_DIR}/src)
   target_link_libraries(mem_heap_pages PRIVATE allot-static Threads::Threads)
   allot_mem_add(mem.heap_pages 60 "" mem_heap_pages)
+  # checked mode: allot_heap_destroy walks the heap (introspect.c) and asks
+  # whether another thread's quarantine holds a block (heapapi.c)
+  allot_mem_add(mem.heap_pages.checked 60 ALLOT_DEBUG=1 mem_heap_pages)
 
   # the fixed footprint of liballot.so in a small C program: its code
   # resident by tiers, none of the cold code, only the core in a small
