@@ -4,9 +4,9 @@
     python3 test_allot_bench.py --allot tools/allot [--bench-dir DIR]
         [--lib liballot.so] [--broken libbroken.so] GROUP
 
-GROUP is help, badargs, list, quick, broken, program or run. Prints one line
-per check and "N passed, N failed"; exits 1 if a check failed, 77 (skipped)
-when what the group needs was not built.
+GROUP is help, badargs, list, quick, broken, program, exact or run. Prints
+one line per check and "N passed, N failed"; exits 1 if a check failed, 77
+(skipped) when what the group needs was not built.
 """
 import argparse
 import csv
@@ -51,7 +51,8 @@ def t_help(opts, c):
     r = run(opts, "bench", "--help")
     c.check(r.returncode == 0, "allot bench --help exits 0", r.stderr)
     for opt in ("--quick", "--reps", "--only", "--allocators", "--reference",
-                "--out", "--install-peers", "--lib", "--list", "--pin"):
+                "--out", "--install-peers", "--lib", "--list", "--pin",
+                "--exact-rss"):
         c.check(opt in r.stdout, "allot bench --help documents " + opt)
     r = run(opts, "run", "--help")
     c.check(r.returncode == 0 and "LD_PRELOAD" in r.stdout,
@@ -76,6 +77,7 @@ def t_badargs(opts, c):
         (["bench", "--scale", "-1"], "--scale must be greater than 0"),
         (["bench", "--threads", "0"], "--threads must be between"),
         (["bench", "--timeout", "0"], "--timeout must be greater than 0"),
+        (["bench", "--exact-rss", "-1"], "--exact-rss must be 0 or more"),
         (["bench", "--lib", "/nonexistent/liballot.so"], "no such file"),
         (["bench", "--bench-dir", "/nonexistent"], "no such directory"),
         (["bench", "--frobnicate"], "unrecognized arguments"),
@@ -148,6 +150,8 @@ def t_quick(opts, c):
         for f in ("time.svg", "rss.svg", "frag-rss.svg"):
             ok, why = svg_ok(os.path.join(out, f))
             c.check(ok, f + " is well-formed SVG", why)
+        c.check(not os.path.exists(os.path.join(out, "exact.csv")),
+                "no exact.csv without --exact-rss")
         if not os.path.isfile(os.path.join(out, "results.csv")):
             return
         rows = read_csv(os.path.join(out, "results.csv"))
@@ -356,9 +360,70 @@ def t_run(opts, c):
                 "a workload runs under allot run", r.stdout + r.stderr)
 
 
+def t_exact(opts, c):
+    """--exact-rss: a fourth table and exact.csv, from bench/peakrss."""
+    if not opts.bench_dir:
+        return SKIP
+    allocs = ["glibc"] + (["allot"] if opts.lib else [])
+    with tempfile.TemporaryDirectory() as out:
+        r = run(opts, "bench", "--quick", "--reps", "1", "--scale", "0.05",
+                "--only", "bignum,sqlite", "--allocators", ",".join(allocs),
+                "--exact-rss", "2", "--out", out, *common(opts))
+        print(r.stdout)
+        print(r.stderr)
+        with open(os.path.join(out, "results.md")) as f:
+            md = f.read()
+        if "cannot trace here" in md:
+            return SKIP  # ptrace of a child refused (a container's policy)
+        c.check(r.returncode == 0, "allot bench --exact-rss 2 exits 0",
+                "exit %d" % r.returncode)
+        rows = {(row["workload"], row["allocator"]): row
+                for row in read_csv(os.path.join(out, "exact.csv"))}
+        for a in allocs:
+            row = rows.get(("bignum", a), {})
+            ok = row.get("runs") == "2" and row.get("peak_median_kib", "")
+            c.check(bool(ok) and int(row["peak_median_kib"]) > 0 and
+                    int(row["anon_kib"]) + int(row["file_kib"]) ==
+                    int(row["peak_median_kib"]),
+                    "exact.csv: bignum under %s, two runs, a peak that is "
+                    "its anonymous and file-backed parts" % a, repr(row))
+            row = rows.get(("sqlite", a), {})
+            c.check(row.get("runs") == "0" and row.get("message"),
+                    "exact.csv: sqlite under %s not measured, and why" % a,
+                    repr(row))
+        c.check(rows[("bignum", "glibc")]["ratio"] == "1.0000",
+                "the reference's exact ratio is 1")
+        if opts.lib:
+            c.check(rows[("geomean", "allot")]["ratio"] ==
+                    rows[("bignum", "allot")]["ratio"],
+                    "the exact geomean is over the workloads measured",
+                    repr(rows[("geomean", "allot")]))
+        sec = [s for s in md.split("\n## ") if s.startswith("Peak RSS, exact")]
+        names = [l.split("|")[1].strip() for l in
+                 (sec[0].splitlines() if sec else []) if l.startswith("| ")]
+        c.check(names[1:] == ["bignum", "sqlite", "**geomean**"],
+                "results.md has the exact table, a row per workload",
+                repr(names))
+        c.check("Not measured so: sqlite" in md,
+                "results.md names the workload left out", md[-600:])
+        # a program that writes 64 MiB: its exact peak holds them
+        r = run(opts, "bench", "--reps", "1", "--allocators", "glibc",
+                "--exact-rss", "1", "--out", out, *common(opts), "--",
+                sys.executable, "-c",
+                "b = b'x' * (64 << 20); print(len(b))")
+        rows = read_csv(os.path.join(out, "exact.csv"))
+        kib = [int(row["peak_median_kib"]) for row in rows
+               if row["allocator"] == "glibc" and row["workload"] != "geomean"
+               and row["peak_median_kib"]]
+        c.check(r.returncode == 0 and len(kib) == 1 and
+                65536 <= kib[0] < 65536 + 40000,
+                "a program that writes 64 MiB peaks at 64 MiB and a little "
+                "more", repr((r.returncode, kib)))
+
+
 GROUPS = {"help": t_help, "badargs": t_badargs, "list": t_list,
           "quick": t_quick, "broken": t_broken, "program": t_program,
-          "run": t_run}
+          "exact": t_exact, "run": t_run}
 
 
 def main():

@@ -2,7 +2,8 @@
 # subcommand: help, argument errors (clear message, exit status 2), the
 # workload list, a tiny benchmark run that must write its files with one row
 # per workload, a deliberately broken allocator that must be reported as
-# failing, a program given after --, and `allot run`. The driver is
+# failing, a program given after --, the exact peaks of --exact-rss
+# (bench/peakrss), and `allot run`. The driver is
 # bench/test_allot_bench.py; each test takes a few seconds at most.
 
 find_package(Python3 COMPONENTS Interpreter)
@@ -34,7 +35,7 @@ if(ALLOT_BUILD_BENCH OR NOT DEFINED ALLOT_BUILD_BENCH)
   list(APPEND _bench_args --bench-dir ${CMAKE_BINARY_DIR}/bench)
 endif()
 
-foreach(t help badargs list quick broken program run)
+foreach(t help badargs list quick broken program exact run)
   add_test(NAME allot-bench-${t}
     COMMAND ${_bench_driver} ${_bench_args} ${t})
   set_tests_properties(allot-bench-${t} PROPERTIES TIMEOUT 120
