@@ -6,13 +6,16 @@
  * /proc/PID/smaps, which walks the page tables and is exact, as fast as it
  * can while PROG runs, then once more when ptrace stops PROG at its exit
  * (after its atexit handlers and destructors, before the kernel tears the
- * address space down). Prints to stderr
+ * address space down). The processes PROG starts (fork, vfork, and so
+ * posix_spawn: a compiler driver's cc1 and as) are followed the same way.
+ * Prints to stderr
  *
- *   peak KB (anon KB, file KB) exit KB (anon KB, file KB) reads N
+ *   peak KB (anon KB, file KB) exit KB (anon KB, file KB) reads N procs P
  *
- * the largest total seen and its anonymous and file-backed parts, and the
- * same at exit. With -m, the smaps text of the peak goes to MAPFILE, to see
- * which mappings held it.
+ * the largest total any one of the P processes reached, with its anonymous
+ * and file-backed parts (as ru_maxrss is the largest of a process and its
+ * children, not their sum), and PROG's own at its exit. With -m, the smaps
+ * text of the peak goes to MAPFILE, to see which mappings held it.
  *
  * Why: the kernel keeps RSS in per-CPU counters that it folds in batches,
  * and ru_maxrss (what `allot bench` and bench/spawn report) reads them
@@ -66,6 +69,27 @@ static long read_smaps(pid_t pid) {
   return total;
 }
 
+/* The processes followed (thread group leaders: a program's threads share
+ * its memory and are not traced themselves). */
+#define MAX_PROCS 1024
+static pid_t procs[MAX_PROCS];
+static int nprocs, seen_procs;
+
+static void add_proc(pid_t p) {
+  for (int i = 0; i < nprocs; i++)
+    if (procs[i] == p) return;
+  if (nprocs < MAX_PROCS) procs[nprocs++] = p;
+  seen_procs++;
+}
+
+static void drop_proc(pid_t p) {
+  for (int i = 0; i < nprocs; i++)
+    if (procs[i] == p) {
+      procs[i] = procs[--nprocs];
+      return;
+    }
+}
+
 int main(int argc, char **argv) {
   const char *mapfile = NULL;
   int first = 1;
@@ -89,35 +113,51 @@ int main(int argc, char **argv) {
     perror("peakrss: exec");
     _exit(127);
   }
-  int st;
+  int st, main_st = 0;
   waitpid(pid, &st, 0);
-  ptrace(PTRACE_SETOPTIONS, pid, NULL, (void *)(long)PTRACE_O_TRACEEXIT);
+  long opts = PTRACE_O_TRACEEXIT | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK |
+              PTRACE_O_EXITKILL;
+  ptrace(PTRACE_SETOPTIONS, pid, NULL, (void *)opts);
   ptrace(PTRACE_CONT, pid, NULL, NULL);
+  add_proc(pid);
   long reads = 0, at_exit = -1, exit_anon = 0;
   for (;;) {
-    pid_t w = waitpid(pid, &st, WNOHANG);
-    if (w == pid) {
+    pid_t w = waitpid(-1, &st, WNOHANG | __WALL);
+    if (w < 0) break; /* no tracee left */
+    if (w > 0) {
       if (WIFSTOPPED(st)) {
-        int sig = WSTOPSIG(st);
-        if (sig == SIGTRAP && (st >> 16) == PTRACE_EVENT_EXIT) {
-          at_exit = read_smaps(pid);
-          exit_anon = last_anon;
+        int sig = WSTOPSIG(st), event = st >> 16;
+        if (event == PTRACE_EVENT_EXIT) {
+          long kb = read_smaps(w);
+          if (w == pid) {
+            at_exit = kb;
+            exit_anon = last_anon;
+          }
           sig = 0;
-        } else if (sig == SIGTRAP) {
-          sig = 0; /* the exec's */
+        } else if (event == PTRACE_EVENT_FORK ||
+                   event == PTRACE_EVENT_VFORK) {
+          unsigned long child = 0;
+          ptrace(PTRACE_GETEVENTMSG, w, NULL, &child);
+          add_proc((pid_t)child); /* it inherits the options */
+          sig = 0;
+        } else if (sig == SIGTRAP || (sig == SIGSTOP && w != pid)) {
+          sig = 0; /* an exec's trap, a new process's first stop */
         }
-        ptrace(PTRACE_CONT, pid, NULL, (void *)(long)sig);
+        ptrace(PTRACE_CONT, w, NULL, (void *)(long)sig);
         continue;
       }
-      break;
+      drop_proc(w); /* exited or killed */
+      if (w == pid) main_st = st;
+      continue;
     }
-    if (read_smaps(pid) >= 0) reads++;
+    for (int i = 0; i < nprocs; i++)
+      if (read_smaps(procs[i]) >= 0) reads++;
   }
   fprintf(stderr,
           "peak %ld kB (anon %ld, file %ld) exit %ld kB (anon %ld, file %ld) "
-          "reads %ld\n",
+          "reads %ld procs %d\n",
           peak, peak_anon, peak - peak_anon, at_exit, exit_anon,
-          at_exit - exit_anon, reads);
+          at_exit - exit_anon, reads, seen_procs);
   if (mapfile) {
     FILE *f = fopen(mapfile, "w");
     if (!f) {
@@ -127,6 +167,6 @@ int main(int argc, char **argv) {
     fputs(best, f);
     fclose(f);
   }
-  if (WIFEXITED(st)) return WEXITSTATUS(st);
-  return 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+  if (WIFEXITED(main_st)) return WEXITSTATUS(main_st);
+  return 128 + (WIFSIGNALED(main_st) ? WTERMSIG(main_st) : 0);
 }
